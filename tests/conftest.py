@@ -1,0 +1,49 @@
+"""Shared test fixtures: composing the Hydra config without the command line, one torch thread."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub in tests
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The cores are shared; one torch thread keeps timings sane and results reproducible."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
+
+
+def compose(overrides: list[str] | None = None, output_dir: str | os.PathLike | None = None):
+    """Compose conf/config.yaml like `python run.py` would, with paths.output_dir resolvable outside Hydra."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from common.paths import register_resolvers
+
+    register_resolvers()
+    overrides = list(overrides or [])
+    if output_dir is not None:
+        overrides.append(f"paths.output_dir={output_dir}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    """Return a function composing the config with all writable paths under tmp_path."""
+    def factory(overrides: list[str] | None = None):
+        base = [f"paths.log_dir={tmp_path / 'logs'}", f"paths.graphs_dir={tmp_path / 'graphs'}",
+                f"paths.results_dir={tmp_path / 'results'}"]
+        return compose(base + list(overrides or []), output_dir=tmp_path / "out")
+    return factory
