@@ -1,0 +1,46 @@
+"""Registry of experiments: name -> module. Each module defines
+
+    compute(cfg: DictConfig) -> dict             # heavy: builds/reuses graphs, runs recovery, JSON-able results
+    render(results: dict, out_dir: Path) -> None  # tables and figures from `results` only
+    run(cfg: DictConfig) -> dict                 # compute -> results.json -> render -> experiment.json
+
+and reads its knobs from `cfg.analysis.<name>` (conf/analysis/<name>.yaml).
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+EXPERIMENTS: dict[str, str] = {
+    # recovery-side experiments
+    "default": "analysis.experiments.default",
+    "table1": "analysis.experiments.table1",
+    "lora_ablation": "analysis.experiments.lora_ablation",
+    "resnet": "analysis.experiments.resnet",
+    "deep": "analysis.experiments.deep",
+    "fig1_distance": "analysis.experiments.fig1_distance",
+    "fig6_clustering": "analysis.experiments.fig6_clustering",
+    "pruning": "analysis.experiments.pruning",
+    "quantization": "analysis.experiments.quantization",
+    "runtime": "analysis.experiments.runtime",
+    "c_sensitivity": "analysis.experiments.c_sensitivity",
+    "stable_diffusion": "analysis.experiments.stable_diffusion",
+    # training-side experiments
+    "fig2_direction": "analysis.experiments.fig2_direction",
+    "fig8_stats": "analysis.experiments.fig8_stats",
+    "fig13_layers": "analysis.experiments.fig13_layers",
+    "fig16_lr": "analysis.experiments.fig16_lr",
+    "similar_models": "analysis.experiments.similar_models",
+    "merged_models": "analysis.experiments.merged_models",
+}
+
+
+def get(name: str) -> ModuleType:
+    """Import the experiment module registered as `name`."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown analysis experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    module = importlib.import_module(EXPERIMENTS[name])
+    for attr in ("compute", "render", "run"):
+        if not callable(getattr(module, attr, None)):
+            raise TypeError(f"{EXPERIMENTS[name]} must define {attr}()")
+    return module

@@ -1,0 +1,228 @@
+"""Writing results: tables (CSV + Markdown + LaTeX), figures (PNG), experiment records, results/README.md.
+
+Every experiment writes into its own folder `results/<experiment>/`; `experiment.json` there says what the
+experiment is, the scale it ran at, the command that regenerates it and the paper's number beside ours.
+`build_results_readme` turns all of them into `results/README.md`.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from common.io import atomic_write, read_json, write_json, write_text
+
+RECORD = "experiment.json"
+RESULTS = "results.json"
+SCALES = ("toy", "mini", "paper")
+
+
+# ----------------------------------------------------------------------------------------------- cells
+def format_cell(value: Any, float_fmt: str = "{:.3f}") -> str:
+    """One table cell as text: floats through `float_fmt`, NaN/None as 'n/a', everything else str()."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else float_fmt.format(value)
+    return str(value)
+
+
+def mean_std(values: Iterable[float], fmt: str = "{:.3f}") -> str:
+    """'mean ± std' (population std, as numpy's default) of `values`."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return "n/a"
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+    return f"{fmt.format(mean)} ± {fmt.format(std)}"
+
+
+_LATEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+          "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+def _cells(df: pd.DataFrame, float_fmt: str) -> tuple[list[str], list[list[str]]]:
+    header = [str(c) for c in df.columns]
+    rows = [[format_cell(v, float_fmt) for v in row] for row in df.itertuples(index=False, name=None)]
+    return header, rows
+
+
+def markdown_table(df: pd.DataFrame, float_fmt: str = "{:.3f}") -> str:
+    """A GitHub Markdown table of `df` (index not shown: make it a column if it matters)."""
+    header, rows = _cells(df, float_fmt)
+    esc = lambda s: s.replace("|", r"\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def latex_table(df: pd.DataFrame, caption: str, label: str, float_fmt: str = "{:.3f}") -> str:
+    """A booktabs LaTeX table of `df` with `caption` and `label`."""
+    header, rows = _cells(df, float_fmt)
+    cols = "l" + "c" * (len(header) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_latex_escape(caption)}}}",
+             f"\\label{{tab:{label}}}", f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(map(_latex_escape, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(_latex_escape, r)) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- writers
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, *, caption: str,
+                float_fmt: str = "{:.3f}") -> dict[str, Path]:
+    """Write `df` as out_dir/<name>.csv (full precision), <name>.md and <name>.tex (formatted), atomically.
+
+    The Markdown file starts with the caption in italics so it reads on its own.
+    """
+    if df.columns.empty:
+        raise ValueError(f"table {name!r} has no columns")
+    out_dir = Path(out_dir)
+    csv = atomic_write(out_dir / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=False))
+    md = write_text(out_dir / f"{name}.md", f"*{caption}*\n\n" + markdown_table(df, float_fmt))
+    tex = write_text(out_dir / f"{name}.tex", latex_table(df, caption, name, float_fmt))
+    return {"csv": csv, "md": md, "tex": tex}
+
+
+def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
+    """Save a matplotlib figure as out_dir/<name>.png (dpi 150, tight box), atomically; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(Path(out_dir) / f"{name}.png",
+                            lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale: str, command: str,
+                            paper: str, ours: str, notes: str, files: list[str], seed: int) -> Path:
+    """Write out_dir/experiment.json: what `build_results_readme` turns into a section of results/README.md.
+
+    Args:
+        experiment: registry name (folder name).
+        title: e.g. "Table 1: MoTHer results on the four sub-graphs".
+        scale: "toy" | "mini" | "paper".
+        command: the exact command that regenerates this folder.
+        paper: the paper's number(s), in words.
+        ours: our number(s), in words.
+        notes: how they compare (say plainly where they differ) and anything a reader must know.
+        files: names (relative to out_dir) of the tables and figures written.
+        seed: the master seed the results derive from.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    out_dir = Path(out_dir)
+    missing = [f for f in files if not (out_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: experiment record lists files that do not exist: {missing}")
+    record = {"experiment": experiment, "title": title, "scale": scale, "command": command, "paper": paper,
+              "ours": ours, "notes": notes, "files": sorted(files), "seed": int(seed)}
+    return write_json(out_dir / RECORD, record)
+
+
+def _section(folder: Path, record: dict) -> str:
+    name = record["experiment"]
+    lines = [f"## {record['title']}", "",
+             f"- experiment: `{name}` — scale: **{record['scale']}** — seed: {record['seed']}",
+             f"- regenerate: `{record['command']}`",
+             f"- paper: {record['paper']}",
+             f"- ours: {record['ours']}"]
+    if record.get("notes"):
+        lines.append(f"- notes: {record['notes']}")
+    lines.append("")
+    for f in record["files"]:
+        path = folder / f
+        if f.endswith(".md"):
+            lines += [path.read_text(encoding="utf-8").rstrip(), ""]
+        elif f.endswith(".png"):
+            lines += [f"![{name}: {Path(f).stem}]({folder.name}/{f})", ""]
+    other = [f for f in record["files"] if not f.endswith((".md", ".png"))]
+    if other:
+        lines += ["Files: " + ", ".join(f"[{f}]({folder.name}/{f})" for f in other), ""]
+    return "\n".join(lines)
+
+
+def build_results_readme(results_dir: Path) -> Path:
+    """Generate results_dir/README.md from every results_dir/*/experiment.json (sorted by folder name)."""
+    results_dir = Path(results_dir)
+    records = sorted(results_dir.glob(f"*/{RECORD}"))
+    parts = ["# Results", "",
+             "Generated by `analysis` from each `results/<experiment>/experiment.json`; do not edit by hand.",
+             "Each section shows our numbers beside the paper's, the scale they ran at (toy: smoke-test size; "
+             "mini: built-in roots and tasks on CPU; paper: ViT-B roots on GPUs) and the exact command that "
+             "regenerates them. Where our numbers differ from the paper's, the notes say so.", ""]
+    if records:
+        parts += ["| experiment | title | scale |", "|---|---|---|"]
+        for path in records:
+            r = read_json(path)
+            parts.append(f"| [{r['experiment']}]({path.parent.name}/) | {r['title']} | {r['scale']} |")
+        parts.append("")
+    else:
+        parts += ["No experiment has been run yet.", ""]
+    for path in records:
+        parts.append(_section(path.parent, read_json(path)))
+    return write_text(results_dir / "README.md", "\n".join(parts).rstrip() + "\n")
+
+
+# ----------------------------------------------------------------------------------- experiment runner
+def experiment_dir(cfg: DictConfig, name: str) -> Path:
+    """results folder of experiment `name`: ${analysis.out_dir or paths.results_dir}/<name>."""
+    root = cfg.analysis.get("out_dir") or cfg.paths.results_dir
+    return Path(root) / name
+
+
+def regenerate_command(cfg: DictConfig) -> str:
+    """The command recorded with results: cfg.analysis.command plus the Hydra command-line overrides, if any."""
+    command = str(cfg.analysis.get("command") or "python run.py")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("+experiment=")]
+    except ValueError:  # not running under @hydra.main (tests, notebooks)
+        overrides = []
+    return " ".join([command, *overrides])
+
+
+def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], dict],
+                   render: Callable[[dict, Path], None], describe: Callable[[dict], dict]) -> dict:
+    """compute -> results.json -> render -> experiment.json; returns the results.
+
+    `describe(results)` returns the record's title, paper, ours and notes. Every file render wrote into the
+    folder is listed in the record.
+    """
+    out_dir = experiment_dir(cfg, name)
+    results = compute(cfg)
+    write_json(out_dir / RESULTS, results)
+    render(results, out_dir)
+    files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name != RECORD)
+    text = describe(results)
+    write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
+                            command=regenerate_command(cfg), files=files, seed=int(cfg.seed), **text)
+    print(f"[analysis] {name}: {text['ours']}", file=sys.stderr)
+    return results
+
+
+def rerender(out_dir: Path, render: Callable[[dict, Path], None]) -> None:
+    """Redraw tables and figures of an experiment folder from its results.json (no recomputation)."""
+    render(read_json(Path(out_dir) / RESULTS), Path(out_dir))
+
+
+def compare(ours: float, paper: float, *, tol: float = 0.05, what: str = "accuracy") -> str:
+    """A plain sentence comparing our number with the paper's."""
+    if ours is None or (isinstance(ours, float) and math.isnan(ours)):
+        return f"our {what} is not available"
+    diff = ours - paper
+    if abs(diff) <= tol:
+        return f"our {what} {ours:.3f} matches the paper's {paper:.3f} within {tol}"
+    side = "higher" if diff > 0 else "lower"
+    return f"our {what} {ours:.3f} differs from the paper's {paper:.3f} ({abs(diff):.3f} {side})"

@@ -1,0 +1,78 @@
+"""analysis.report: tables, figures, experiment records and the generated results/README.md (synthetic data)."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from analysis import report  # noqa: E402
+
+
+def _df() -> pd.DataFrame:
+    return pd.DataFrame({"sub-graph": ["LoRA_V", "FT"], "acc": [1.0, 0.85], "n": [21, 21],
+                         "note": ["a|b", None]})
+
+
+def test_write_table_writes_three_formats(tmp_path):
+    paths = report.write_table(_df(), tmp_path, "t1", caption="Edge accuracy (100%)")
+    assert set(paths) == {"csv", "md", "tex"} and all(p.is_file() for p in paths.values())
+    back = pd.read_csv(paths["csv"])
+    assert back["acc"].tolist() == [1.0, 0.85]                 # CSV keeps full precision
+    md = paths["md"].read_text()
+    assert "| LoRA_V | 1.000 | 21 | a\\|b |" in md and "n/a" in md and md.startswith("*Edge accuracy")
+    tex = paths["tex"].read_text()
+    assert r"LoRA\_V & 1.000 & 21" in tex and r"100\%" in tex and r"\label{tab:t1}" in tex
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_write_table_rejects_empty(tmp_path):
+    with pytest.raises(ValueError, match="no columns"):
+        report.write_table(pd.DataFrame(), tmp_path, "x", caption="c")
+
+
+def test_mean_std_and_compare():
+    assert report.mean_std([1.0, 3.0]) == "2.000 ± 1.000"
+    assert report.mean_std([]) == "n/a"
+    assert "matches" in report.compare(0.93, 0.94)
+    assert "differs" in report.compare(0.70, 0.94) and "lower" in report.compare(0.70, 0.94)
+
+
+def test_save_figure_closes(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    path = report.save_figure(fig, tmp_path, "line")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_record_and_readme(tmp_path):
+    exp = tmp_path / "table1"
+    report.write_table(_df(), exp, "table1", caption="cap")
+    fig, _ = plt.subplots()
+    report.save_figure(fig, exp, "tree")
+    report.write_experiment_record(exp, experiment="table1", title="Table 1", scale="mini",
+                                   command="python run.py +experiment=table1", paper="0.94", ours="0.80",
+                                   notes="differs", files=["table1.md", "table1.csv", "tree.png"], seed=0)
+    rec = json.loads((exp / "experiment.json").read_text())
+    assert rec["scale"] == "mini" and rec["files"] == ["table1.csv", "table1.md", "tree.png"]
+    readme = report.build_results_readme(tmp_path).read_text()
+    assert "## Table 1" in readme and "`python run.py +experiment=table1`" in readme
+    assert "| LoRA_V | 1.000" in readme and "![table1: tree](table1/tree.png)" in readme
+    assert "[table1.csv](table1/table1.csv)" in readme
+
+
+def test_record_rejects_missing_files_and_bad_scale(tmp_path):
+    kw = dict(experiment="x", title="X", command="c", paper="p", ours="o", notes="", seed=0)
+    with pytest.raises(FileNotFoundError, match="nope.md"):
+        report.write_experiment_record(tmp_path, scale="mini", files=["nope.md"], **kw)
+    with pytest.raises(ValueError, match="scale"):
+        report.write_experiment_record(tmp_path, scale="huge", files=[], **kw)
+
+
+def test_readme_without_records(tmp_path):
+    assert "No experiment has been run yet" in report.build_results_readme(tmp_path).read_text()
