@@ -1,0 +1,190 @@
+"""Minimum directed spanning tree (arborescence) on a dense cost matrix: Chu-Liu/Edmonds, Tarjan's O(n^2) form.
+
+`cost[i, j]` is the cost of the edge i -> j (i the parent). Cycles are found by growing one path of cheapest
+incoming edges at a time; a cycle is contracted into a new super node whose incoming costs are the members'
+costs minus the cost of the cycle edge they would give up (one vectorised row operation). Every contraction
+removes at least one node, so the whole run is O(n^2) work in O(n) numpy calls; the expansion at the end walks
+the contraction forest once (Tarjan 1977 with the Camerini et al. 1979 correction).
+
+With `root=None` the best root is chosen too: a virtual super-root gets an edge of one large constant cost into
+every node, larger than any spanning tree's total, so the optimum uses exactly one of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_UNSEEN, _ON_PATH, _DONE = 0, 1, 2
+
+
+def min_arborescence(cost: np.ndarray, root: int | None = None) -> np.ndarray:
+    """Minimum spanning arborescence of the complete digraph with edge costs `cost`.
+
+    Args:
+        cost: (n, n) edge costs, `cost[i, j]` for i -> j. The diagonal is ignored; `+inf` marks a missing edge.
+        root: node forced to be the root, or None to choose the root that gives the cheapest tree.
+
+    Returns:
+        (n,) int array: `parent[j]` is the parent of node j, -1 for the root.
+
+    Raises:
+        ValueError: bad matrix (not square, NaN, -inf), bad root, or no spanning arborescence exists.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"cost must be a square matrix, got shape {cost.shape}")
+    n = cost.shape[0]
+    if n == 0:
+        raise ValueError("cost matrix is empty: no nodes")
+    off = ~np.eye(n, dtype=bool)
+    if np.isnan(cost[off]).any() or np.isneginf(cost[off]).any():
+        raise ValueError("cost matrix holds NaN or -inf off the diagonal")
+    if root is not None and not 0 <= root < n:
+        raise ValueError(f"root {root} out of range for {n} nodes")
+    if n == 1:
+        return np.array([-1])
+
+    incoming, top = _incoming_matrix(cost, root)
+    parent = _edmonds(incoming, top)
+    if root is None:
+        roots = np.flatnonzero(parent[:n] == n)
+        if len(roots) != 1:
+            raise ValueError(f"no spanning arborescence: the finite edges leave {len(roots)} separate parts")
+        parent = parent[:n].copy()
+        parent[roots[0]] = -1
+    else:
+        parent[root] = -1
+    return parent
+
+
+def arborescence_cost(cost: np.ndarray, parent: np.ndarray) -> float:
+    """Total cost of the tree given by a parent array (-1 marks the root)."""
+    child = np.flatnonzero(np.asarray(parent) >= 0)
+    return float(np.asarray(cost, dtype=np.float64)[np.asarray(parent)[child], child].sum())
+
+
+def is_arborescence(parent: np.ndarray) -> bool:
+    """True when `parent` describes one tree: exactly one root and every node reaches it without a cycle."""
+    parent = np.asarray(parent)
+    n = len(parent)
+    if (parent == -1).sum() != 1 or ((parent < -1) | (parent >= n)).any():
+        return False
+    depth = np.full(n, -1)
+    for start in range(n):
+        trail, x = [], start
+        while x != -1 and depth[x] < 0:
+            if x in trail:
+                return False
+            trail.append(x)
+            x = parent[x]
+        base = -1 if x == -1 else depth[x]
+        for k, node in enumerate(reversed(trail)):
+            depth[node] = base + 1 + k
+    return True
+
+
+def _incoming_matrix(cost: np.ndarray, root: int | None) -> tuple[np.ndarray, int]:
+    """Transposed costs (row v = costs of edges into v, contiguous) and the id of the root to grow from.
+
+    For a free root a virtual node n is appended with edges of cost `big` into every node; finite costs are
+    shifted to start at 0 first (every tree has the same number of edges, so the optimum is unchanged).
+    """
+    n = cost.shape[0]
+    if root is not None:
+        incoming = np.ascontiguousarray(cost.T)
+        np.fill_diagonal(incoming, np.inf)
+        incoming[root, :] = np.inf
+        return incoming, root
+    finite = cost[np.isfinite(cost) & ~np.eye(n, dtype=bool)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    big = n * (hi - lo) + 1.0  # > (n - 1) * (hi - lo): one super-root edge always beats two
+    incoming = np.empty((n + 1, n + 1))
+    incoming[:n, :n] = cost.T
+    incoming[:n, :n] -= lo
+    incoming[:n, n] = big
+    incoming[n, :] = np.inf
+    np.fill_diagonal(incoming, np.inf)
+    return incoming, n
+
+
+def _edmonds(incoming: np.ndarray, top: int) -> np.ndarray:
+    """Parent array of the minimum arborescence rooted at `top` (`incoming` is overwritten)."""
+    m = incoming.shape[0]
+    ids = 2 * m  # original nodes 0..m-1, super nodes m..2m-2
+    forest = np.full(ids, -1)          # contraction forest: super node containing this one
+    comp = np.arange(ids)              # union-find over the same ids (path-compressed copy of `forest`)
+    row_of = np.arange(ids)            # row of `incoming` holding a node's incoming costs
+    state = np.zeros(ids, dtype=np.int8)
+    in_src = np.full(ids, -1)
+    in_dst = np.full(ids, -1)
+    in_cost = np.zeros(ids)
+    children: dict[int, list[int]] = {}
+    members: dict[int, np.ndarray] = {}
+    dst_of: dict[int, np.ndarray] = {}  # super node -> original destination of its best edge from each source
+    state[top] = _DONE
+    next_id = m
+
+    def find(x: int) -> int:
+        r = x
+        while comp[r] != r:
+            r = comp[r]
+        while comp[x] != r:
+            comp[x], x = r, comp[x]
+        return r
+
+    for start in range(m):
+        if state[find(start)] != _UNSEEN:
+            continue
+        a, path, pos = start, [], {}
+        while True:
+            row = incoming[row_of[a]]
+            u = int(np.argmin(row))
+            if not np.isfinite(row[u]):
+                raise ValueError(f"no spanning arborescence: node {start} cannot be reached from the root")
+            in_src[a], in_cost[a] = u, row[u]
+            in_dst[a] = dst_of[a][u] if a in dst_of else a
+            pos[a] = len(path)
+            path.append(a)
+            state[a] = _ON_PATH
+            b = find(u)
+            if state[b] == _DONE:
+                state[path] = _DONE
+                break
+            if state[b] == _UNSEEN:
+                a = b
+                continue
+            cycle = path[pos[b]:]
+            del path[pos[b]:]
+            for x in cycle:
+                del pos[x]
+            a, next_id = next_id, next_id + 1
+            _contract(incoming, a, cycle, row_of, in_cost, members, dst_of, m)
+            children[a] = cycle
+            forest[cycle] = a
+            comp[cycle] = a
+
+    parent = np.full(m, -1)
+    stack = [x for x in range(next_id) if forest[x] == -1 and x != top]
+    while stack:
+        x = stack.pop()
+        v = in_dst[x]
+        parent[v] = in_src[x]
+        below, y = v, forest[v]
+        while below != x:  # dissolve the super nodes between leaf v and x; their other parts keep their edges
+            stack.extend(ch for ch in children[y] if ch != below)
+            below, y = y, forest[y]
+    return parent
+
+
+def _contract(incoming: np.ndarray, new: int, cycle: list[int], row_of: np.ndarray, in_cost: np.ndarray,
+              members: dict[int, np.ndarray], dst_of: dict[int, np.ndarray], m: int) -> None:
+    """Merge the incoming rows of the nodes on `cycle` into one row for super node `new`."""
+    rows = incoming[row_of[cycle]] - in_cost[cycle][:, None]
+    best = np.argmin(rows, axis=0)
+    cols = np.arange(m)
+    merged = rows[best, cols]
+    dst = np.stack([dst_of.pop(x) if x in dst_of else np.full(m, x) for x in cycle])[best, cols]
+    inside = np.concatenate([members.pop(x) if x in members else np.array([x]) for x in cycle])
+    merged[inside] = np.inf  # edges between members are internal now
+    row_of[new] = row_of[cycle[0]]
+    incoming[row_of[new]] = merged
+    members[new], dst_of[new] = inside, dst

@@ -1,0 +1,62 @@
+"""MoTHer tree recovery inside one cluster (paper Eq. 4-6): M = D + lambda * (K xor T), then an MDST.
+
+Conventions: an edge i -> j has i as the parent. K_ij = 1 when k(v_i) < k(v_j), i.e. the parent would have the
+lower direction score; in specialization (fine-tuning) the score falls from parent to child, so such an edge is
+penalised. T_ij = 1 when the child j is a generalization node (its training raised the score), which flips the
+penalty. lambda = c * (1/n^2) sum_ij D_ij with the diagonal counted as 0 (the paper's formula; c = 0.3).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recovery.mdst import min_arborescence
+
+
+def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
+                c: float = 0.3) -> tuple[np.ndarray, float]:
+    """The paper's merged prior matrix M (edge i -> j costs M[i, j]) and the lambda used.
+
+    Args:
+        distance: (n, n) symmetric distances D.
+        direction: (n,) direction scores k (kurtosis by default).
+        generalization: (n,) bool, True where a node was trained in the generalization stage.
+        c: weight of the direction prior relative to the mean distance.
+    """
+    d = np.asarray(distance, dtype=np.float64)
+    k = np.asarray(direction, dtype=np.float64)
+    t = np.asarray(generalization, dtype=bool)
+    n = d.shape[0]
+    if d.shape != (n, n) or k.shape != (n,) or t.shape != (n,):
+        raise ValueError(f"shapes disagree: distance {d.shape}, direction {k.shape}, stages {t.shape}")
+    if not (np.isfinite(d).all() and np.isfinite(k).all()):
+        raise ValueError("distances and direction scores must be finite")
+    lam = float(c) * d.sum() / n**2
+    kxor = (k[:, None] < k[None, :]) ^ t[None, :]
+    m = d + lam * kxor
+    np.fill_diagonal(m, np.inf)
+    return m, lam
+
+
+def recover_tree(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
+                 c: float = 0.3) -> tuple[np.ndarray, float]:
+    """Parent array (-1 for the root) of the MDST of M for one cluster, and the lambda used."""
+    if len(direction) == 1:
+        return np.array([-1]), 0.0
+    m, lam = cost_matrix(distance, direction, generalization, c)
+    return min_arborescence(m), lam
+
+
+def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
+                   labels: np.ndarray, c: float = 0.3) -> tuple[np.ndarray, dict[int, float]]:
+    """Recover one tree per cluster label; return the global parent array (-1 per root) and lambda per cluster."""
+    d = np.asarray(distance, dtype=np.float64)
+    labels = np.asarray(labels)
+    parent = np.full(len(labels), -1)
+    lams: dict[int, float] = {}
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        local, lams[int(label)] = recover_tree(d[np.ix_(idx, idx)], np.asarray(direction)[idx],
+                                               np.asarray(generalization)[idx], c)
+        has = local >= 0
+        parent[idx[has]] = idx[local[has]]
+    return parent, lams
