@@ -1,0 +1,1 @@
+"""data_gen: build model graphs with a known heritage (roots, tasks, fine-tuning, graph folders)."""

@@ -1,0 +1,253 @@
+"""Build a model graph folder: `graph.json`, `models/<id>.safetensors` and one record per node.
+
+Layout of `<graphs_dir>/<name>/`::
+
+    graph.json              nodes, edges, stage, meta per node, config, seed, thread count, versions
+    models/<id>.safetensors weights (roots copied from their source, the rest written by finetune)
+    nodes/<id>.json         {"job": <the node's job>, "meta": <its meta>}: the record a rerun checks
+    adapters/<id>/          LoRA adapters (finetune)
+
+A node's job (data_gen.spec) plus its parent's weights file fully determine it, so `build_node` can run as
+one SLURM array task per node of a level; `build_graph` runs the levels in order and rewrites graph.json
+after every node. A node counts as done when its record holds the same job, its weights file still hashes
+to the recorded sha256, and it was trained from the parent's current weights (recorded parent sha256).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from common.io import read_json, sha256_file, write_json
+from common.runinfo import versions
+from data_gen.spec import build_spec
+
+log = logging.getLogger("mother.data_gen")
+
+
+def weights_path(graph_dir: Path, node_id: str) -> Path:
+    return Path(graph_dir) / "models" / f"{node_id}.safetensors"
+
+
+def record_path(graph_dir: Path, node_id: str) -> Path:
+    return Path(graph_dir) / "nodes" / f"{node_id}.json"
+
+
+def read_record(graph_dir: Path, node_id: str) -> dict | None:
+    """The node's record, or None when it has none (a broken record counts as none, with a warning)."""
+    path = record_path(graph_dir, node_id)
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except ValueError as e:
+        log.warning("ignoring unreadable node record: %s", e)
+        return None
+
+
+def is_done(graph_dir: Path, job: Mapping, parent_sha256: str | None) -> bool:
+    """True when the node's record matches `job`, its weights hash as recorded and its parent is unchanged."""
+    rec = read_record(graph_dir, job["id"])
+    if rec is None or rec.get("job") != _plain(job):
+        return False
+    meta = rec.get("meta", {})
+    if job["parent"] is not None and meta.get("parent_sha256") != parent_sha256:
+        return False
+    path = weights_path(graph_dir, job["id"])
+    if not path.is_file():
+        return False
+    if sha256_file(path) != meta.get("sha256"):
+        log.warning("%s: sha256 differs from the recorded one (modified or corrupted); rebuilding", path)
+        return False
+    return True
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip, so jobs compare equal to what a record read back holds."""
+    import json
+    return json.loads(json.dumps(obj))
+
+
+def _default_load_root(root: str | Mapping, **kwargs: Any) -> tuple[str, dict[str, torch.Tensor]]:
+    from data_gen.models import load_root
+    return load_root(root, **kwargs)
+
+
+def _default_finetune(**kwargs: Any) -> dict:
+    from data_gen.finetune import finetune
+    return finetune(**kwargs)
+
+
+def _default_load_task(name: str, *, image_size: int, seed: int, data_dir: str | Path | None):
+    import data_gen.finetune  # noqa: F401  (torch/lightning before TensorFlow: see environment.md pitfall 1)
+    from data_gen.tasks import load_task
+    return load_task(name, image_size=image_size, seed=seed, data_dir=data_dir)
+
+
+def _build_root(graph_dir: Path, job: Mapping, *, cache_dir: Path | None, data_dir: str | Path | None,
+                num_threads: int | None, load_root_fn: Callable) -> dict:
+    from safetensors.torch import save_file
+
+    from common.io import atomic_write
+
+    start = time.perf_counter()
+    recipe = job["recipe"]
+    root = {"root": recipe["source"], "arch": recipe["arch"]} if recipe.get("arch") else recipe["source"]
+    arch, state = load_root_fn(root, cache_dir=cache_dir, data_dir=data_dir, num_threads=num_threads)
+    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    path = weights_path(graph_dir, job["id"])
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"arch": arch, "node_id": job["id"]}))
+    return {"arch": arch, "source": job["recipe"]["source"], "method": "pretrained", "val_accuracy": None,
+            "steps": None, "seconds": time.perf_counter() - start, "adapter": None}
+
+
+def _build_child(graph_dir: Path, job: Mapping, *, data_dir: str | Path | None, num_threads: int | None,
+                 logger_cfg: Mapping | None, checkpoint_every: int | None, progress: bool,
+                 finetune_fn: Callable, load_task_fn: Callable) -> dict:
+    from safetensors.torch import load_file
+
+    root_rec = read_record(graph_dir, job["root"])
+    if root_rec is None:
+        raise FileNotFoundError(f"{record_path(graph_dir, job['root'])}: root {job['root']!r} of {job['id']!r} "
+                                "is not built yet (build level 0 first)")
+    arch = root_rec["meta"]["arch"]
+    parent_file = weights_path(graph_dir, job["parent"])
+    if not parent_file.is_file():
+        raise FileNotFoundError(f"{parent_file}: parent {job['parent']!r} of {job['id']!r} is not built yet")
+    init_state = load_file(parent_file)
+    task = load_task_fn(job["task"], image_size=job["data"]["image_size"], seed=job["data"]["seed"],
+                        data_dir=data_dir)
+    res = finetune_fn(arch=arch, init_state=init_state, task=task, recipe=dict(job["recipe"]),
+                      out_dir=Path(graph_dir), node_id=job["id"], logger_cfg=logger_cfg,
+                      checkpoint_every=checkpoint_every, num_threads=num_threads, progress=progress)
+    adapter = res.get("adapter")
+    return {"arch": arch, "val_accuracy": float(res["val_accuracy"]), "steps": res.get("steps"),
+            "seconds": res.get("seconds"), "num_classes": getattr(task, "num_classes", None),
+            "adapter": str(Path(adapter).relative_to(graph_dir)) if adapter else None,
+            "claimed_sha256": res.get("sha256")}
+
+
+def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | None = None,
+               data_dir: str | Path | None = None, num_threads: int | None = None,
+               logger_cfg: Mapping | None = None, checkpoint_every: int | None = None, progress: bool = False,
+               finetune_fn: Callable | None = None, load_root_fn: Callable | None = None,
+               load_task_fn: Callable | None = None) -> dict:
+    """Build one node (unconditionally): weights into models/, record into nodes/<id>.json; return its meta.
+
+    A root is loaded from its source and copied; any other node is fine-tuned from its parent's weights
+    file, which must exist. Usable as one SLURM array task; `build_graph` decides what to skip.
+
+    Args:
+        graph_dir: the graph folder.
+        job: one entry of `data_gen.spec.build_spec`.
+        finetune_fn / load_root_fn / load_task_fn: replacements for data_gen's own (tests inject faults).
+    """
+    graph_dir = Path(graph_dir)
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    if job["parent"] is None:
+        info = _build_root(graph_dir, job, cache_dir=Path(cache_dir) if cache_dir else graph_dir.parent / "roots",
+                           data_dir=data_dir, num_threads=num_threads,
+                           load_root_fn=load_root_fn or _default_load_root)
+        parent_sha = None
+    else:
+        parent_rec = read_record(graph_dir, job["parent"])
+        parent_sha = parent_rec["meta"]["sha256"] if parent_rec else None
+        info = _build_child(graph_dir, job, data_dir=data_dir, num_threads=num_threads, logger_cfg=logger_cfg,
+                            checkpoint_every=checkpoint_every, progress=progress,
+                            finetune_fn=finetune_fn or _default_finetune,
+                            load_task_fn=load_task_fn or _default_load_task)
+    sha = sha256_file(weights_path(graph_dir, job["id"]))
+    claimed = info.pop("claimed_sha256", None)
+    if claimed and claimed != sha:
+        raise RuntimeError(f"{weights_path(graph_dir, job['id'])}: finetune reported sha256 {claimed}, "
+                           f"file has {sha} (written twice?)")
+    recipe = {k: v for k, v in job["recipe"].items() if k != "source"}
+    meta = {**recipe, "task": job["task"], "parent": job["parent"], "root": job["root"], "level": job["level"],
+            **info, "sha256": sha, "parent_sha256": parent_sha, "weights": f"models/{job['id']}.safetensors",
+            "dtype": "float32", "num_threads": torch.get_num_threads(), **{f"data_{k}": v for k, v in
+                                                                          job.get("data", {}).items()}}
+    meta = _plain(meta)
+    write_json(record_path(graph_dir, job["id"]), {"job": _plain(job), "meta": meta})
+    return meta
+
+
+def write_graph(graph_dir: str | Path, jobs: list[Mapping], extra: Mapping[str, Any],
+                records: Mapping[str, dict] | None = None) -> dict:
+    """Assemble graph.json from the node records of `jobs` (finished nodes only) and write it atomically.
+
+    Args:
+        records: node id -> verified record (a job without one is pending); None: read them from nodes/.
+    """
+    graph_dir = Path(graph_dir)
+    nodes, edges, stage, meta, pending = [], [], {}, {}, []
+    for job in jobs:
+        rec = records.get(job["id"]) if records is not None else read_record(graph_dir, job["id"])
+        if rec is None or rec.get("job") != _plain(job):
+            pending.append(job["id"])
+            continue
+        nodes.append(job["id"])
+        stage[job["id"]] = "generalization" if job["parent"] is None else "specialization"
+        meta[job["id"]] = rec["meta"]
+        if job["parent"] is not None:
+            edges.append([job["parent"], job["id"]])
+    graph = {"nodes": nodes, "edges": edges, "stage": stage, "meta": meta,
+             "complete": not pending, "pending": pending, **extra}
+    write_json(graph_dir / "graph.json", graph)
+    return graph
+
+
+def graph_config(cfg: DictConfig) -> dict:
+    """The resolved `data_gen` config as a plain dict."""
+    return OmegaConf.to_container(cfg.data_gen, resolve=True)
+
+
+def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: Callable | None = None,
+                load_root_fn: Callable | None = None, load_task_fn: Callable | None = None) -> dict:
+    """Build (or finish) the graph `cfg.data_gen` describes, level by level; return a summary.
+
+    Finished nodes are skipped (see `is_done`) unless `data_gen.force` is true. Torch threads are pinned to
+    `data_gen.num_threads` (default: the current count) and recorded: equal weights need an equal count.
+    """
+    dg = graph_config(cfg)
+    seed = int(dg.get("seed", cfg.seed))
+    graph_dir = Path(dg["dir"])
+    threads = int(dg.get("num_threads") or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    jobs = build_spec(dg, seed)
+    show = dg.get("progress", True) if progress is None else progress
+    extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
+    load_task_fn = functools.lru_cache(maxsize=4)(load_task_fn or _default_load_task)
+    built, skipped, accs, records = [], [], [], {}
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(jobs, desc=f"graph {dg['name']}", unit="node", disable=not show)
+    for job in bar:
+        bar.set_postfix_str(job["id"])
+        parent_sha = records[job["parent"]]["meta"]["sha256"] if job["parent"] else None
+        if not dg.get("force") and is_done(graph_dir, job, parent_sha):
+            skipped.append(job["id"])
+            records[job["id"]] = read_record(graph_dir, job["id"])
+        else:
+            build_node(graph_dir, job, cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
+                       num_threads=threads, logger_cfg=logger_cfg, checkpoint_every=dg.get("checkpoint_every"),
+                       progress=False, finetune_fn=finetune_fn, load_root_fn=load_root_fn,
+                       load_task_fn=load_task_fn)
+            built.append(job["id"])
+            records[job["id"]] = read_record(graph_dir, job["id"])
+            write_graph(graph_dir, jobs, extra, records)
+        meta = records[job["id"]]["meta"]
+        if meta.get("val_accuracy") is not None:
+            accs.append(meta["val_accuracy"])
+    graph = write_graph(graph_dir, jobs, extra, records)
+    return {"graph_dir": str(graph_dir), "graph_json": str(graph_dir / "graph.json"), "nodes": len(jobs),
+            "built": built, "skipped": skipped, "seconds": time.perf_counter() - start,
+            "mean_val_accuracy": sum(accs) / len(accs) if accs else None, "complete": graph["complete"],
+            "num_threads": threads}

@@ -1,0 +1,144 @@
+"""Graph specification: turn the `data_gen` config into a deterministic list of node jobs.
+
+A job is a plain JSON-able dict::
+
+    {"id": "dino-0-2", "parent": "dino-0", "level": 2, "root": "dino", "task": "vtab/dtd",
+     "recipe": {"method": "lora", "lora_rank": 16, ..., "seed": 123}, "data": {"image_size": 32, "seed": 7}}
+
+Roots are jobs too (level 0, `"recipe": {"method": "pretrained", "source": "<root spec>", "arch"?}`). Every random choice of a node (method,
+task, hyperparameters) comes from a generator seeded by (experiment seed, node id) alone, so a node's job does
+not change when the graph grows elsewhere, and the same config always gives the same list.
+
+Config values of a method block are sampled as follows: a scalar or a list is used as is; `{choices: [...]}`
+picks one uniformly; `{range: [lo, hi]}` draws an integer in [lo, hi] (inclusive) or a float uniformly.
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Mapping
+
+from common.seed import derive_seed
+
+METHODS = ("full", "lora")
+# Keys a method block may hold (anything else is a typo and fails loudly).
+METHOD_KEYS = {"tasks", "lr", "epochs", "batch_size", "max_steps", "optimizer", "weight_decay",
+               "lora_rank", "lora_alpha", "lora_targets"}
+REQUIRED = {"full": ("tasks", "lr", "epochs", "batch_size"),
+            "lora": ("tasks", "lr", "epochs", "batch_size", "lora_rank", "lora_alpha")}
+DEFAULTS = {"max_steps": None, "optimizer": "adamw", "weight_decay": 0.0,
+            "lora_rank": None, "lora_alpha": None, "lora_targets": None}
+_ROOT_ID = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+def sample(value: Any, rng: random.Random) -> Any:
+    """Draw one value: `{choices: [...]}`, `{range: [lo, hi]}`, or a fixed value (scalar or list)."""
+    if isinstance(value, Mapping):
+        if set(value) == {"choices"}:
+            if not value["choices"]:
+                raise ValueError("empty 'choices'")
+            return rng.choice(list(value["choices"]))
+        if set(value) == {"range"}:
+            lo, hi = value["range"]
+            if lo > hi:
+                raise ValueError(f"range [{lo}, {hi}] is empty")
+            if isinstance(lo, int) and isinstance(hi, int):
+                return rng.randint(lo, hi)
+            return rng.uniform(float(lo), float(hi))
+        raise ValueError(f"a sampled value is {{choices: [...]}} or {{range: [lo, hi]}}, got keys {sorted(value)}")
+    return value
+
+
+def task_key(name: str) -> str:
+    """The dataset a task name refers to, ignoring its source ("vtab/svhn" and "vtab10k/svhn" are one)."""
+    return name.rsplit("/", 1)[-1]
+
+
+def _check(dg: Mapping) -> None:
+    """Validate the parts of the config the spec uses; errors say which key is wrong."""
+    where = f"data_gen config {dg.get('name', '?')!r}"
+    roots = dg.get("roots") or []
+    if not roots:
+        raise ValueError(f"{where}: 'roots' is empty")
+    ids = [r.get("id") for r in roots]
+    for r in roots:
+        if not r.get("id") or not _ROOT_ID.match(str(r["id"])):
+            raise ValueError(f"{where}: root id {r.get('id')!r} must match {_ROOT_ID.pattern} (no '-' or '/')")
+        if not r.get("source"):
+            raise ValueError(f"{where}: root {r['id']!r} has no 'source' (builtin:..., timm:..., hf:... or a path)")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{where}: duplicate root ids {ids}")
+    depth = int(dg.get("depth", 0))
+    if depth < 0:
+        raise ValueError(f"{where}: depth must be >= 0, got {depth}")
+    children = dg.get("children")
+    if not isinstance(children, int) and len(list(children)) != depth:
+        raise ValueError(f"{where}: 'children' is an int or a list of {depth} ints (one per level)")
+    methods = active_methods(dg)
+    if depth and not methods:
+        raise ValueError(f"{where}: 'methods' is empty")
+    for name, block in methods.items():
+        if name not in METHODS:
+            raise ValueError(f"{where}: unknown method {name!r}; known: {list(METHODS)}")
+        unknown = set(block) - METHOD_KEYS
+        if unknown:
+            raise ValueError(f"{where}: methods.{name} has unknown keys {sorted(unknown)}; known: {sorted(METHOD_KEYS)}")
+        missing = [k for k in REQUIRED[name] if block.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: methods.{name} is missing {missing}")
+        if len({task_key(t) for t in block["tasks"]}) < 2 and depth > 1:
+            raise ValueError(f"{where}: methods.{name}.tasks needs >= 2 datasets so a child's task can differ "
+                             "from its parent's")
+
+
+def active_methods(dg: Mapping) -> dict:
+    """The config's method blocks, without those set to null (how a derived config drops one)."""
+    return {k: v for k, v in (dg.get("methods") or {}).items() if v is not None}
+
+
+def _children_at(children: int | list[int], level: int) -> int:
+    return children if isinstance(children, int) else list(children)[level - 1]
+
+
+def node_job(dg: Mapping, seed: int, node_id: str, parent: Mapping) -> dict:
+    """The job of fine-tuned node `node_id` under `parent` (a job dict): a pure function of its arguments."""
+    rng = random.Random(derive_seed(seed, "node", node_id))
+    methods = active_methods(dg)
+    method = rng.choice(sorted(methods))
+    block = methods[method]
+    pool = [t for t in block["tasks"] if task_key(t) != task_key(parent["task"])]
+    if not pool:
+        raise ValueError(f"methods.{method}.tasks has no task other than the parent's ({parent['task']!r})")
+    task = rng.choice(pool)
+    recipe = {**DEFAULTS, "method": method}
+    for key in sorted(set(block) - {"tasks"}):
+        recipe[key] = sample(block[key], rng)
+    if method == "full":
+        recipe.update(lora_rank=None, lora_alpha=None, lora_targets=None)
+    elif recipe["lora_targets"] is not None:
+        recipe["lora_targets"] = list(recipe["lora_targets"])
+    recipe["seed"] = derive_seed(seed, "train", node_id)
+    return {"id": node_id, "parent": parent["id"], "level": parent["level"] + 1, "root": parent["root"],
+            "task": task, "recipe": recipe,
+            "data": {"image_size": int(dg["image_size"]), "seed": derive_seed(seed, "task", task)}}
+
+
+def build_spec(dg: Mapping, seed: int) -> list[dict]:
+    """All jobs of the graph, level by level (roots first); ids read `<root>`, `<root>-i`, `<root>-i-j`, ...
+
+    Args:
+        dg: the `data_gen` config as a plain mapping (roots, depth, children, methods, image_size).
+        seed: the experiment seed.
+    """
+    _check(dg)
+    jobs = [{"id": str(r["id"]), "parent": None, "level": 0, "root": str(r["id"]),
+             "task": str(r.get("task") or "pretrain"),
+             "recipe": {"method": "pretrained", "source": str(r["source"]),
+                        **({"arch": str(r["arch"])} if r.get("arch") else {})}}
+            for r in dg["roots"]]
+    frontier = list(jobs)
+    for level in range(1, int(dg.get("depth", 0)) + 1):
+        n = _children_at(dg["children"], level)
+        frontier = [node_job(dg, seed, f"{p['id']}-{i}", p) for p in frontier for i in range(n)]
+        jobs.extend(frontier)
+    return jobs
