@@ -180,6 +180,23 @@ def experiment_dir(cfg: DictConfig, name: str) -> Path:
     return Path(root) / name
 
 
+def knobs(cfg: DictConfig, name: str) -> DictConfig:
+    """cfg.analysis.<name> with its `scales.<analysis.scale>` block merged over it (e.g. toy graphs for tests).
+
+    A knob file may hold `scales: {toy: {...}, paper: {...}}`; the block of the running scale replaces the
+    matching keys (mappings are replaced whole, so a toy `subgraphs` does not inherit the mini entries).
+    """
+    from omegaconf import OmegaConf
+
+    if name not in cfg.analysis:
+        raise KeyError(f"cfg.analysis has no '{name}' block: add conf/analysis/{name}.yaml to the analysis defaults")
+    base = OmegaConf.to_container(cfg.analysis[name], resolve=True)
+    scales = base.pop("scales", None) or {}
+    for key, value in (scales.get(str(cfg.analysis.scale)) or {}).items():
+        base[key] = value
+    return OmegaConf.create(base)
+
+
 def regenerate_command(cfg: DictConfig) -> str:
     """The command recorded with results: cfg.analysis.command plus the Hydra command-line overrides, if any."""
     command = str(cfg.analysis.get("command") or "python run.py")

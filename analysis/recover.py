@@ -1,0 +1,142 @@
+"""Running MoTHer recovery for the experiments, through recovery's own entry points only.
+
+- `recovery_options(cfg, overrides)`: the `recovery` config group (conf/recovery/paper.yaml) with per-experiment
+  overrides merged in, as the keyword arguments of `recovery.stage.recover`.
+- `recover_graph(cfg, graph_dir, work_dir, overrides)`: `recovery.stage.recover` on a graph folder scored
+  against its graph.json; cached in `work_dir` (a rerun with the same graph and options reads the result back).
+- `analyze(graph_dir, options)` + `forest(...)`: the two halves of recovery for experiments that reuse one
+  weight analysis many times (c sweep, clustering subsamples).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from common.io import read_json, sha256_file, write_json
+
+log = logging.getLogger("mother.analysis")
+OPTION_KEYS = ("layers", "distance", "direction", "cluster", "tree")
+
+
+def _merge(base: Mapping, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def recovery_options(cfg: DictConfig, overrides: Mapping | None = None) -> dict:
+    """cfg.recovery's layers/distance/direction/cluster/tree (absent: recovery's defaults), overrides merged in."""
+    base = OmegaConf.to_container(cfg.recovery, resolve=True) if "recovery" in cfg else {}
+    if overrides is not None and OmegaConf.is_config(overrides):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    opts = {k: dict(base.get(k) or {}) for k in OPTION_KEYS}
+    unknown = set(overrides or {}) - set(OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"recovery overrides {sorted(unknown)} are not among {OPTION_KEYS}")
+    return _merge(opts, overrides or {})
+
+
+def _key(graph_dir: Path, options: Mapping) -> str:
+    """Cache key: the graph's graph.json bytes + the options."""
+    h = hashlib.sha256(sha256_file(Path(graph_dir) / "graph.json").encode())
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = None, *,
+                  plot: bool = False) -> dict:
+    """MoTHer on a graph folder, scored against its graph.json.
+
+    Returns {"tree", "metrics", "options", "work_dir", "cached"}. The run goes into
+    ${analysis.work_dir}/<graph folder name>/<options hash>/ (tree.json, metrics.json, key.json); a call with the
+    same graph.json and options reuses it, so experiments sharing a recovery (Table 1 and its ablation) share it.
+    """
+    from recovery.stage import recover
+
+    options = recovery_options(cfg, overrides)
+    graph_dir = Path(graph_dir)
+    key = _key(graph_dir, options)
+    work_dir = Path(cfg.analysis.work_dir) / graph_dir.name / key[:12]
+    stamp = work_dir / "key.json"
+    if stamp.is_file() and read_json(stamp).get("key") == key and (work_dir / "metrics.json").is_file():
+        return {"tree": read_json(work_dir / "tree.json"), "metrics": read_json(work_dir / "metrics.json"),
+                "options": options, "work_dir": str(work_dir), "cached": True}
+    out = recover(graph_dir, ground_truth=graph_dir / "graph.json", output_dir=work_dir, plot=plot,
+                  seed=int(cfg.seed), quiet=True, **options)
+    write_json(stamp, {"key": key, "graph": str(graph_dir), "options": options})
+    return {"tree": out["tree"], "metrics": out["metrics"], "options": options, "work_dir": str(work_dir),
+            "cached": False}
+
+
+def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mapping | None = None, *,
+                 plot: bool = False) -> dict:
+    """Build/reuse a graph, recover it, and summarise the scores as one JSON-able row."""
+    from analysis.graphs import read_graph, resolve_graph
+
+    graph_dir = resolve_graph(cfg, graph_spec)
+    graph = read_graph(graph_dir)
+    out = recover_graph(cfg, graph_dir, overrides, plot=plot)
+    m = out["metrics"]
+    roots = [n for n in graph["nodes"] if graph["stage"].get(n) == "generalization"
+             and not any(e[1] == n for e in graph["edges"])]
+    return {"label": label, "graph": graph_dir.name, "graph_dir": str(graph_dir), "n_models": len(graph["nodes"]),
+            "roots": roots, "edge_accuracy": m["edge_accuracy"], "undirected_accuracy": m["undirected_accuracy"],
+            "per_tree": per_tree(m), "clustering_accuracy": m["clustering_accuracy"],
+            "n_trees_true": m["n_trees_true"], "n_trees_pred": m["n_trees_pred"],
+            "distance_metric": out["tree"].get("distance_metric"), "options": out["options"],
+            "work_dir": out["work_dir"]}
+
+
+def accuracy_frame(rows: list[Mapping], label: str = "sub-graph") -> "pd.DataFrame":
+    """Rows of `accuracy_run` as a table: label, one column per true tree (its root id), graph, clustering."""
+    import pandas as pd
+
+    roots: list[str] = []
+    for r in rows:
+        roots += [t for t in r["per_tree"] if t not in roots]
+    records = []
+    for r in rows:
+        rec = {label: r["label"], **{t: r["per_tree"].get(t) for t in roots},
+               "Model Graph": r["edge_accuracy"], "clustering": r["clustering_accuracy"],
+               "distance": r.get("distance_metric"), "models": r["n_models"]}
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def analyze(graph_dir: Path, options: Mapping, *, stages_file: Path | None = None) -> Any:
+    """recovery.weights.analyze_folder on a graph folder with the layers/distance/direction options."""
+    from recovery.weights import analyze_folder
+
+    return analyze_folder(graph_dir, stages_file=stages_file, layers=options.get("layers", {}),
+                          distance=options.get("distance", {}), direction=options.get("direction", {}))
+
+
+def forest(wa: Any, truth: Any, *, labels: np.ndarray | None = None, cluster: Mapping | None = None,
+           c: float = 0.3) -> dict:
+    """Cluster (unless `labels` are given) and recover the forest from a WeightAnalysis; score against `truth`.
+
+    Returns {"edges", "labels", "metrics"} with recovery.evaluate's metrics.
+    """
+    from recovery.cluster import cluster_trees
+    from recovery.evaluate import evaluate
+    from recovery.mother import recover_forest
+
+    if labels is None:
+        labels = cluster_trees(wa.l2, **dict(cluster or {})).labels
+    generalization = np.array([wa.stages[i] == "generalization" for i in wa.ids])
+    parent, _ = recover_forest(wa.distance, wa.direction, generalization, labels, c=c)
+    edges = [(wa.ids[p], wa.ids[j]) for j, p in enumerate(parent) if p >= 0]
+    metrics, _ = evaluate(wa.ids, edges, np.asarray(labels).tolist(), truth)
+    return {"edges": edges, "labels": np.asarray(labels).tolist(), "metrics": metrics}
+
+
+def per_tree(metrics: Mapping) -> dict[str, float | None]:
+    """root id -> edge accuracy of that ground-truth tree."""
+    return {root: t["accuracy"] for root, t in metrics["per_tree"].items()}
