@@ -128,17 +128,33 @@ def _root_state(rng: np.random.Generator, dim: int, blocks: int, classes: int) -
     return state
 
 
+def _resnet_state(rng: np.random.Generator, dim: int, blocks: int, classes: int) -> dict[str, np.ndarray]:
+    """timm-ResNet-named float32 tensors: heavy-tailed 3x3 / 1x1 convolutions, BN weights, a head."""
+    def t(*shape: int) -> np.ndarray:
+        return (rng.standard_t(4, size=shape) * 0.05).astype(np.float32)
+    state = {"conv1.weight": t(dim, 3, 3, 3), "bn1.weight": np.ones(dim, np.float32)}
+    for b in range(blocks):
+        p = f"layer1.{b}."
+        state |= {p + "conv1.weight": t(dim, dim, 1, 1), p + "conv2.weight": t(dim, dim, 3, 3),
+                  p + "conv3.weight": t(dim, dim, 1, 1), p + "bn1.weight": np.ones(dim, np.float32)}
+    state["fc.weight"] = t(classes, dim)
+    return state
+
+
 def _child_state(parent: Mapping[str, np.ndarray], rng: np.random.Generator, method: str, rank: int,
                  scale: float) -> dict[str, np.ndarray]:
     """Parent + a dense Gaussian delta (method full) or a rank-`rank` delta B @ A (method lora, qkv only)."""
     out = {}
     for name, w in parent.items():
-        if w.ndim != 2 or name.startswith("head"):
-            out[name] = (rng.standard_normal(w.shape) * 0.02).astype(np.float32) if name.startswith("head") else w
+        if name.startswith(("head", "fc.")):  # a new classifier per task
+            out[name] = (rng.standard_normal(w.shape) * 0.02).astype(np.float32)
+            continue
+        if w.ndim < 2:
+            out[name] = w
             continue
         if method == "full":
             delta = rng.standard_normal(w.shape) * scale
-        elif "qkv" in name:
+        elif "qkv" in name and w.ndim == 2:
             delta = (rng.standard_normal((w.shape[0], rank)) @ rng.standard_normal((rank, w.shape[1]))
                      ) * scale / np.sqrt(rank)
         else:
@@ -149,16 +165,20 @@ def _child_state(parent: Mapping[str, np.ndarray], rng: np.random.Generator, met
 
 def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, children: int = 2,
                           method: str = "full", ranks: list[int] | tuple[int, ...] = (4,), dim: int = 32,
-                          blocks: int = 2, classes: int = 5, scale: float = 0.004, seed: int = 0) -> Path:
+                          blocks: int = 2, classes: int = 5, scale: float = 0.004, arch: str = "vit",
+                          seed: int = 0) -> Path:
     """Write a synthetic model graph (graph.json + models/<id>.safetensors) with a known heritage.
 
     Synthetic data for smoke tests: roots are independent heavy-tailed random weights, each child is its parent
     plus an independent delta (dense for "full", low rank on qkv for "lora", each node's rank drawn from
-    `ranks`; "mixed" picks per node). Adding Gaussian deltas lowers kurtosis, as the paper observes for
-    fine-tuning, so recovery works here by construction: these graphs test mechanics, not the paper's claims.
+    `ranks`; "mixed" picks per node). `arch` "vit" names tensors like timm's ViT, "resnet" like timm's ResNet.
+    Adding Gaussian deltas lowers kurtosis, as the paper observes for fine-tuning, so recovery works here by
+    construction: these graphs test mechanics, not the paper's claims.
     """
     from safetensors.numpy import save_file
 
+    if arch not in ("vit", "resnet"):
+        raise ValueError(f"synthetic graph arch must be vit or resnet, got {arch!r}")
     if method not in ("full", "lora", "mixed"):
         raise ValueError(f"synthetic graph method must be full, lora or mixed, got {method!r}")
     graph_dir = Path(graph_dir)
@@ -168,7 +188,8 @@ def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, ch
     frontier: list[str] = []
     for t in range(trees):
         rid = f"root{t}"
-        states[rid] = _root_state(np.random.default_rng(derive_seed(seed, rid)), dim, blocks, classes)
+        make_root = _root_state if arch == "vit" else _resnet_state
+        states[rid] = make_root(np.random.default_rng(derive_seed(seed, rid)), dim, blocks, classes)
         nodes.append(rid)
         stage[rid] = "generalization"
         meta[rid] = {"task": "synthetic/pretrain", "method": None, "parent": None, "synthetic": True}
@@ -194,7 +215,8 @@ def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, ch
     graph = {"nodes": nodes, "edges": edges, "stage": stage, "meta": meta, "complete": True,
              "name": graph_dir.name, "synthetic": {"trees": trees, "depth": depth, "children": children,
                                                    "method": method, "ranks": list(ranks), "dim": dim,
-                                                   "blocks": blocks, "scale": scale, "seed": seed}}
+                                                   "blocks": blocks, "scale": scale, "arch": arch,
+                                                   "seed": seed}}
     write_json(graph_dir / "graph.json", graph)
     return graph_dir
 
