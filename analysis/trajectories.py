@@ -106,7 +106,8 @@ def cached_finetune(cache_dir: str | Path, node_id: str, *, spec: Mapping, arch:
     nothing is loaded for a cached model.
 
     Returns:
-        finetune's result dict plus "node_id", "spec", "checkpoints" (list of [step, path]) and "cached".
+        finetune's result dict plus "node_id", "spec", "checkpoints" (list of [step, path]), "num_classes" of
+        the task and "cached".
     """
     cache_dir = Path(cache_dir)
     spec = _jsonable(spec)
@@ -122,13 +123,15 @@ def cached_finetune(cache_dir: str | Path, node_id: str, *, spec: Mapping, arch:
                     rec_path, node_id)
     from data_gen.finetune import finetune
 
+    task = task() if callable(task) else task
     out = finetune(arch=arch, init_state=init_state() if callable(init_state) else init_state,
-                   task=task() if callable(task) else task, recipe=dict(_jsonable(recipe)), out_dir=cache_dir,
+                   task=task, recipe=dict(_jsonable(recipe)), out_dir=cache_dir,
                    node_id=node_id, checkpoint_every=checkpoint_every, num_threads=num_threads, progress=False)
     ckpts = []
     if checkpoint_every:
         ckpts = [[s, str(p)] for s, p in checkpoint_series(cache_dir / "checkpoints" / node_id)]
-    rec = {**_jsonable(out), "node_id": node_id, "spec": spec, "checkpoints": ckpts}
+    rec = {**_jsonable(out), "node_id": node_id, "spec": spec, "checkpoints": ckpts,
+           "num_classes": int(task.num_classes)}
     write_json(rec_path, rec)
     return {**rec, "cached": False}
 
@@ -179,17 +182,6 @@ def plot_panels(series: Sequence[Mapping], panels: Sequence[str], *, ylabel: str
 
 
 # --- configuration and the shared fine-tuning runs --------------------------------------------------------------
-
-def knobs(cfg: Any, name: str) -> Any:
-    """`cfg.analysis.<name>` with `cfg.analysis.<name>.at_scale.<cfg.analysis.scale>` merged over it (if any)."""
-    from omegaconf import OmegaConf
-
-    if name not in cfg.analysis:
-        raise KeyError(f"cfg.analysis.{name} is missing: compose with analysis={name} (conf/analysis/{name}.yaml)")
-    k = cfg.analysis[name]
-    extra = (k.get("at_scale") or {}).get(str(cfg.analysis.scale))
-    return OmegaConf.merge(k, extra) if extra else k
-
 
 def analysis_cache(cfg: Any, sub: str) -> Path:
     """Folder where an analysis experiment keeps the models it trains: ${paths.graphs_dir}/analysis/<sub>."""
@@ -295,42 +287,36 @@ def trajectory_files(run: Mapping) -> tuple[list[int], list[str]]:
 
 # --- weight statistics along a trajectory ---------------------------------------------------------------------
 
-def file_stats(path: str | Path, *, stats: Sequence[str], kinds: Sequence[str],
-               layers: Mapping | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """Direction statistics of one weights file, per layer kind: {stat: {kind: {"sum": s, "per_layer": {...}}}}.
-
-    Layer kinds and statistics are recovery's (`recovery.layers`, `recovery.direction.weight_stat`), so the
-    numbers are the ones MoTHer's direction prior uses; `layers` holds extra selection options (regex,
-    exclude_heads).
-    """
-    from safetensors import safe_open
-
-    from recovery.direction import weight_stat
-    from recovery.layers import select_kind
-
-    out: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in stats}
-    with safe_open(str(path), framework="np") as f:
-        shapes = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
-        for kind in kinds:
-            chosen = select_kind(shapes, kind, **dict(layers or {}))
-            if not chosen:
-                raise ValueError(f"{path}: no layer of kind {kind!r} among {len(shapes)} tensors")
-            values = {s: {} for s in stats}
-            for name, piece in chosen:
-                w = f.get_tensor(name)
-                w = w if piece is None else w[piece]
-                for s in stats:
-                    values[s][name if piece is None else f"{name}[{kind}]"] = float(weight_stat(w, s))
-            for s in stats:
-                out[s][kind] = {"sum": float(sum(values[s].values())), "per_layer": values[s]}
-    return out
-
-
 def series_stats(files: Sequence[str | Path], *, stats: Sequence[str], kinds: Sequence[str],
-                 layers: Mapping | None = None) -> dict[str, dict[str, list[float]]]:
-    """Summed statistic per file along a trajectory: {stat: {kind: [value per file]}}."""
-    per_file = [file_stats(p, stats=stats, kinds=kinds, layers=layers) for p in files]
-    return {s: {k: [fs[s][k]["sum"] for fs in per_file] for k in kinds} for s in stats}
+                 layers: Mapping | None = None, per_layer: bool = False) -> dict[str, dict[str, Any]]:
+    """Direction statistics summed over the layers of each kind, per file: {stat: {kind: [value per file]}}.
+
+    Layers are chosen by recovery's selection (`recovery.layers.select_layers`: names and shapes shared by all
+    files, heads left out, timm's fused qkv split into q, k, v) and the statistics are recovery's
+    (`recovery.direction.weight_stat`), so the numbers are the ones MoTHer's direction prior uses. `layers`
+    holds extra selection options (regex, exclude_heads). With `per_layer`, each value is instead
+    {"sum": s, "per_layer": {layer: v}}.
+    """
+    from recovery.checkpoints import ModelReader, ModelSource, read_safetensors_header
+    from recovery.direction import weight_stat
+    from recovery.layers import select_layers
+
+    models = [ModelSource(Path(f).stem, Path(f), [Path(f)], read_safetensors_header(Path(f)), "safetensors")
+              for f in files]
+    chosen = {kind: select_layers(models, kinds=[kind], **dict(layers or {}))[0] for kind in kinds}
+    out: dict[str, dict[str, Any]] = {s: {k: [] for k in kinds} for s in stats}
+    for model in models:
+        with ModelReader(model) as reader:
+            for kind, lays in chosen.items():
+                vals = {s: {} for s in stats}
+                for lay in lays:
+                    w = lay.take(reader.get(lay.tensor))
+                    for s in stats:
+                        vals[s][lay.name] = float(weight_stat(w, s))
+                for s in stats:
+                    total = float(sum(vals[s].values()))
+                    out[s][kind].append({"sum": total, "per_layer": vals[s]} if per_layer else total)
+    return out
 
 
 def root_trajectories(cfg: Any) -> list[dict[str, Any]]:
@@ -341,6 +327,7 @@ def root_trajectories(cfg: Any) -> list[dict[str, Any]]:
     each run once between them.
     Returns one record per root (see `finetune_run`) with "root", "task", "steps_list", "files".
     """
+    from analysis.report import knobs
     from common.seed import derive_seed
 
     k = knobs(cfg, "trajectory")
@@ -407,3 +394,41 @@ def panel_table(summary: Mapping[str, Mapping]) -> "pandas.DataFrame":
         row.update({"monotone_frac": s["mean_monotone_fraction"], "consistent": "yes" if s["consistent"] else "no"})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --- model sets for recovery ------------------------------------------------------------------------------------
+
+def graph_folder(folder: str | Path, models: Mapping[str, str | Path], edges: Sequence[tuple[str, str]],
+                 meta: Mapping[str, Mapping] | None = None) -> Path:
+    """A data_gen-style graph folder (graph.json + models/<id>.safetensors) holding exactly `models`.
+
+    Files are hard-linked (copied when linking fails); models whose parent is not in `edges` as a child are
+    roots, staged "generalization" as data_gen stages roots, all others "specialization". Stale files in
+    `folder/models` not among `models` are removed, so recovery sees exactly this set.
+    """
+    import os
+    import shutil
+
+    folder = Path(folder)
+    mdir = folder / "models"
+    mdir.mkdir(parents=True, exist_ok=True)
+    for p in mdir.glob("*.safetensors"):
+        if p.stem not in models:
+            p.unlink()
+    for mid, src in models.items():
+        dst = mdir / f"{mid}.safetensors"
+        if dst.is_file() and sha256_file(dst) == sha256_file(src):
+            continue
+        tmp = mdir / f".{mid}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    children = {c for _, c in edges}
+    graph = {"nodes": sorted(models), "edges": [list(e) for e in edges],
+             "stage": {m: ("specialization" if m in children else "generalization") for m in sorted(models)},
+             "meta": {m: dict((meta or {}).get(m, {})) for m in sorted(models)}}
+    write_json(folder / "graph.json", _jsonable(graph))
+    return folder

@@ -11,14 +11,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from analysis import report
-from analysis.trajectories import finetune_panels, knobs, panel_table, plot_panels, trend_rows
+from analysis.trajectories import finetune_panels, panel_table, plot_panels, trend_rows
 
 NAME = "fig13_layers"
 
 
 def compute(cfg: DictConfig) -> dict:
     """The statistic per layer kind along each root's fine-tune; Spearman with step per root and kind."""
-    k = knobs(cfg, NAME)
+    k = report.knobs(cfg, NAME)
     panels = [(str(kind), str(k.stat), str(kind)) for kind in k.kinds]
     out = finetune_panels(cfg, panels, layers=dict(k.get("layers") or {}), min_abs_rho=float(k.min_abs_rho))
     return {**out, "stat": str(k.stat), "order": [p for p, _, _ in panels]}

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis import report
-from analysis.trajectories import (EXPECTED, knobs, node_name, plot_panels, root_trajectories, series_stats,
+from analysis.trajectories import (EXPECTED, node_name, plot_panels, root_trajectories, series_stats,
                                    trend, trend_rows)
 
 NAME = "fig2_direction"
@@ -36,11 +36,11 @@ def pretraining_series(cfg: DictConfig, root: str) -> tuple[list[int], list[str]
 
 def compute(cfg: DictConfig) -> dict[str, Any]:
     """Direction score per checkpoint for both stages; a trend summary per trajectory."""
-    k = knobs(cfg, NAME)
+    k = report.knobs(cfg, NAME)
     stat, kinds = str(k.stat), list(k.kinds)
     layers = dict(k.get("layers") or {})
     series = []
-    for root in knobs(cfg, "trajectory").roots:
+    for root in report.knobs(cfg, "trajectory").roots:
         steps, files = pretraining_series(cfg, str(root))
         values = series_stats(files, stats=[stat], kinds=kinds, layers=layers)[stat]
         score = np.sum([values[kind] for kind in kinds], axis=0).tolist()

@@ -12,14 +12,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from analysis import report
-from analysis.trajectories import finetune_panels, knobs, panel_table, plot_panels, trend_rows
+from analysis.trajectories import finetune_panels, panel_table, plot_panels, trend_rows
 
 NAME = "fig8_stats"
 
 
 def compute(cfg: DictConfig) -> dict:
     """Each statistic along each root's fine-tune; Spearman with step per root and panel."""
-    k = knobs(cfg, NAME)
+    k = report.knobs(cfg, NAME)
     panels = [(str(s), str(s), str(k.kind)) for s in k.stats]
     out = finetune_panels(cfg, panels, layers=dict(k.get("layers") or {}), min_abs_rho=float(k.min_abs_rho))
     return {**out, "kind": str(k.kind), "order": [p for p, _, _ in panels]}
