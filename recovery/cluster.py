@@ -33,7 +33,7 @@ def cluster_trees(distance: np.ndarray, n_trees: int | str = "auto", linkage: st
         distance: (n, n) symmetric, zero-diagonal distances (the paper uses l2).
         n_trees: the number of trees when known, or "auto".
         linkage: scipy linkage method (the paper: scipy's default, "single").
-        min_gap_ratio: "auto" cuts only where the next merge is at least this many times higher than the last.
+        min_gap_ratio: "auto" cuts only where the gap ratio (see `_largest_gap`) is at least this.
         threshold: if set (and n_trees is "auto"), cut the dendrogram at this merge height instead.
 
     Returns:
@@ -91,27 +91,37 @@ def _known_k(n_trees: int | str, n: int) -> int:
     return k
 
 
-def _largest_gap(heights: np.ndarray, min_ratio: float) -> tuple[float | None, dict]:
-    """Cut height in the largest relative gap of sorted merge heights (None: no gap, one tree).
+def _largest_gap(heights: np.ndarray, min_ratio: float, many_max_spread: float = 2.0) -> tuple[float | None, dict]:
+    """Cut height in the most convincing gap of sorted merge heights (None: no convincing gap, one tree).
 
-    Merges at height 0 (identical models) never start a gap. Ties in the ratio go to the higher cut (fewer trees).
+    A cut after merge k is scored by its gap ratio h[k+1] / h[k] divided by the spread of the merges above it,
+    h[-1] / h[k+1]: between unrelated trees the merges above the cut are alike. A cut that would make more trees
+    than half the models rests on little within-tree evidence (a near-duplicate pair inside one tree looks like
+    that), so it is taken only when the merges above it agree within `many_max_spread`. Merges at height 0
+    (identical models) never start a gap. Equal scores go to the higher cut (fewer trees).
     """
-    info: dict = {"rule": "auto: largest relative gap in merge heights", "min_gap_ratio": float(min_ratio)}
+    info: dict = {"rule": "auto: largest relative gap in merge heights, over the spread of the merges above it",
+                  "min_gap_ratio": float(min_ratio)}
+    n = len(heights) + 1
     lower, upper = heights[:-1], heights[1:]
     valid = lower > 0
     if not valid.any():
         info.update(gap_ratio=None, cut_height=None,
                     decision="one tree: fewer than 3 models or no positive merge height to compare")
         return None, info
-    ratio = np.where(valid, upper / np.where(valid, lower, 1.0), 0.0)
-    best = len(ratio) - 1 - int(np.argmax(ratio[::-1]))  # last maximum: the highest cut among equal ratios
-    info.update(gap_ratio=float(ratio[best]), gap_lower=float(lower[best]), gap_upper=float(upper[best]))
-    if ratio[best] < min_ratio:
-        info.update(cut_height=None, decision=f"one tree: largest gap ratio {ratio[best]:.3g} < {min_ratio}")
+    spread = heights[-1] / np.where(valid, upper, 1.0)
+    score = np.where(valid, upper / np.where(valid, lower, 1.0) / spread, 0.0)
+    n_trees = n - 1 - np.arange(len(score))  # trees left by cutting after merge k (0-based)
+    score[(n_trees > n / 2) & (spread > many_max_spread)] = 0.0
+    best = len(score) - 1 - int(np.argmax(score[::-1]))  # last maximum: the highest cut among equal scores
+    info.update(gap_ratio=float(score[best]), gap_lower=float(lower[best]), gap_upper=float(upper[best]),
+                spread_above=float(spread[best]))
+    if score[best] < min_ratio:
+        info.update(cut_height=None, decision=f"one tree: best gap ratio {score[best]:.3g} < {min_ratio}")
         return None, info
     cut = float(np.sqrt(lower[best] * upper[best]))
     info.update(cut_height=cut, decision=f"cut between merge heights {lower[best]:.4g} and {upper[best]:.4g} "
-                                         f"(ratio {ratio[best]:.3g})")
+                                         f"(gap ratio {score[best]:.3g})")
     return cut, info
 
 
