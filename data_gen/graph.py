@@ -83,10 +83,10 @@ def _default_finetune(**kwargs: Any) -> dict:
     return finetune(**kwargs)
 
 
-def _default_load_task(name: str, *, image_size: int, seed: int, data_dir: str | Path | None):
+def _default_load_task(name: str, **kwargs: Any):
     import data_gen.finetune  # noqa: F401  (torch/lightning before TensorFlow: see environment.md pitfall 1)
     from data_gen.tasks import load_task
-    return load_task(name, image_size=image_size, seed=seed, data_dir=data_dir)
+    return load_task(name, **kwargs)
 
 
 def _build_root(graph_dir: Path, job: Mapping, *, cache_dir: Path | None, data_dir: str | Path | None,
@@ -120,8 +120,7 @@ def _build_child(graph_dir: Path, job: Mapping, *, data_dir: str | Path | None, 
     if not parent_file.is_file():
         raise FileNotFoundError(f"{parent_file}: parent {job['parent']!r} of {job['id']!r} is not built yet")
     init_state = load_file(parent_file)
-    task = load_task_fn(job["task"], image_size=job["data"]["image_size"], seed=job["data"]["seed"],
-                        data_dir=data_dir)
+    task = load_task_fn(job["task"], data_dir=str(data_dir) if data_dir else None, **job["data"])
     res = finetune_fn(arch=arch, init_state=init_state, task=task, recipe=dict(job["recipe"]),
                       out_dir=Path(graph_dir), node_id=job["id"], logger_cfg=logger_cfg,
                       checkpoint_every=checkpoint_every, num_threads=num_threads, progress=progress)
@@ -167,7 +166,8 @@ def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | N
     if claimed and claimed != sha:
         raise RuntimeError(f"{weights_path(graph_dir, job['id'])}: finetune reported sha256 {claimed}, "
                            f"file has {sha} (written twice?)")
-    recipe = {k: v for k, v in job["recipe"].items() if k != "source"}
+    recipe = {"lora_rank": None, "lora_alpha": None,
+              **{k: v for k, v in job["recipe"].items() if k != "source"}}
     meta = {**recipe, "task": job["task"], "parent": job["parent"], "root": job["root"], "level": job["level"],
             **info, "sha256": sha, "parent_sha256": parent_sha, "weights": f"models/{job['id']}.safetensors",
             "dtype": "float32", "num_threads": torch.get_num_threads(), **{f"data_{k}": v for k, v in

@@ -21,13 +21,14 @@ from typing import Any, Mapping
 from common.seed import derive_seed
 
 METHODS = ("full", "lora")
-# Keys a method block may hold (anything else is a typo and fails loudly).
-METHOD_KEYS = {"tasks", "lr", "epochs", "batch_size", "max_steps", "optimizer", "weight_decay",
-               "lora_rank", "lora_alpha", "lora_targets"}
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+# Keys a method block may hold: `tasks` plus data_gen.finetune's recipe keys (anything else fails loudly).
+DATA_KEYS = ("n_train", "n_val")  # split sizes of built-in tasks (go to load_task, not to the recipe)
+METHOD_KEYS = {"tasks", *DATA_KEYS, "lr", "epochs", "batch_size", "max_steps", "optimizer", "weight_decay", "momentum",
+               "scheduler", "warmup_steps", "augment", *LORA_KEYS}
 REQUIRED = {"full": ("tasks", "lr", "epochs", "batch_size"),
             "lora": ("tasks", "lr", "epochs", "batch_size", "lora_rank", "lora_alpha")}
-DEFAULTS = {"max_steps": None, "optimizer": "adamw", "weight_decay": 0.0,
-            "lora_rank": None, "lora_alpha": None, "lora_targets": None}
+DEFAULTS = {"max_steps": None, "optimizer": "adamw", "weight_decay": 0.0}
 _ROOT_ID = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
@@ -81,6 +82,8 @@ def _check(dg: Mapping) -> None:
         if name not in METHODS:
             raise ValueError(f"{where}: unknown method {name!r}; known: {list(METHODS)}")
         unknown = set(block) - METHOD_KEYS
+        if name == "full":
+            unknown |= set(block) & set(LORA_KEYS)
         if unknown:
             raise ValueError(f"{where}: methods.{name} has unknown keys {sorted(unknown)}; known: {sorted(METHOD_KEYS)}")
         missing = [k for k in REQUIRED[name] if block.get(k) is None]
@@ -111,16 +114,13 @@ def node_job(dg: Mapping, seed: int, node_id: str, parent: Mapping) -> dict:
         raise ValueError(f"methods.{method}.tasks has no task other than the parent's ({parent['task']!r})")
     task = rng.choice(pool)
     recipe = {**DEFAULTS, "method": method}
-    for key in sorted(set(block) - {"tasks"}):
+    for key in sorted(set(block) - {"tasks", *DATA_KEYS}):
         recipe[key] = sample(block[key], rng)
-    if method == "full":
-        recipe.update(lora_rank=None, lora_alpha=None, lora_targets=None)
-    elif recipe["lora_targets"] is not None:
-        recipe["lora_targets"] = list(recipe["lora_targets"])
+    data = {"image_size": int(dg["image_size"]), "seed": derive_seed(seed, "task", task),
+            **{k: int(block[k]) for k in DATA_KEYS if block.get(k) is not None}}
     recipe["seed"] = derive_seed(seed, "train", node_id)
     return {"id": node_id, "parent": parent["id"], "level": parent["level"] + 1, "root": parent["root"],
-            "task": task, "recipe": recipe,
-            "data": {"image_size": int(dg["image_size"]), "seed": derive_seed(seed, "task", task)}}
+            "task": task, "recipe": recipe, "data": data}
 
 
 def build_spec(dg: Mapping, seed: int) -> list[dict]:
