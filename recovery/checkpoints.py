@@ -1,0 +1,325 @@
+"""Find the models in a folder and read their tensors one at a time.
+
+Layouts understood (the model id is in brackets):
+  * ``<dir>/<id>.safetensors``                                   [file stem]
+  * ``<dir>/<id>/model.safetensors``                             [folder name] (Hugging Face)
+  * ``<dir>/<id>/model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``  [folder name]
+  * ``<dir>/<id>/pytorch_model.bin`` (read with ``torch.load(weights_only=True)``)       [folder name]
+  * a data_gen graph folder: ``<dir>/graph.json`` + ``<dir>/models/<id>.safetensors``, stages from graph.json
+
+Safetensors files are read with our own small header parser and ``pread``-style reads instead of
+``safetensors.safe_open``: ``safe_open`` memory-maps the file, and every page touched stays in the process's
+resident set until the file is closed, so keeping n files open for one pass would make peak RSS the size of all
+n models. Reading each tensor into a fresh buffer keeps peak memory at n x the largest tensor. The parser checks
+the header against the file (a truncated or corrupt file is reported by name); tests check it reads exactly what
+``safe_open`` reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from common.io import read_json
+
+STAGES = ("generalization", "specialization")
+DEFAULT_STAGE = "specialization"
+
+# safetensors dtype -> (numpy dtype to read, is floating point)
+_DTYPES = {
+    "F64": (np.float64, True), "F32": (np.float32, True), "F16": (np.float16, True), "BF16": (np.uint16, True),
+    "I64": (np.int64, False), "I32": (np.int32, False), "I16": (np.int16, False), "I8": (np.int8, False),
+    "U64": (np.uint64, False), "U32": (np.uint32, False), "U16": (np.uint16, False), "U8": (np.uint8, False),
+    "BOOL": (np.bool_, False),
+}
+_SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+_MAX_HEADER = 100 * 2**20
+
+
+class CheckpointError(ValueError):
+    """A model file or folder that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype name, shape and byte range (safetensors) or None (torch .bin)."""
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int = 0
+    end: int = 0
+
+    @property
+    def floating(self) -> bool:
+        if self.dtype in _DTYPES:
+            return _DTYPES[self.dtype][1]
+        return self.dtype.startswith(("float", "bfloat"))
+
+    @property
+    def wide(self) -> bool:
+        """True for 64-bit floats (kept in float64 when read)."""
+        return self.dtype in ("F64", "float64")
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class ModelSource:
+    """One model: its id, its files and the tensors they hold."""
+    id: str
+    path: Path                      # the file or folder the model came from (used in messages)
+    files: list[Path]
+    tensors: dict[str, TensorInfo]
+    fmt: str                        # "safetensors" | "torch"
+
+
+@dataclass
+class Catalog:
+    """The models found in a folder, their stages and what was said on the way."""
+    root: Path
+    models: list[ModelSource]
+    stages: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+    layout: str = "files"           # "files" | "graph"
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header; raise CheckpointError naming `path` on any inconsistency."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated or not a safetensors file ({size} bytes, no header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, _MAX_HEADER):
+                raise CheckpointError(f"{path}: corrupt or not a safetensors file (header length {n} > file size {size})")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    base, data = 8 + n, size - 8 - n
+    out, covered = {}, 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (a, b) = meta["dtype"], tuple(int(s) for s in meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors header (bad entry for tensor {name!r})") from None
+        if dtype not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        itemsize = np.dtype(_DTYPES[dtype][0]).itemsize
+        if b - a != itemsize * int(np.prod(shape, dtype=np.int64)) or a < 0:
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensor {name!r}: byte range {a}..{b} "
+                                  f"does not match shape {list(shape)} {dtype})")
+        if b > data:
+            raise CheckpointError(f"{path}: truncated file (tensor {name!r} needs bytes up to {b}, "
+                                  f"the file holds {data} data bytes)")
+        covered = max(covered, b)
+        out[name] = TensorInfo(path, dtype, shape, base + a, base + b)
+    if covered < data:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({data - covered} trailing bytes not covered by the header)")
+    return out
+
+
+def _torch_header(path: Path) -> dict[str, TensorInfo]:
+    """Tensor names, shapes and dtypes of a pytorch_model.bin (loaded with weights_only=True, memory-mapped)."""
+    sd = _torch_load(path)
+    return {k: TensorInfo(path, str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in sd.items()}
+
+
+def _torch_load(path: Path) -> dict:
+    import torch  # lazy: only .bin checkpoints need torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for bad files; all mean "cannot use this file"
+        raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True) ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return sd
+
+
+def _model_from_folder(d: Path) -> ModelSource | None:
+    """A Hugging Face-style model folder, or None when `d` holds no known weight file."""
+    index = d / "model.safetensors.index.json"
+    if (d / "model.safetensors").is_file():
+        files = [d / "model.safetensors"]
+    elif index.is_file():
+        wm = read_json(index).get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise CheckpointError(f"{index}: no 'weight_map' in the shard index")
+        files = sorted({d / f for f in wm.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: shard files listed in the index are missing: {missing}")
+    elif (d / "pytorch_model.bin").is_file():
+        f = d / "pytorch_model.bin"
+        return ModelSource(d.name, d, [f], _torch_header(f), "torch")
+    else:
+        return None
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        for k, v in read_safetensors_header(f).items():
+            if k in tensors:
+                raise CheckpointError(f"{d}: tensor {k!r} appears in both {tensors[k].file.name} and {f.name}")
+            tensors[k] = v
+    return ModelSource(d.name, d, files, tensors, "safetensors")
+
+
+def _check_stage(value, source: str, mid: str) -> str:
+    s = str(value).strip().lower()
+    if s not in STAGES:
+        raise CheckpointError(f"{source}: unknown stage {value!r} for model {mid!r} (expected one of {list(STAGES)})")
+    return s
+
+
+def discover(path: str | os.PathLike, stages_file: str | os.PathLike | None = None) -> Catalog:
+    """Find every model in `path` (see module doc), validate each file's header and resolve each model's stage."""
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a folder (point recovery at a folder holding two or more models)")
+    warnings: list[str] = []
+    graph_stages: dict[str, str] = {}
+    layout = "files"
+    if (root / "graph.json").is_file() and (root / "models").is_dir():
+        layout, search = "graph", root / "models"
+        graph = read_json(root / "graph.json")
+        for mid, st in (graph.get("stage") or {}).items():
+            graph_stages[mid] = _check_stage(st, str(root / "graph.json"), mid)
+    else:
+        search = root
+        if (root / "model.safetensors").is_file() or (root / "model.safetensors.index.json").is_file() \
+                or (root / "pytorch_model.bin").is_file():
+            raise CheckpointError(f"{root}: this folder is a single model; recovery needs a folder of two or more models")
+    models: dict[str, ModelSource] = {}
+    for p in sorted(search.iterdir()):
+        m = None
+        if p.is_file() and p.suffix == ".safetensors" and not _SHARD.match(p.name):
+            m = ModelSource(p.stem, p, [p], read_safetensors_header(p), "safetensors")
+        elif p.is_dir():
+            m = _model_from_folder(p)
+        if m is None:
+            continue
+        if m.id in models:
+            raise CheckpointError(f"{root}: two models share the id {m.id!r} ({models[m.id].path.name} and {p.name})")
+        models[m.id] = m
+    if not models:
+        raise CheckpointError(f"{search}: no models found (expected *.safetensors files or model folders "
+                              f"with model.safetensors / sharded safetensors / pytorch_model.bin)")
+    if len(models) < 2:
+        only = next(iter(models.values()))
+        raise CheckpointError(f"{search}: only one model found ({only.path}); recovery needs two or more")
+    stages = {mid: graph_stages.get(mid, DEFAULT_STAGE) for mid in models}
+    if stages_file is not None:
+        sf = Path(stages_file)
+        given = read_json(sf)
+        if not isinstance(given, dict):
+            raise CheckpointError(f"{sf}: a stages file must be a JSON object {{model id: stage}}")
+        unknown = sorted(set(given) - set(models))
+        if unknown:
+            warnings.append(f"{sf}: ids not among the models in {search} were ignored: {unknown[:10]}"
+                            + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
+        for mid, st in given.items():
+            if mid in models:
+                stages[mid] = _check_stage(st, str(sf), mid)
+    ordered = [models[k] for k in sorted(models)]
+    return Catalog(root, ordered, stages, warnings, layout)
+
+
+class ModelReader:
+    """Reads tensors of one model; every file is opened once (use as a context manager)."""
+
+    def __init__(self, model: ModelSource):
+        self.model = model
+        self._stack = ExitStack()
+        self._files: dict[Path, object] = {}
+        self._sd: dict | None = None
+
+    def __enter__(self) -> "ModelReader":
+        if self.model.fmt == "torch":
+            self._sd = _torch_load(self.model.files[0])
+        else:
+            for f in self.model.files:
+                try:
+                    self._files[f] = self._stack.enter_context(open(f, "rb", buffering=0))
+                except OSError as e:
+                    raise CheckpointError(f"{f}: cannot open ({e.strerror or e})") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self._sd = None
+
+    def get(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Tensor `name` as float32 (float64 stays float64), into `out` (flat, right size) when given."""
+        info = self.model.tensors[name]
+        if self._sd is not None:
+            t = self._sd[name].detach()
+            arr = (t.double() if t.dtype.is_floating_point and t.element_size() == 8 else t.float()).numpy().reshape(-1)
+            if out is None:
+                return arr.reshape(info.shape).copy()
+            out[...] = arr
+            return out.reshape(info.shape)
+        np_dtype = _DTYPES[info.dtype][0]
+        raw = np.empty(info.numel, dtype=np_dtype)
+        f = self._files[info.file]
+        f.seek(info.start)
+        got = f.readinto(memoryview(raw).cast("B"))
+        if got != info.end - info.start:
+            raise CheckpointError(f"{info.file}: truncated while reading tensor {name!r} (file changed on disk?)")
+        if info.dtype == "BF16":
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        target = np.float64 if info.dtype == "F64" else np.float32
+        if out is not None:
+            out[...] = raw
+            return out.reshape(info.shape)
+        return raw.astype(target, copy=False).reshape(info.shape)
+
+
+def open_all(models: list[ModelSource]) -> tuple[ExitStack, list[ModelReader]]:
+    """Open every model once for a pass; close with the returned ExitStack."""
+    stack = ExitStack()
+    try:
+        readers = [stack.enter_context(ModelReader(m)) for m in models]
+    except BaseException:
+        stack.close()
+        raise
+    return stack, readers
+
+
+def iter_stacked(readers: list[ModelReader], names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, array of shape (n_models, *shape)) per tensor; only one stack is alive at a time.
+
+    The stack is float32, or float64 when any model stores the tensor in 64 bits.
+    """
+    for name in names:
+        infos = [r.model.tensors[name] for r in readers]
+        shape = infos[0].shape
+        dtype = np.float64 if any(i.wide for i in infos) else np.float32
+        buf = np.empty((len(readers), int(np.prod(shape, dtype=np.int64))), dtype=dtype)
+        for i, r in enumerate(readers):
+            r.get(name, out=buf[i])
+        yield name, buf.reshape((len(readers),) + shape)
+        del buf

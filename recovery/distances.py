@@ -1,0 +1,295 @@
+"""Pairwise weight distances between n models, one layer at a time.
+
+``l2`` (paper Eq. 1) and ``rms`` come from one centred Gram matrix per layer; ``lora_rank`` (Eq. 2) from the
+numerical rank of each pair's difference, computed without n^2 full SVDs where the differences are low rank.
+
+Rank tolerance (``rank_tol``):
+  * ``"weight"`` (default): tol = eps32 x max(m, n) x S, with S the largest spectral norm of the layer's weights
+    among the models compared (taken as ||W_ref||_2 + max_i ||W_i - W_ref||_2, an upper bound within the size of
+    the fine-tuning change, inside a group of models whose differences are low rank; exact ||W_i||_2 otherwise).
+    Storing W + BA in float32 leaves rounding noise far below this level, so a tiny LoRA update keeps its rank.
+  * ``"delta"``: numpy's default for a float32 difference: sigma_max(D) x max(m, n) x eps32. Here the rounding
+    noise itself decides the rank, so no low-rank shortcut is exact: every pair uses the direct SVD.
+  * a float: that absolute tolerance.
+
+Fast ranks. Per layer, each model's difference from a reference model, D_i = W_i - W_ref, is factored once by a
+randomized range finder: D_i = L_i + R_i with L_i = A_i diag(s_i) V_i^T (A_i, V_i orthonormal) and the residual
+bounded by ||R_i||_2 <= ||R_i||_F + (largest discarded singular value) =: e_i, all computed explicitly. Then
+W_i - W_j = (L_i - L_j) + (R_i - R_j) and by Weyl's inequality every singular value of the pair's difference is
+within e_i + e_j of one of the small core matrix of L_i - L_j (size k_i + k_j). A rank is accepted only when no core
+singular value lies within that margin (plus a float64 round-off allowance) of tol; otherwise, and for pairs
+whose differences are not low rank, the direct SVD is used. Hence the ranks equal
+``numpy.linalg.matrix_rank(W_i - W_j, tol)`` (difference in float64), which the tests check.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EPS32 = float(np.finfo(np.float32).eps)
+RANK_TOLS = ("weight", "delta")
+
+
+# ----------------------------------------------------------------------------------------------- l2 / rms
+def _centred_gram(x: np.ndarray, chunk: int) -> np.ndarray:
+    mean = x.mean(axis=0, dtype=np.float64)
+    g = np.zeros((x.shape[0], x.shape[0]))
+    for s in range(0, x.shape[1], chunk):
+        c = x[:, s:s + chunk].astype(np.float64)
+        c -= mean[s:s + chunk]
+        g += c @ c.T
+    return g
+
+
+def _sq_from_gram(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = np.diag(g)
+    scale = d[:, None] + d[None, :]
+    return np.maximum(scale - 2 * g, 0.0), scale
+
+
+def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 17, rel: float = 1e-4) -> np.ndarray:
+    """Squared Euclidean distances between the rows of `x` (n, p), float64, exact zero for identical rows.
+
+    Uses ||a-b||^2 = |a|^2 + |b|^2 - 2 a.b on rows centred on their mean (float64 accumulation, column chunks).
+    Pairs whose distance is small next to their norms (cancellation) are recomputed on a Gram matrix centred on
+    their own group of close models, so close models far from the mean keep their precision.
+    """
+    x = x.reshape(x.shape[0], -1)
+    d2, scale = _sq_from_gram(_centred_gram(x, chunk))
+    close = d2 < rel * scale
+    np.fill_diagonal(close, False)
+    if close.any():
+        from scipy.sparse.csgraph import connected_components
+
+        _, comp = connected_components(close, directed=False)
+        for c in np.unique(comp):
+            idx = np.flatnonzero(comp == c)
+            if len(idx) > 1:
+                sub, _ = _sq_from_gram(_centred_gram(x[idx], chunk))
+                d2[np.ix_(idx, idx)] = sub
+    tiny = d2 <= 1e-12 * (scale + np.finfo(np.float64).tiny)
+    for i, j in zip(*np.nonzero(np.triu(tiny, 1))):
+        d2[i, j] = d2[j, i] = 0.0 if np.array_equal(x[i], x[j]) else max(d2[i, j], np.finfo(np.float64).tiny)
+    np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+# ----------------------------------------------------------------------------------------------- ranks
+def as_matrix(w: np.ndarray) -> np.ndarray:
+    """A layer's weights as a matrix: conv kernels (out, in, *k) become (out, in * prod(k))."""
+    return w.reshape(w.shape[0], -1) if w.ndim > 2 else w
+
+
+def spectral_norm(w: np.ndarray) -> float:
+    """||w||_2 (largest singular value) in float64."""
+    return float(np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)[0]) if w.size else 0.0
+
+
+def direct_ranks(ws: np.ndarray, tol: np.ndarray | float, pairs=None) -> np.ndarray:
+    """The reference method: ``matrix_rank(W_i - W_j, tol)`` per pair, difference in float64. ws: (n, m, d)."""
+    n = ws.shape[0]
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), (n, n))
+    out = np.zeros((n, n), dtype=np.int64)
+    for i, j in (pairs if pairs is not None else zip(*np.triu_indices(n, 1))):
+        d = ws[i].astype(np.float64) - ws[j]
+        out[i, j] = out[j, i] = np.linalg.matrix_rank(d, tol=tol[i, j])
+    return out
+
+
+def delta_tolerances(ws: np.ndarray) -> np.ndarray:
+    """numpy's default tolerance for each float32 pair difference: sigma_max x max(m, n) x eps32."""
+    n = ws.shape[0]
+    tol = np.zeros((n, n))
+    for i, j in zip(*np.triu_indices(n, 1)):
+        tol[i, j] = tol[j, i] = spectral_norm(ws[i].astype(np.float64) - ws[j]) * max(ws.shape[1:]) * EPS32
+    return tol
+
+
+@dataclass
+class LowRank:
+    """D ~= A diag(s) V^T with ||D - A diag(s) V^T||_2 <= err."""
+    a: np.ndarray
+    s: np.ndarray
+    v: np.ndarray
+    err: float
+
+    @property
+    def k(self) -> int:
+        return len(self.s)
+
+
+def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Generator, block: int = 16
+                    ) -> LowRank | None:
+    """Factor `d` (float64) with certified residual err <= target, or None when its rank exceeds kmax.
+
+    Blocked randomized range finder: the basis grows by blocks (doubling) until the residual's Frobenius norm
+    (tracked as ||D||^2 - ||Q^T D||^2) falls under target / 2; the residual is then computed explicitly.
+    """
+    m, n = d.shape
+    if not d.any():
+        return LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0)
+    total = float(np.einsum("ij,ij->", d, d))
+    q = np.zeros((m, 0))
+    rows = np.zeros((0, n))
+    while True:
+        b = min(max(block, q.shape[1]), min(m, n) - q.shape[1])
+        y = d @ rng.standard_normal((n, b))
+        for _ in range(2):  # re-orthogonalise against the basis found so far
+            y -= q @ (q.T @ y)
+        qb, _ = np.linalg.qr(y)
+        q = np.concatenate([q, qb], axis=1)
+        rows = np.concatenate([rows, qb.T @ d])
+        left = total - float(np.einsum("ij,ij->", rows, rows))
+        if left <= (target / 2) ** 2 * 0.5 or q.shape[1] >= min(m, n):
+            res = float(np.linalg.norm(d - q @ rows))
+            if res <= target / 2:
+                u, sv, vt = np.linalg.svd(rows, full_matrices=False)
+                keep = sv > target / 2
+                return LowRank(q @ u[:, keep], sv[keep], vt[keep].T, res + float(sv[~keep].max(initial=0.0)))
+        if q.shape[1] >= min(kmax, min(m, n)):
+            return None
+
+
+@dataclass
+class RankResult:
+    """Ranks of every pair's difference for one layer, with how they were obtained."""
+    ranks: np.ndarray           # (n, n) int
+    tol: np.ndarray             # (n, n) float: the tolerance each pair used
+    groups: list[list[int]]     # models sharing a low-rank reference (singletons: dense differences)
+    n_fast: int = 0
+    n_direct: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def low_rank_share(self) -> float:
+        """(n - number of groups) / (n - 1): 1 when all differences are low rank, 0 when none are."""
+        n = self.ranks.shape[0]
+        return (n - len(self.groups)) / (n - 1) if n > 1 else 0.0
+
+
+def _group(ws: np.ndarray, target: float, kmax: int, rng, max_refs: int):
+    """Greedy: each model joins the first reference whose difference from it is low rank, else becomes one."""
+    refs: list[int] = []
+    fac: dict[int, LowRank] = {}
+    owner: dict[int, int] = {}
+    for i in range(ws.shape[0]):
+        near = sorted(refs, key=lambda r: float(np.linalg.norm(ws[i].astype(np.float64) - ws[r])))
+        for r in near[:max_refs]:
+            f = factor_low_rank(ws[i].astype(np.float64) - ws[r], target, kmax, rng)
+            if f is not None:
+                fac[i], owner[i] = f, r
+                break
+        else:
+            refs.append(i)
+            m, n = ws.shape[1:]
+            fac[i], owner[i] = LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0), i
+    groups = [[i for i in range(ws.shape[0]) if owner[i] == r] for r in refs]
+    return groups, fac
+
+
+_JITTER = 1e-14
+
+
+def _core_svals(fi: LowRank, fj: LowRank) -> np.ndarray:
+    """Singular values of L_i - L_j = M diag(s_i, -s_j) N^T from a (k_i + k_j) square core.
+
+    With R^T R = M^T M (+ jitter I) and likewise for N, sigma(R_M S R_N^T) = sigma(M S N^T) up to
+    3 sqrt(jitter) max|s| (the jitter keeps the Cholesky factor defined when the two bases share directions).
+    """
+    if fi.k + fj.k == 0:
+        return np.zeros(0)
+
+    def chol(x, y):
+        g = np.empty((x.shape[1] + y.shape[1],) * 2)
+        g[: x.shape[1], : x.shape[1]] = x.T @ x
+        g[x.shape[1]:, x.shape[1]:] = y.T @ y
+        g[: x.shape[1], x.shape[1]:] = x.T @ y
+        g[x.shape[1]:, : x.shape[1]] = g[: x.shape[1], x.shape[1]:].T
+        g[np.diag_indices_from(g)] += _JITTER
+        return np.linalg.cholesky(g).T
+
+    rm, rn = chol(fi.a, fj.a), chol(fi.v, fj.v)
+    core = (rm * np.concatenate([fi.s, -fj.s])) @ rn.T
+    return np.sqrt(np.clip(np.linalg.eigvalsh(core @ core.T), 0.0, None))
+
+
+def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str = "fast", seed: int = 0,
+                kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct") -> RankResult:
+    """Ranks of W_i - W_j for all pairs of the stack `w` (n, *shape); conv kernels are flattened to matrices.
+
+    Args:
+        rank_tol: "weight" | "delta" | float (see module doc).
+        method: "fast" (certified low-rank cores, direct SVD where needed) or "direct" (SVD per pair).
+        seed: seeds the range finder's random matrices (they change speed, never results).
+        kmax_frac: a difference of rank above kmax_frac x min(m, n) counts as not low rank.
+        max_refs: how many references a model tries before it starts a group of its own.
+        dense: what to do with pairs in different groups: "direct" (exact SVD) or "skip" (rank -1: not computed).
+    """
+    ws = np.stack([as_matrix(x) for x in w]) if w.ndim != 3 else w
+    n, m, d = ws.shape
+    if isinstance(rank_tol, str) and rank_tol not in RANK_TOLS:
+        raise ValueError(f"rank_tol must be one of {RANK_TOLS} or a number, got {rank_tol!r}")
+    if method not in ("fast", "direct"):
+        raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
+    tol = np.zeros((n, n))
+    if rank_tol == "delta":
+        tol = delta_tolerances(ws)
+        return RankResult(direct_ranks(ws, tol), tol, [[i] for i in range(n)], 0, n * (n - 1) // 2,
+                          {"note": "rank_tol=delta: direct SVD per pair"})
+    explicit = not isinstance(rank_tol, str)
+    if method == "direct":
+        if explicit:
+            tol[:] = float(rank_tol)
+        else:
+            s = np.array([spectral_norm(x) for x in ws])
+            tol = EPS32 * max(m, d) * np.maximum(s[:, None], s[None, :])
+        return RankResult(direct_ranks(ws, tol), tol, [[i] for i in range(n)], 0, n * (n - 1) // 2)
+    rng = np.random.default_rng(seed)
+    kmax = max(1, int(kmax_frac * min(m, d)))
+    ref_norm = spectral_norm(ws[0])
+    base = float(rank_tol) if explicit else EPS32 * max(m, d) * ref_norm
+    groups, fac = _group(ws, base / 8, kmax, rng, max_refs)
+    # per-model upper bound S_i of ||W_i||_2 and the tolerance of each pair
+    if explicit:
+        tol[:] = float(rank_tol)
+    else:
+        ref_norms = {g[0]: (ref_norm if g[0] == 0 else spectral_norm(ws[g[0]])) for g in groups}
+        bound = np.zeros(n)
+        for g in groups:
+            top = ref_norms[g[0]] + max(float(fac[i].s.max(initial=0.0)) + fac[i].err for i in g)
+            bound[g] = top
+        tol = EPS32 * max(m, d) * np.maximum(bound[:, None], bound[None, :])
+    ranks = np.zeros((n, n), dtype=np.int64)
+    direct_pairs, n_fast = [], 0
+    gid = {i: k for k, g in enumerate(groups) for i in g}
+    for i, j in zip(*np.triu_indices(n, 1)):
+        if gid[i] != gid[j]:
+            direct_pairs.append((i, j))
+            continue
+        t = tol[i, j]
+        sv = _core_svals(fac[i], fac[j])
+        margin = fac[i].err + fac[j].err + 1e-5 * (fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0))
+        if margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
+            direct_pairs.append((i, j))
+            continue
+        ranks[i, j] = ranks[j, i] = int(np.count_nonzero(sv > t))
+        n_fast += 1
+    if direct_pairs:
+        if dense == "skip":
+            cross = [(i, j) for i, j in direct_pairs if gid[i] != gid[j]]
+            for i, j in cross:
+                ranks[i, j] = ranks[j, i] = -1
+            direct_pairs = [p for p in direct_pairs if gid[p[0]] == gid[p[1]]]
+        if direct_pairs:
+            ranks += direct_ranks(ws, tol, direct_pairs)
+    return RankResult(ranks, tol, groups, n_fast, len(direct_pairs),
+                      {"ranks_from_ref": {i: fac[i].k for i in range(n)}, "kmax": kmax})
+
+
+def reduce_ranks(per_layer: list[np.ndarray], how: str = "max") -> np.ndarray:
+    """Combine per-layer rank matrices: "max" (paper Eq. 2) or "sum"."""
+    if how not in ("max", "sum"):
+        raise ValueError(f"rank_reduce must be 'max' or 'sum', got {how!r}")
+    stack = np.stack(per_layer).astype(np.float64)
+    return stack.max(axis=0) if how == "max" else stack.sum(axis=0)
