@@ -82,10 +82,15 @@ def plot_tree(tree: dict, path: str | Path, metrics: dict | None = None, title: 
     for p, c in missed:
         arrow(p, c, COLORS["missed"], "--", rad=0.25)
     ax.scatter(xs, [y for _, y in pos.values()], s=60, c="white", edgecolors="#222222", zorder=2)
+    parents = {p for p, _ in edges}
     for node, (x, y) in pos.items():
         label = node if len(node) <= 28 else node[:12] + "..." + node[-13:]
-        ax.text(x, y - 0.12, label, fontsize=font, rotation=rotate, ha="right" if rotate else "center",
-                va="top", rotation_mode="anchor", zorder=3)
+        if node in parents:  # inner node: label beside it, clear of the edges below
+            ax.text(x + 0.14, y, label, fontsize=font, ha="left", va="center", zorder=3,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+        else:
+            ax.text(x, y - 0.12, label, fontsize=font, rotation=rotate, ha="right" if rotate else "center",
+                    va="top", rotation_mode="anchor", zorder=3)
 
     handles = [Line2D([], [], color=COLORS["recovered"], label="recovered edge")] if status is None else [
         Line2D([], [], color=COLORS["correct"], label="recovered, correct"),
@@ -94,7 +99,7 @@ def plot_tree(tree: dict, path: str | Path, metrics: dict | None = None, title: 
     ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     ax.set_title(title or _title(tree, metrics), fontsize=10)
     ax.set_xlim(min(xs) - 1, max(xs) + 1)
-    ax.set_ylim(-depth - 1.2, 0.6)
+    ax.set_ylim(-depth - 0.9, 0.5)
     ax.axis("off")
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
