@@ -16,12 +16,12 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.io import atomic_write, read_json, write_json
+from common.io import atomic_write, read_json, sha256_file, write_json
 from common.seed import derive_seed
 
 log = logging.getLogger("mother.analysis")
@@ -224,3 +224,45 @@ def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, ch
 def read_graph(graph_dir: Path) -> dict:
     """graph.json of a graph folder (clear error naming the file when missing or broken)."""
     return read_json(Path(graph_dir) / "graph.json")
+
+
+# ------------------------------------------------------------------------------------------- derived
+def derived_graph(src: Path, dst: Path, transform: Callable[[str, "torch.Tensor"], "torch.Tensor"], *,
+                  tag: Mapping[str, Any], nodes: set[str] | None = None) -> Path:
+    """A copy of graph `src` at `dst` with `transform(tensor name, tensor)` applied to the models in `nodes`
+    (default all); the other models are hard links (copies where links fail). Cached: a `dst` made from the
+    same source graph.json with the same `tag` is reused. graph.json gains `derived` (source, tag, nodes) and
+    each transformed node's meta its new sha256 (the original kept as `source_sha256`).
+    """
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    graph = read_graph(src)
+    chosen = sorted(set(graph["nodes"]) if nodes is None else set(nodes))
+    stamp = {"source": str(src), "source_graph_sha256": sha256_file(src / "graph.json"), "tag": dict(tag),
+             "nodes": chosen}
+    if is_complete(dst) and read_graph(dst).get("derived") == stamp:
+        return dst
+    (dst / "models").mkdir(parents=True, exist_ok=True)
+    meta = {n: dict(m) for n, m in graph.get("meta", {}).items()}
+    for node in graph["nodes"]:
+        s, d = src / "models" / f"{node}.safetensors", dst / "models" / f"{node}.safetensors"
+        if d.exists() or d.is_symlink():
+            d.unlink()
+        if node in chosen:
+            state = {k: transform(k, v) for k, v in load_file(str(s)).items()}
+            atomic_write(d, lambda tmp, st=state: save_file(st, tmp))
+            meta.setdefault(node, {})
+            meta[node]["source_sha256"] = meta[node].get("sha256")
+            meta[node]["sha256"] = sha256_file(d)
+        else:
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copyfile(s, d)
+    out = {**graph, "meta": meta, "name": dst.name, "derived": stamp, "complete": True}
+    write_json(dst / "graph.json", out)
+    return dst
