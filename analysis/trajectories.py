@@ -312,7 +312,12 @@ def series_stats(files: Sequence[str | Path], *, stats: Sequence[str], kinds: Se
                 for lay in lays:
                     w = lay.take(reader.get(lay.tensor))
                     for s in stats:
-                        vals[s][lay.name] = float(weight_stat(w, s))
+                        v = float(weight_stat(w, s))
+                        if math.isfinite(v):  # undefined on a constant layer: left out of the sum
+                            vals[s][lay.name] = v
+                        else:
+                            log.warning("%s: %s of %s is undefined (constant layer); left out", model.path, s,
+                                        lay.name)
                 for s in stats:
                     total = float(sum(vals[s].values()))
                     out[s][kind].append({"sum": total, "per_layer": vals[s]} if per_layer else total)

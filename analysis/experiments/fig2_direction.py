@@ -22,13 +22,22 @@ NAME = "fig2_direction"
 PANELS = ("generalization", "specialization")
 
 
-def pretraining_series(cfg: DictConfig, root: str) -> tuple[list[int], list[str]]:
-    """(steps, files) of a built-in root's pre-training checkpoints (built with the root if missing)."""
-    from data_gen import roots
-    from analysis.trajectories import load_root_state, roots_cache
+def pretraining_series(cfg: DictConfig, root: str, folders: dict | None = None) -> tuple[list[int], list[str]]:
+    """(steps, files) of a root's pre-training checkpoints.
 
+    A root listed in `folders` (root spec -> folder of step_<k>.safetensors) is read from there; a built-in
+    root's checkpoints come from data_gen.roots (built with the root if missing).
+    """
+    from analysis.trajectories import checkpoint_series, load_root_state, roots_cache
+
+    if folders and str(root) in folders:
+        pairs = checkpoint_series(folders[str(root)])
+        return [s for s, _ in pairs], [str(p) for _, p in pairs]
     if not str(root).startswith("builtin:"):
-        raise ValueError(f"{root}: pre-training checkpoints exist only for built-in roots ('builtin:<name>')")
+        raise ValueError(f"{root}: pre-training checkpoints exist only for built-in roots ('builtin:<name>'); "
+                         f"list a folder for it in analysis.{NAME}.pretraining")
+    from data_gen import roots
+
     load_root_state(cfg, root)  # builds the root (and its checkpoints) when missing
     pairs = roots.pretraining_checkpoints(str(root).removeprefix("builtin:"), cache_dir=roots_cache(cfg))
     return [int(s) for s, _ in pairs], [str(p) for _, p in pairs]
@@ -40,8 +49,9 @@ def compute(cfg: DictConfig) -> dict[str, Any]:
     stat, kinds = str(k.stat), list(k.kinds)
     layers = dict(k.get("layers") or {})
     series = []
+    folders = dict(k.get("pretraining") or {})
     for root in report.knobs(cfg, "trajectory").roots:
-        steps, files = pretraining_series(cfg, str(root))
+        steps, files = pretraining_series(cfg, str(root), folders)
         values = series_stats(files, stats=[stat], kinds=kinds, layers=layers)[stat]
         score = np.sum([values[kind] for kind in kinds], axis=0).tolist()
         series.append({"panel": "generalization", "label": node_name(root), "root": str(root), "task": "pretrain",

@@ -1,0 +1,76 @@
+"""Shared helpers for A2's analysis tests (synthetic weight trajectories, toy configs). Not a test module."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def vit_like_state(rng: np.random.Generator, d: int = 16, blocks: int = 2, classes: int = 5) -> dict[str, np.ndarray]:
+    """Random float32 weights with timm ViT tensor names (fused qkv, attn.proj, mlp.fc1/fc2, head)."""
+    s = {}
+    for b in range(blocks):
+        p = f"blocks.{b}."
+        s[p + "attn.qkv.weight"] = rng.standard_normal((3 * d, d))
+        s[p + "attn.proj.weight"] = rng.standard_normal((d, d))
+        s[p + "mlp.fc1.weight"] = rng.standard_normal((4 * d, d))
+        s[p + "mlp.fc2.weight"] = rng.standard_normal((d, 4 * d))
+        s[p + "norm1.weight"] = np.ones(d)
+    s["head.weight"] = rng.standard_normal((classes, d))
+    return {k: v.astype(np.float32) for k, v in s.items()}
+
+
+def outlier_trajectory(folder: Path, steps: list[int], *, seed: int = 0, shrink: bool = True) -> list[Path]:
+    """Synthetic checkpoints W_t = G + a_t * O with sparse outliers O: kurtosis falls with t when `shrink`
+    (a_t from 1 down to 0.1), rises otherwise. Writes folder/step_<t>.safetensors; returns the files."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    base = vit_like_state(rng)
+    outliers = {k: (rng.random(v.shape) < 0.02) * rng.standard_normal(v.shape) * 12 for k, v in base.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, t in enumerate(steps):
+        a = np.linspace(1.0, 0.1, len(steps))[i] if shrink else np.linspace(0.1, 1.0, len(steps))[i]
+        state = {k: (v + a * outliers[k]).astype(np.float32) for k, v in base.items()}
+        files.append(folder / f"step_{t}.safetensors")
+        save_file(state, str(files[-1]))
+    return files
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """One folder per test session shared by A2's test modules: toy roots and trained models are cached
+    there (by spec hash), so Fig. 2, 8 and 13 train their shared runs once."""
+    d = tmp_path_factory.getbasetemp() / "a2_shared"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def toy_roots(folder: Path, n: int = 3, arch: str = "vit_mini") -> list[str]:
+    """`n` random-init models of `arch` saved as local root files (synthetic stand-ins for built-in roots:
+    no pre-training, so nothing about their trends is evidence). Returns their paths."""
+    import torch
+    from safetensors.torch import save_file
+
+    from data_gen.models import create_model
+
+    out = []
+    for i in range(n):
+        path = folder / "roots_in" / f"toy_root_{i}.safetensors"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(1000 + i)
+            state = {k: v.contiguous() for k, v in create_model(arch, num_classes=7).state_dict().items()}
+            save_file(state, str(path), metadata={"arch": arch})
+        out.append(str(path))
+    return out
+
+
+def compose_toy(experiment: str, tmp: Path, shared: Path, extra: list[str] | None = None):
+    """Toy-scale config of `experiment`: results under tmp, models cached under shared/graphs."""
+    from tests.conftest import compose
+
+    over = [f"+experiment={experiment}", "analysis.scale=toy", f"analysis.out_dir={tmp / 'results'}",
+            f"paths.log_dir={tmp / 'logs'}", f"paths.results_dir={tmp / 'results'}",
+            f"paths.graphs_dir={shared / 'graphs'}", f"paths.data_dir={shared / 'data'}", "num_threads=1"]
+    return compose(over + list(extra or []), output_dir=tmp / "out")

@@ -1,0 +1,41 @@
+"""Fig. 16 experiment: direction score vs learning rate (toy run: 2 lrs x 2 seeds on a random-init stand-in
+root, a few steps; checked for kind and range and for the convergence rule)."""
+from __future__ import annotations
+
+from omegaconf import open_dict
+
+from analysis.experiments.fig16_lr import by_lr
+from tests.a2_helpers import compose_toy, shared_dir, toy_roots
+
+
+def test_by_lr_aggregates_synthetic_runs():
+    """Synthetic run records: counts and means per learning rate."""
+    def s(lr, acc, rho, conv):
+        return {"lr": lr, "val_accuracy": acc, "converged": conv,
+                "trend": {"spearman": rho, "monotone_fraction": 0.5, "agrees": rho < 0}}
+    rows = by_lr([s(1e-2, 0.1, 0.3, False), s(1e-2, 0.2, -0.1, False), s(1e-4, 0.9, -0.9, True)])
+    assert [r["lr"] for r in rows] == [1e-2, 1e-4]
+    assert rows[0]["converged"] == 0 and rows[0]["trend_down"] == 1 and abs(rows[0]["mean_val_acc"] - 0.15) < 1e-12
+    assert rows[1]["converged"] == 1 and rows[1]["mean_spearman"] == -0.9
+
+
+def test_fig16_toy_run(tmp_path_factory):
+    from analysis.experiments import fig16_lr
+
+    shared = shared_dir(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("fig16")
+    cfg = compose_toy("fig16_lr", tmp, shared)
+    with open_dict(cfg):
+        cfg.analysis.fig16_lr.root = toy_roots(shared, 1)[0]
+    results = fig16_lr.run(cfg)
+    out = tmp / "results" / "fig16_lr"
+    assert {"fig16_lr.png", "fig16_lr.md", "fig16_lr.tex", "fig16_lr_runs.csv"} <= {p.name for p in out.iterdir()}
+    assert len(results["series"]) == 2 * 2
+    assert len({s["seed"] for s in results["series"]}) == 4  # a unique seed per run
+    for s in results["series"]:
+        assert 0.0 <= s["val_accuracy"] <= 1.0 and 0.0 < s["chance"] <= 0.5
+        assert s["converged"] == (s["val_accuracy"] >= results["chance_multiple"] * s["chance"])
+        assert s["dashed"] == (not s["converged"])
+        r = s["trend"]["spearman"]
+        assert r is None or -1.0 <= r <= 1.0
+    assert sum(r["runs"] for r in results["by_lr"]) == 4

@@ -1,0 +1,55 @@
+"""Fig. 8 experiment: several direction statistics along fine-tuning.
+
+`finetune_panels` is tested on synthetic checkpoints (outliers shrinking: kurtosis falls mechanically); the toy
+run fine-tunes random-init stand-in roots a few steps and is checked for kind and range only.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+from omegaconf import open_dict
+
+import analysis.trajectories as tr
+from common.io import read_json
+from tests.a2_helpers import compose_toy, outlier_trajectory, shared_dir, toy_roots
+
+
+def test_panels_on_synthetic_trajectories(tmp_path, monkeypatch):
+    """Synthetic: two 'roots' whose outliers shrink; kurtosis must be consistent and falling."""
+    steps = [0, 2, 4, 6, 8]
+    runs = [{"root": f"r{i}", "task": "t", "steps_list": steps, "val_accuracy": 0.5,
+             "files": outlier_trajectory(tmp_path / f"r{i}", steps, seed=i)} for i in range(2)]
+    monkeypatch.setattr(tr, "root_trajectories", lambda cfg: runs)
+    out = tr.finetune_panels(None, [("kurtosis", "kurtosis", "dense"), ("variance", "variance", "dense")])
+    k = out["panels"]["kurtosis"]
+    assert k["consistent"] and k["direction"] == "down" and k["mean_monotone_fraction"] == 1.0
+    assert all(r == pytest.approx(-1.0) for r in k["spearman"].values())
+    assert len(out["series"]) == 4
+    table = tr.panel_table(out["panels"])
+    assert list(table["panel"]) == ["kurtosis", "variance"] and table.loc[0, "consistent"] == "yes"
+
+
+def test_fig8_toy_run(tmp_path_factory):
+    """Toy scale: 2 stand-in roots, 4 statistics; numbers are checked for kind and range."""
+    from analysis.experiments import fig8_stats
+
+    shared = shared_dir(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("fig8")
+    cfg = compose_toy("fig8_stats", tmp, shared)
+    with open_dict(cfg):
+        cfg.analysis.trajectory.scales.toy.roots = toy_roots(shared, 2)
+    results = fig8_stats.run(cfg)
+    out = tmp / "results" / "fig8_stats"
+    assert {"fig8_stats.png", "fig8_stats.md", "fig8_stats.tex", "fig8_stats_trajectories.csv"} <= {
+        p.name for p in out.iterdir()}
+    assert results["order"] == ["variance", "skewness", "kurtosis", "entropy"]
+    assert len(results["series"]) == 4 * 2
+    for s in results["series"]:
+        assert all(math.isfinite(v) for v in s["values"])
+        if s["stat"] in ("variance", "kurtosis", "entropy"):
+            assert all(v > 0 for v in s["values"])
+    for p in results["panels"].values():
+        assert all(r is None or -1.0 <= r <= 1.0 for r in p["spearman"].values())
+        assert isinstance(p["consistent"], bool) and p["direction"] in ("up", "down")
+    assert "consistently monotone" in read_json(out / "experiment.json")["ours"]
