@@ -4,6 +4,11 @@ Conventions: an edge i -> j has i as the parent. K_ij = 1 when k(v_i) < k(v_j), 
 lower direction score; in specialization (fine-tuning) the score falls from parent to child, so such an edge is
 penalised. T_ij = 1 when the child j is a generalization node (its training raised the score), which flips the
 penalty. lambda = c * (1/n^2) sum_ij D_ij with the diagonal counted as 0 (the paper's formula; c = 0.3).
+
+Stage order (our addition, `stage_order=True`): an edge from a specialization parent to a generalization child
+costs another lambda. Without it a generalization root (a foundation model) and its specialization child are
+interchangeable: root -> child lowers the score as specialization should, child -> root raises it as
+generalization should, and both cost the same. Graphs whose nodes all share one stage (the paper's) are unchanged.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from recovery.mdst import min_arborescence
 
 
 def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
-                c: float = 0.3) -> tuple[np.ndarray, float]:
+                c: float = 0.3, stage_order: bool = True) -> tuple[np.ndarray, float]:
     """The paper's merged prior matrix M (edge i -> j costs M[i, j]) and the lambda used.
 
     Args:
@@ -21,6 +26,7 @@ def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.
         direction: (n,) direction scores k (kurtosis by default).
         generalization: (n,) bool, True where a node was trained in the generalization stage.
         c: weight of the direction prior relative to the mean distance.
+        stage_order: add lambda to edges from a specialization parent to a generalization child.
     """
     d = np.asarray(distance, dtype=np.float64)
     k = np.asarray(direction, dtype=np.float64)
@@ -33,21 +39,24 @@ def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.
     lam = float(c) * d.sum() / n**2
     kxor = (k[:, None] < k[None, :]) ^ t[None, :]
     m = d + lam * kxor
+    if stage_order:
+        m += lam * (~t[:, None] & t[None, :])
     np.fill_diagonal(m, np.inf)
     return m, lam
 
 
 def recover_tree(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
-                 c: float = 0.3) -> tuple[np.ndarray, float]:
+                 c: float = 0.3, stage_order: bool = True) -> tuple[np.ndarray, float]:
     """Parent array (-1 for the root) of the MDST of M for one cluster, and the lambda used."""
     if len(direction) == 1:
         return np.array([-1]), 0.0
-    m, lam = cost_matrix(distance, direction, generalization, c)
+    m, lam = cost_matrix(distance, direction, generalization, c, stage_order)
     return min_arborescence(m), lam
 
 
 def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
-                   labels: np.ndarray, c: float = 0.3) -> tuple[np.ndarray, dict[int, float]]:
+                   labels: np.ndarray, c: float = 0.3, stage_order: bool = True
+                   ) -> tuple[np.ndarray, dict[int, float]]:
     """Recover one tree per cluster label; return the global parent array (-1 per root) and lambda per cluster."""
     d = np.asarray(distance, dtype=np.float64)
     labels = np.asarray(labels)
@@ -56,7 +65,7 @@ def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: 
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
         local, lams[int(label)] = recover_tree(d[np.ix_(idx, idx)], np.asarray(direction)[idx],
-                                               np.asarray(generalization)[idx], c)
+                                               np.asarray(generalization)[idx], c, stage_order)
         has = local >= 0
         parent[idx[has]] = idx[local[has]]
     return parent, lams

@@ -49,7 +49,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         stages_file: optional id -> stage file (else graph.json stages, else all specialization).
         layers, distance, direction: options passed to recovery.weights (conf/recovery/paper.yaml).
         cluster: {n_trees: "auto" | int, linkage, min_gap_ratio, threshold}.
-        tree: {c: weight of the direction prior}.
+        tree: {c: weight of the direction prior, stage_order: penalise specialization -> generalization edges}.
         plot: draw tree.png when writing output.
         seed: the run's seed, recorded (recovery itself is deterministic).
         quiet: do not print the summary.
@@ -61,7 +61,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
 
     layers, distance, direction = dict(layers or {}), dict(distance or {}), dict(direction or {})
     cluster = {"n_trees": "auto", "linkage": "single", **dict(cluster or {})}
-    tree = {"c": 0.3, **dict(tree or {})}
+    tree = {"c": 0.3, "stage_order": True, **dict(tree or {})}
     truth = load_graph(ground_truth) if ground_truth else None  # fail on a bad ground truth before any reading
     t0 = time.perf_counter()
     wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction)
@@ -69,7 +69,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
 
     clustering = cluster_trees(wa.l2, **cluster)
     generalization = np.array([wa.stages[i] == "generalization" for i in wa.ids])
-    parent, lambdas = recover_forest(wa.distance, wa.direction, generalization, clustering.labels, c=tree["c"])
+    parent, lambdas = recover_forest(wa.distance, wa.direction, generalization, clustering.labels, c=tree["c"],
+                                    stage_order=bool(tree["stage_order"]))
     ids = wa.ids
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
     relations = edge_relations(path, edges, layers=layers) if edges else {}

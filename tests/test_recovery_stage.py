@@ -155,3 +155,30 @@ def test_command_line_on_graph_folder(tmp_path):
                           f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode != 0 and "no input folder given" in bad.stderr
+
+
+def test_cost_matrix_follows_the_paper():
+    """Hand-checked M = D + lambda (K xor T) on 3 synthetic nodes, lambda = c * sum(D) / n^2."""
+    from recovery.mother import cost_matrix, recover_forest
+
+    d = np.array([[0, 1, 2], [1, 0, 1], [2, 1, 0]], dtype=float)
+    k = np.array([3.0, 2.0, 1.0])  # scores fall along 0 -> 1 -> 2
+    spec = np.zeros(3, dtype=bool)
+    m, lam = cost_matrix(d, k, spec, c=0.3)
+    assert lam == pytest.approx(0.3 * 8 / 9)
+    assert m[0, 1] == 1 and m[1, 0] == pytest.approx(1 + lam) and np.isinf(m[0, 0])
+    m_gen, _ = cost_matrix(d, k, ~spec, c=0.3)  # all generalization: the penalty flips
+    assert m_gen[0, 1] == pytest.approx(1 + lam) and m_gen[1, 0] == 1
+    parent, _ = recover_forest(d, k, spec, np.zeros(3, dtype=int))
+    assert parent.tolist() == [-1, 0, 1]
+    parent, _ = recover_forest(d, k, ~spec, np.zeros(3, dtype=int))
+    assert parent.tolist() == [1, 2, -1]
+    # a generalization root with specialization children: stage order keeps the root on top
+    mixed = np.array([True, False, False])
+    m_mixed, _ = cost_matrix(d, k, mixed, stage_order=True)
+    assert m_mixed[1, 0] == pytest.approx(1 + lam) and m_mixed[0, 1] == 1
+    assert cost_matrix(d, k, mixed, stage_order=False)[0][1, 0] == 1
+    # two clusters are recovered independently; a singleton cluster is its own root
+    parent, lams = recover_forest(np.pad(d, ((0, 1), (0, 1)), constant_values=9.0), np.append(k, 5.0),
+                                  np.zeros(4, dtype=bool), np.array([0, 0, 0, 1]))
+    assert parent.tolist() == [-1, 0, 1, -1] and lams[1] == 0.0
