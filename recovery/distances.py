@@ -146,6 +146,8 @@ def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Gene
             if res <= target / 2:
                 u, sv, vt = np.linalg.svd(rows, full_matrices=False)
                 keep = sv > target / 2
+                if keep.sum() > kmax:
+                    return None
                 return LowRank(q @ u[:, keep], sv[keep], vt[keep].T, res + float(sv[~keep].max(initial=0.0)))
         if q.shape[1] >= min(kmax, min(m, n)):
             return None
