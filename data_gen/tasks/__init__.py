@@ -86,15 +86,13 @@ def _load_synthetic(source: str, task: str, size: int, seed: int, data_dir: str 
         k, group, make = g.num_classes, g.group, builtin.generate
         extra = {"description": g.description}
     else:
-        k, group, make = pretrain.num_classes(task), "pretrain", pretrain.generate_mix
+        k, group, make = pretrain.num_classes(task), "pretrain", pretrain.generate_mix  # KeyError if unknown
         extra = {"components": [{"task": t, "class_offset": o} for t, o in pretrain.mix_classes(task)]}
     meta = {"source": source, "task": task, "seed": seed, "image_size": size, "n_train": n_train, "n_val": n_val,
             "num_classes": k, "version": builtin.VERSION, "labels": "balanced", **extra}
-    path = None
+    path = cache_path(data_dir, source, task, seed, size, n_train, n_val) if data_dir is not None else None
     arrays = None
-    if data_dir is not None:
-        suffix = "" if (n_train, n_val) == (d_train, d_val) else f"-{n_train}-{n_val}"
-        path = Path(data_dir) / source / f"{task}-{seed}-{size}{suffix}.npz"
+    if path is not None:
         if path.exists():
             cached, cached_meta = load_arrays(path)
             if cached_meta == meta:
@@ -106,6 +104,12 @@ def _load_synthetic(source: str, task: str, size: int, seed: int, data_dir: str 
         if path is not None:
             save_arrays(path, arrays, meta)
     return _to_task(f"{source}/{task}", k, group, arrays, {**meta, "cache": str(path) if path else None})
+
+
+def cache_path(data_dir: str | Path, source: str, task: str, seed: int, size: int, n_train: int, n_val: int) -> Path:
+    """data_dir/<source>/<task>-<seed>-<size>.npz, with "-<n_train>-<n_val>" appended for non-default sizes."""
+    suffix = "" if (n_train, n_val) == DEFAULT_SIZES[source] else f"-{n_train}-{n_val}"
+    return Path(data_dir) / source / f"{task}-{seed}-{size}{suffix}.npz"
 
 
 def _to_task(name: str, num_classes: int, group: str, arrays: dict[str, np.ndarray], meta: dict) -> TaskData:
