@@ -148,3 +148,15 @@ def _set(dg: dict, dotted: str, value) -> dict:
 def test_bad_config_fails_clearly(key, value, message):
     with pytest.raises(ValueError, match=message):
         build_spec(_set(graph_cfg("lora_v_mini"), key, value), seed=0)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_config_tasks_exist(name):
+    """Every task a graph config names is one data_gen.tasks provides (roots' pretraining sets included)."""
+    from data_gen.tasks import list_tasks
+
+    dg = graph_cfg(name)
+    named = [t for block in dg["methods"].values() if block for t in block["tasks"]]
+    named += [r["task"] for r in dg["roots"] if str(r.get("task", "")).startswith("pretrain/")]
+    for task in named:
+        assert task in list_tasks(task.split("/")[0]), f"{name}: unknown task {task}"
