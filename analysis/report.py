@@ -133,7 +133,9 @@ def _section(folder: Path, record: dict) -> str:
     name = record["experiment"]
     lines = [f"## {record['title']}", "",
              f"- experiment: `{name}` — scale: **{record['scale']}** — seed: {record['seed']}",
-             f"- regenerate: `{record['command']}`",
+             f"- regenerate: `{record['command']}`"
+             + (f" (this experiment alone: `python run.py +experiment={name}`)"
+                if f"+experiment={name}" not in record["command"] and name != "default" else ""),
              f"- paper: {record['paper']}",
              f"- ours: {record['ours']}"]
     if record.get("notes"):
@@ -170,6 +172,11 @@ def build_results_readme(results_dir: Path) -> Path:
         parts += ["No experiment has been run yet.", ""]
     for path in records:
         parts.append(_section(path.parent, read_json(path)))
+    from analysis.experiments import NOT_RUN_HERE
+
+    absent = {k: v for k, v in NOT_RUN_HERE.items() if not (results_dir / k / RECORD).is_file()}
+    if absent:
+        parts += ["## Not run here", ""] + [f"- `{k}`: {v}" for k, v in absent.items()] + [""]
     return write_text(results_dir / "README.md", "\n".join(parts).rstrip() + "\n")
 
 

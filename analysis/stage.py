@@ -24,12 +24,24 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError("cfg.analysis.experiments is empty: name at least one experiment "
                          f"(known: {sorted(experiments.EXPERIMENTS)})")
     modules = {name: experiments.get(name) for name in names}
+    keep_going = bool(cfg.analysis.get("keep_going", False))
     out: dict = {}
+    failed: dict[str, str] = {}
     for name, module in modules.items():
         start = time.perf_counter()
         log.info("analysis experiment %s", name)
-        out[name] = module.run(cfg)
+        try:
+            out[name] = module.run(cfg)
+        except Exception as e:
+            if not keep_going:
+                raise
+            failed[name] = f"{type(e).__name__}: {e}"
+            log.exception("analysis experiment %s failed; going on (analysis.keep_going=true)", name)
+            continue
         log.info("analysis experiment %s done in %.1f s", name, time.perf_counter() - start)
     results_dir = Path(cfg.analysis.get("out_dir") or cfg.paths.results_dir)
     out["readme"] = str(build_results_readme(results_dir))
+    if failed:
+        raise RuntimeError(f"{len(failed)} analysis experiment(s) failed (the others finished and results/README.md "
+                           "was rebuilt): " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return out

@@ -34,6 +34,12 @@ EXPERIMENTS: dict[str, str] = {
     "merged_models": "analysis.experiments.merged_models",
 }
 
+# Experiments that cannot run on this project's offline CPU machines, and why (listed in results/README.md).
+NOT_RUN_HERE: dict[str, str] = {
+    "stable_diffusion": "needs the Hugging Face hub to download the five Stable Diffusion 1.1-1.5 UNets (about "
+                        "3.4 GB each); on a machine with hub access: `python run.py +experiment=stable_diffusion`",
+}
+
 
 def get(name: str) -> ModuleType:
     """Import the experiment module registered as `name`."""
