@@ -1,0 +1,358 @@
+"""Fine-tune one model (full or LoRA) with a LightningModule and pl.Trainer, and save its merged weights.
+
+`finetune` is a pure function of (arch, parent weights, task, recipe, thread count): same inputs give
+bit-identical weights on CPU. Outputs, all written atomically under `out_dir`:
+    models/<node_id>.safetensors             merged full weights, float32, timm tensor names
+    adapters/<node_id>/                      LoRA only: the peft adapter (adapter_model.safetensors + config)
+    checkpoints/<node_id>/step_<k>.safetensors   with checkpoint_every=N: merged weights at steps 0, N, 2N, ...
+The classification head is always replaced by a fresh one (seeded) for `task.num_classes`, and is trained
+for LoRA too. LoRA targets are module-name patterns matched against Linear/Conv2d modules: an exact name, a
+dotted suffix ("qkv" matches "blocks.0.attn.qkv") or an fnmatch glob ("blocks.*.mlp.fc?"). timm's fused
+`qkv` Linear is adapted as one module, so its merged delta (the stacked q, k, v update) has rank <= r.
+With LoRA every other parameter stays the parent's; BatchNorm running statistics (buffers, not parameters)
+still follow the new task's data, as the model trains in train mode.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.io import sha256_file
+from common.seed import derive_seed, seed_everything
+from data_gen.models import (Preprocess, classifier_name, create_model, load_init_state, save_weights,
+                             trainable_state)
+
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "method": "full",          # "full" | "lora"
+    "lora_rank": 16,
+    "lora_alpha": 16,
+    "lora_targets": ["qkv"],   # module-name patterns (see module docstring)
+    "lora_dropout": 0.0,
+    "lr": 1e-3,
+    "epochs": 1,
+    "batch_size": 64,
+    "seed": 0,
+    "max_steps": None,         # optional cap on optimizer steps
+    "optimizer": "adamw",      # "adamw" | "adam" | "sgd"
+    "weight_decay": 0.0,
+    "momentum": 0.9,           # sgd only
+    "scheduler": "constant",   # "constant" | "cosine" (to zero over the run, after warmup)
+    "warmup_steps": 0,
+    "augment": [],             # any of "flip" (horizontal), "crop" (pad 4 + random 32x32 crop)
+}
+
+
+def resolve_recipe(recipe: Mapping) -> dict[str, Any]:
+    """Recipe with defaults filled in; unknown keys and bad values are errors (they would be silently ignored)."""
+    unknown = sorted(set(recipe) - set(RECIPE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"recipe has unknown keys {unknown}; known: {sorted(RECIPE_DEFAULTS)}")
+    r = {**RECIPE_DEFAULTS, **dict(recipe)}
+    r["lora_targets"] = [r["lora_targets"]] if isinstance(r["lora_targets"], str) else list(r["lora_targets"])
+    r["augment"] = [r["augment"]] if isinstance(r["augment"], str) else list(r["augment"])
+    checks = {"method": r["method"] in ("full", "lora"), "optimizer": r["optimizer"] in ("adamw", "adam", "sgd"),
+              "scheduler": r["scheduler"] in ("constant", "cosine"),
+              "augment": set(r["augment"]) <= {"flip", "crop"}, "lr": float(r["lr"]) > 0,
+              "epochs": int(r["epochs"]) >= 1, "batch_size": int(r["batch_size"]) >= 1,
+              "lora_rank": int(r["lora_rank"]) >= 1,
+              "max_steps": r["max_steps"] is None or int(r["max_steps"]) >= 1}
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"recipe has bad values: {({k: r[k] for k in bad})}")
+    return r
+
+
+# ------------------------------------------------------------------------------------------ model side
+
+def augment_batch(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip / pad-4 random crop of a uint8 batch, drawn from `generator` (deterministic)."""
+    n = x.shape[0]
+    if "flip" in kinds:
+        flip = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(-1), x)
+    if "crop" in kinds:
+        pad, (h, w) = 4, x.shape[-2:]
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+        x = torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(zip(dy, dx))])
+    return x
+
+
+class Classifier(pl.LightningModule):
+    """Cross-entropy training of `model` on uint8 image batches, normalised by `preprocess`."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Preprocess, recipe: Mapping, total_steps: int):
+        super().__init__()
+        self.model, self.preprocess, self.recipe, self.total_steps = model, preprocess, dict(recipe), total_steps
+        self.aug_generator = torch.Generator().manual_seed(derive_seed(recipe["seed"], "augment"))
+        self.val_accuracy: float | None = None
+        self.last_loss: float | None = None
+        self._correct = self._seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(x))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.recipe["augment"]:
+            x = augment_batch(x, self.recipe["augment"], self.aug_generator)
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        return loss
+
+    def on_train_end(self) -> None:
+        metric = self.trainer.callback_metrics.get("train/loss")
+        self.last_loss = None if metric is None else float(metric)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._correct += int((self(x).argmax(-1) == y).sum())
+        self._seen += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_accuracy = self._correct / max(self._seen, 1)
+        self._correct = self._seen = 0
+        self.log("val/acc", self.val_accuracy, prog_bar=True)
+
+    def configure_optimizers(self):
+        r = self.recipe
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if r["optimizer"] == "sgd":
+            opt = torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"])
+        else:
+            cls = torch.optim.AdamW if r["optimizer"] == "adamw" else torch.optim.Adam
+            opt = cls(params, lr=r["lr"], weight_decay=r["weight_decay"])
+        warmup, total = int(r["warmup_steps"]), max(self.total_steps, 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if r["scheduler"] == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / max(total - warmup, 1)))
+            return 1.0
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def match_targets(model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """Full names of the Linear/Conv2d modules matching any pattern (exact, dotted suffix, or fnmatch glob).
+
+    Raises:
+        ValueError: a pattern matches no module (names a few candidates).
+    """
+    layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    out = []
+    for p in patterns:
+        hits = [n for n in layers if n == p or n.endswith("." + p) or fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise ValueError(f"LoRA target {p!r} matches no Linear/Conv2d module of {type(model).__name__}; "
+                             f"e.g. {layers[:6]}")
+        out += [n for n in hits if n not in out]
+    return out
+
+
+def add_lora(model: torch.nn.Module, recipe: Mapping, head: str) -> torch.nn.Module:
+    """Wrap `model` with peft LoRA on the recipe's targets; the head is trained fully (modules_to_save)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [n for n in match_targets(model, recipe["lora_targets"]) if not n.startswith(head)]
+    config = LoraConfig(r=int(recipe["lora_rank"]), lora_alpha=int(recipe["lora_alpha"]),
+                        lora_dropout=float(recipe["lora_dropout"]), target_modules=targets,
+                        modules_to_save=[head], bias="none")
+    return get_peft_model(model, config)
+
+
+def merged_state(model: torch.nn.Module, method: str) -> dict[str, torch.Tensor]:
+    """Full weights with timm names: for LoRA, a merged copy (the training model is left untouched)."""
+    if method == "lora":
+        model = copy.deepcopy(model).merge_and_unload()
+    return trainable_state(model)
+
+
+class StepCheckpoints(pl.Callback):
+    """Save the (merged) weights at steps 0, N, 2N, ... as `folder/step_<k>.safetensors`."""
+
+    def __init__(self, every: int, folder: Path, method: str, metadata: dict[str, Any]):
+        self.every, self.folder, self.method, self.metadata = every, folder, method, metadata
+        self.paths: list[Path] = []
+
+    def _save(self, module: Classifier, step: int) -> None:
+        path = self.folder / f"step_{step}.safetensors"
+        self.paths.append(save_weights(path, merged_state(module.model, self.method),
+                                       {**self.metadata, "step": step}))
+
+    def on_train_start(self, trainer: pl.Trainer, module: Classifier) -> None:
+        self._save(module, 0)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Classifier, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            self._save(module, trainer.global_step)
+
+
+class TrainTimer(pl.Callback):
+    """Wall time of the training steps only (first batch start to last batch end)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.end = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.start is None or self.end is None else self.end - self.start
+
+
+def build_loggers(logger_cfg: Mapping | None, node_id: str) -> list:
+    """Lightning loggers from the `logger:` dict of conf/logger/*.yaml, one run/version per node."""
+    if not logger_cfg:
+        return []
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(logger_cfg, DictConfig):
+        logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
+    loggers = []
+    for key, cfg in logger_cfg.items():
+        if not cfg:
+            continue
+        cfg = dict(cfg)
+        if "_target_" not in cfg:
+            raise ValueError(f"logger {key!r} has no _target_: {cfg}")
+        if cfg["_target_"].endswith("WandbLogger"):
+            cfg["name"] = f"{cfg.get('name') or 'finetune'}/{node_id}"
+        else:
+            cfg["version"] = node_id
+        loggers.append(instantiate(cfg))
+    return loggers
+
+
+def _finish_loggers(loggers: list) -> None:
+    """End per-node runs (a WandbLogger's run stays open across Trainers otherwise)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None) -> DataLoader:
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=seed is not None, generator=generator,
+                      num_workers=0)
+
+
+def _save_adapter(peft_model: torch.nn.Module, folder: Path) -> Path:
+    """Write the peft adapter into a temporary folder, then move it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, recipe: Mapping,
+             out_dir: Path, node_id: str, logger_cfg: Mapping | None = None,
+             checkpoint_every: int | None = None, num_threads: int | None = None,
+             progress: bool = True, accelerator: str = "auto", save_adapter: bool = True) -> dict:
+    """Train `arch` from `init_state` on `task` with `recipe`; save merged weights as out_dir/models/<node_id>.
+
+    Args:
+        arch: model architecture (see `data_gen.models.create_model`).
+        init_state: parent weights (timm names); None trains from a seeded random init (root pretraining).
+        task: a `data_gen.tasks.TaskData` (uint8 images, int64 labels).
+        recipe: training recipe (keys and defaults: `RECIPE_DEFAULTS`).
+        out_dir: graph folder; outputs go to models/, adapters/, checkpoints/ below it.
+        node_id: file stem of this node's outputs.
+        logger_cfg: the `logger:` dict of conf/logger/*.yaml (None: no experiment logger).
+        checkpoint_every: also save merged weights every N optimizer steps (and at step 0).
+        num_threads: torch threads for this call (restored afterwards); bit-identity holds per thread count.
+        progress: show Lightning's progress bar.
+        accelerator: Lightning accelerator ("auto" uses a GPU when present; determinism is promised on CPU).
+        save_adapter: for LoRA, also save the peft adapter.
+
+    Returns:
+        {"val_accuracy", "weights", "sha256", "steps", "seconds", "adapter", "train_seconds", "final_loss",
+         "num_threads", "checkpoints"}.
+    """
+    start = time.perf_counter()
+    r = resolve_recipe(recipe)
+    out_dir = Path(out_dir)
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    loggers: list = []
+    try:
+        seed_everything(int(r["seed"]))
+        model = create_model(arch, task.num_classes)
+        head = classifier_name(model)
+        if init_state is not None:
+            load_init_state(model, init_state, skip_prefix=head)
+        preprocess = Preprocess.for_model(model)
+        if r["method"] == "lora":
+            model = add_lora(model, r, head)
+        batch_size = int(r["batch_size"])
+        per_epoch = math.ceil(len(task.y_train) / batch_size)
+        total = per_epoch * int(r["epochs"])
+        if r["max_steps"]:
+            total = min(total, int(r["max_steps"]))
+        module = Classifier(model, preprocess, r, total)
+        train = _loader(task.x_train, task.y_train, batch_size, derive_seed(r["seed"], "shuffle"))
+        val = _loader(task.x_val, task.y_val, max(batch_size, 256), None)
+
+        metadata = {"arch": arch, "node_id": node_id, "task": str(task.name), "method": r["method"]}
+        timer = TrainTimer()
+        callbacks: list[pl.Callback] = [timer]
+        ckpt = None
+        if checkpoint_every:
+            ckpt = StepCheckpoints(int(checkpoint_every), out_dir / "checkpoints" / node_id, r["method"], metadata)
+            callbacks.append(ckpt)
+        loggers = build_loggers(logger_cfg, node_id)
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=1, precision="32-true", max_epochs=int(r["epochs"]),
+            max_steps=total, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            check_val_every_n_epoch=None, val_check_interval=total, log_every_n_steps=max(1, min(50, total)),
+            deterministic=True, default_root_dir=str(out_dir))
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+        if module.val_accuracy is None:  # the end-of-run validation did not fire (e.g. stopped early)
+            trainer.validate(module, dataloaders=val, verbose=False)
+
+        model = module.model.cpu()
+        adapter = None
+        if r["method"] == "lora" and save_adapter:
+            adapter = str(_save_adapter(model, out_dir / "adapters" / node_id))
+        state = trainable_state(model.merge_and_unload() if r["method"] == "lora" else model)
+        weights = save_weights(out_dir / "models" / f"{node_id}.safetensors", state, metadata)
+        return {"val_accuracy": float(module.val_accuracy), "weights": str(weights),
+                "sha256": sha256_file(weights), "steps": int(trainer.global_step),
+                "seconds": time.perf_counter() - start, "adapter": adapter,
+                "train_seconds": timer.seconds, "final_loss": module.last_loss,
+                "num_threads": torch.get_num_threads(),
+                "checkpoints": [str(p) for p in ckpt.paths] if ckpt else []}
+    finally:
+        _finish_loggers(loggers)
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)

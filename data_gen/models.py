@@ -1,0 +1,303 @@
+"""Model architectures, input normalisation and root loading.
+
+Weights are plain timm state dicts everywhere (tensor names as timm names them). Models take *normalised float*
+images; `preprocess` turns the uint8 batches of `data_gen.tasks` into that (scale to [0, 1], subtract the
+architecture's mean, divide by its std, resize when the task's image size differs from the model's), so the
+normalisation lives outside the weights and the saved files stay pure timm checkpoints.
+
+Roots (`load_root`): "builtin:<name>" (the project's own tiny pretrained roots, `data_gen.roots`),
+"timm:<name>" (timm's pretrained weights), "hf:<repo id>" (a timm-format Hugging Face repo), or a local
+`.safetensors` file. Hub roots never wait on an unreachable hub: offline they load from the local hub cache or
+fail at once with `RootUnavailableError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from common.io import atomic_write
+from timm.models.resnet import BasicBlock, ResNet
+from timm.models.vision_transformer import VisionTransformer
+
+# Built-in tiny architectures: sized so a fine-tune of a few hundred steps takes seconds on 2 CPU cores.
+BUILTIN_ARCHS: dict[str, dict[str, Any]] = {
+    "vit_mini": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0),
+    "resnet_mini": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
+}
+# Inputs of the built-in archs: 32x32 RGB scaled to [-1, 1] (mean = std = 0.5, as timm's ViTs use).
+BUILTIN_INPUT = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class RootUnavailableError(RuntimeError):
+    """A root cannot be loaded (e.g. a hub root while offline and not cached)."""
+
+
+def create_model(arch: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
+    """Create an untrained model: a built-in tiny arch ("vit_mini", "resnet_mini") or any timm name.
+
+    Args:
+        arch: architecture name.
+        num_classes: size of the classification head.
+        **kwargs: passed to the constructor (override the built-in sizes, e.g. depth=2).
+    """
+    if arch == "vit_mini":
+        model = VisionTransformer(num_classes=num_classes, **{**BUILTIN_ARCHS[arch], **kwargs})
+    elif arch == "resnet_mini":
+        model = ResNet(block=BasicBlock, num_classes=num_classes, **{**BUILTIN_ARCHS[arch], **kwargs})
+    else:
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise ValueError(f"unknown arch {arch!r}: not built-in ({sorted(BUILTIN_ARCHS)}) "
+                                 f"and not a timm model name") from None
+            raise
+    classifier = "head" if arch == "vit_mini" else "fc"
+    model.pretrained_cfg = {**BUILTIN_INPUT, "architecture": arch, "classifier": classifier, "num_classes": num_classes}
+    return model
+
+
+def input_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's expected input: {"input_size": (C, H, W), "mean": (...), "std": (...)}."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {"input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+            "mean": tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
+            "std": tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))}
+
+
+def classifier_name(model: torch.nn.Module) -> str:
+    """Name of the classification head module (timm's `pretrained_cfg["classifier"]`, e.g. "head" or "fc")."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not name:
+        for name in ("head", "fc", "classifier"):
+            if isinstance(getattr(model, name, None), torch.nn.Module):
+                return name
+        raise ValueError(f"cannot find the classification head of {type(model).__name__}")
+    return name
+
+
+class Preprocess(torch.nn.Module):
+    """uint8 [N, 3, H, W] -> normalised float [N, 3, h, w] for the model (resized when sizes differ)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], size: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.size = tuple(size)
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> "Preprocess":
+        cfg = input_config(model)
+        return cls(cfg["mean"], cfg["std"], cfg["input_size"][1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached, contiguous float32 copy of the model's state dict (what we save)."""
+    return {k: v.detach().to("cpu", torch.float32).contiguous().clone() if v.is_floating_point()
+            else v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def load_init_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, skip_prefix: str) -> None:
+    """Load `state` into `model` except the head (`skip_prefix`), requiring every other tensor to match.
+
+    Raises:
+        ValueError: a non-head tensor is missing, unexpected, or of the wrong shape (names the tensors).
+    """
+    own = model.state_dict()
+    body = {k: v for k, v in state.items() if not k.startswith(skip_prefix + ".")}
+    expected = {k for k in own if not k.startswith(skip_prefix + ".")}
+    missing, unexpected = sorted(expected - body.keys()), sorted(body.keys() - expected)
+    bad = sorted(k for k in expected & body.keys() if tuple(own[k].shape) != tuple(body[k].shape))
+    if missing or unexpected or bad:
+        raise ValueError(f"init weights do not fit {type(model).__name__}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}")
+    model.load_state_dict(body, strict=False)
+
+
+def save_weights(path: str | Path, state: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Path:
+    """Atomically write a safetensors file with `info` (JSON) in its metadata under the key "mother".
+
+    One metadata key only: safetensors writes a metadata map in no fixed order, and the file hash must be stable.
+    """
+    text = json.dumps(dict(info), sort_keys=True)
+    return atomic_write(path, lambda tmp: save_file(dict(state), tmp, metadata={"mother": text}))
+
+
+def weights_info(path: str | Path) -> dict[str, Any]:
+    """The metadata of a weights file: our "mother" JSON record, else the raw string map (may be empty)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["mother"]) if "mother" in meta else dict(meta)
+
+
+# ---------------------------------------------------------------------------------------------- roots
+
+def load_root(root: str | Mapping, *, cache_dir: Path, data_dir: str | Path | None = None,
+              num_threads: int | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+    """Load a root model's weights.
+
+    Args:
+        root: "builtin:<name>", "timm:<name>", "hf:<repo id>", a path to a `.safetensors` file, or a mapping
+            {"root": <one of those>, "arch": <arch>} (arch is required for a local file that does not record it).
+        cache_dir: folder of the built-in roots (`<graphs_dir>/roots`); a missing built-in root is built there.
+        data_dir: passed to the tasks when a built-in root must be pretrained.
+        num_threads: torch threads when a built-in root must be pretrained.
+
+    Returns:
+        (arch, state_dict): the timm architecture name and its float32 weights (timm tensor names).
+
+    Raises:
+        RootUnavailableError: a hub root while offline and not in the local hub cache.
+        FileNotFoundError / ValueError: a bad local file or spec (the message names it).
+    """
+    arch = None
+    if isinstance(root, Mapping):
+        if "root" not in root:
+            raise ValueError(f"root mapping {dict(root)} needs a 'root' key (and optionally 'arch')")
+        arch, root = root.get("arch"), str(root["root"])
+    root = str(root)
+    if root.startswith("builtin:"):
+        from data_gen import roots
+        path = roots.ensure_root(root.removeprefix("builtin:"), cache_dir=Path(cache_dir),
+                                 data_dir=data_dir, num_threads=num_threads)
+        return _load_safetensors(path, arch)
+    if root.startswith("timm:"):
+        return _load_timm(root.removeprefix("timm:"))
+    if root.startswith("hf:"):
+        return _load_hf(root.removeprefix("hf:"))
+    if root.endswith(".safetensors") or os.path.sep in root:
+        return _load_safetensors(Path(root), arch)
+    raise ValueError(f"root {root!r}: expected 'builtin:<name>', 'timm:<name>', 'hf:<repo id>' "
+                     f"or a path to a .safetensors file")
+
+
+def _load_safetensors(path: Path, arch: str | None) -> tuple[str, dict[str, torch.Tensor]]:
+    """Load a local weights file; the arch comes from the argument, the file's metadata or a sibling root.json."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: root weights file not found")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: roots are read from .safetensors files only (never unpickled)")
+    try:
+        meta = weights_info(path)
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    arch = arch or meta.get("arch")
+    sidecar = path.parent / "root.json"
+    if arch is None and sidecar.is_file():
+        arch = json.loads(sidecar.read_text()).get("arch")
+    if arch is None:
+        raise ValueError(f"{path}: architecture unknown; give the root as {{root: {path}, arch: <timm name>}}")
+    return arch, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _hub_unavailable(what: str, why: str) -> RootUnavailableError:
+    return RootUnavailableError(
+        f"hub root {what!r} cannot be loaded: {why}, and it is not in the local Hugging Face cache "
+        f"({_hub_cache_dir()}). Either run once with network access to cache it, or save its weights to a "
+        f".safetensors file (timm tensor names) and give the root as {{root: /path/to/file.safetensors, "
+        f"arch: <timm arch name>}}, or use a built-in root ('builtin:<name>').")
+
+
+def _hub_cache_dir() -> str:
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached (None when it can): HF_HUB_OFFLINE set, or a connect probe failing.
+
+    The probe is time-bounded (`HUB_PROBE_TIMEOUT_S`, DNS included) so an offline machine fails fast.
+    """
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            result.append(None)
+        except OSError as e:
+            result.append(e)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S + 0.5)
+    if not result:
+        return f"{host}:{port} did not answer within {HUB_PROBE_TIMEOUT_S:g} s"
+    if result[0] is not None:
+        return f"{host}:{port} is unreachable ({result[0]})"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline_mode() -> Iterator[None]:
+    """Make huggingface_hub read only its cache for the duration (no retries against an unreachable hub)."""
+    from huggingface_hub import constants
+    old_const, old_env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+def _hub_call(what: str, fn):
+    """Run `fn()` online when the hub is reachable, else from the cache only, failing fast and clearly."""
+    reason = hub_offline_reason()
+    if reason is None:
+        return fn()
+    with _hub_offline_mode():
+        try:
+            return fn()
+        except Exception as e:  # the hub client raises several types for "not cached"
+            raise _hub_unavailable(what, reason) from e
+
+
+def _load_timm(name: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """timm's pretrained weights for `name` (e.g. "vit_base_patch16_224.augreg2_in21k_ft_in1k")."""
+    model = _hub_call(f"timm:{name}", lambda: timm.create_model(name, pretrained=True))
+    arch = name if "." in name else f"{name}.{model.pretrained_cfg.get('tag', '')}".rstrip(".")
+    return arch, trainable_state(model)
+
+
+def _load_hf(repo: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """A timm-format Hugging Face repo (config.json with "architecture" + model.safetensors)."""
+    from huggingface_hub import hf_hub_download
+
+    def fetch() -> tuple[str, str]:
+        return hf_hub_download(repo, "config.json"), hf_hub_download(repo, "model.safetensors")
+
+    config_path, weights_path = _hub_call(f"hf:{repo}", fetch)
+    config = json.loads(Path(config_path).read_text())
+    if "architecture" not in config:
+        raise ValueError(f"hf:{repo}: config.json has no 'architecture' key: only timm-format repos are "
+                         f"supported; convert the weights to timm names and give a local .safetensors path")
+    return _load_safetensors(Path(weights_path), config["architecture"])
