@@ -2,7 +2,7 @@
 
 They run inside SLURM jobs, so they live in an importable module and take their timing from the environment
 (MOTHER_FAKE_STEP_S, seconds per training step). `fake_finetune` resumes from its latest step checkpoint, like a
-real long job must, and logs the step it started from to `<out_dir>/starts/<node_id>.txt`.
+real long job must, logs the step it started from to `<out_dir>/starts/<node_id>.txt` and its process id to `<out_dir>/pids/`.
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def fake_finetune(*, arch, init_state, task, recipe, out_dir, node_id, checkpoin
     (out_dir / "starts").mkdir(parents=True, exist_ok=True)
     with open(out_dir / "starts" / f"{node_id}.txt", "a") as f:
         f.write(f"{first}\n")
+    (out_dir / "pids").mkdir(parents=True, exist_ok=True)
+    (out_dir / "pids" / f"{node_id}.txt").write_text(str(os.getpid()))
     delay = float(os.environ.get("MOTHER_FAKE_STEP_S", "0"))
     steps = int(recipe["max_steps"])
     for step in range(first + 1, steps + 1):

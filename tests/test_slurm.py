@@ -1,0 +1,192 @@
+"""SLURM scale-out against a real cluster (`bash ../shared/slurm/slurm_up.sh` starts a one-node one; .ci/run does).
+
+Skipped, with the reason, where no SLURM answers (`sinfo` missing or failing) or `sacct` does not work (submitit
+needs it to see a job that died). The graph build uses synthetic stand-ins for root loading and fine-tuning
+(tests/slurm_fakes.py: 4x4 'models', deterministic steps, resumable step checkpoints); the sweep runs the real
+recovery stage on that synthetic graph. Every job carries a name unique to the test and is cancelled at the end
+if still queued; the test starts no daemon.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, compose
+
+pytestmark = pytest.mark.slurm
+
+
+def _no_slurm_reason() -> str | None:
+    """Why SLURM tests cannot run here, or None when a cluster answers (with accounting)."""
+    for tool in ("sinfo", "sbatch", "sacct", "scancel", "squeue"):
+        if shutil.which(tool) is None:
+            return f"no `{tool}` on PATH: no SLURM client here (start one with ../shared/slurm/slurm_up.sh)"
+    for cmd in (["sinfo", "-h", "-o", "%P %a"], ["sacct", "-n", "-X", "-S", "now"]):
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            return f"`{' '.join(cmd)}` timed out: SLURM controller not answering"
+        if res.returncode != 0:
+            return f"`{' '.join(cmd)}` failed (rc {res.returncode}): {res.stderr.strip()[:200]}"
+    return None
+
+
+REASON = _no_slurm_reason()
+needs_slurm = pytest.mark.skipif(REASON is not None, reason=f"SLURM not reachable: {REASON}")
+LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5",
+            "hydra.launcher.signal_delay_s=30"]
+STEPS = 8          # fake fine-tuning steps per node
+STEP_S = "0.75"    # seconds per fake step: long enough to interrupt a node mid-way
+
+
+def _squeue(name: str) -> dict[str, str]:
+    """{job id: state} of the queued/running jobs named `name`."""
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True,
+                         check=True).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture
+def job_names():
+    """Names for this test's jobs; anything still queued under them afterwards is cancelled and fails the test."""
+    names: list[str] = []
+    yield names
+    end = time.time() + 60  # a job whose result is in may still be completing for a few seconds
+    while time.time() < end and any(_squeue(name) for name in names):
+        time.sleep(1)
+    left = {name: _squeue(name) for name in names}
+    for name, jobs in left.items():
+        if jobs:
+            subprocess.run(["scancel", "-n", name], check=False)
+    assert not any(left.values()), f"jobs left behind: {left}"
+
+
+def _graph_cfg(tmp_path: Path, name: str, graphs: str):
+    """Config of a synthetic two-level graph: one root, two fine-tuned children."""
+    from omegaconf import OmegaConf
+
+    cfg = compose([f"paths.log_dir={tmp_path / 'logs'}", f"paths.graphs_dir={tmp_path / graphs}",
+                   "data_gen=base", f"data_gen.name={name}", "data_gen.depth=1", "data_gen.children=2",
+                   "data_gen.num_threads=1", "data_gen.progress=false", "++data_gen.max_resubmits=1", *LAUNCHER],
+                  output_dir=tmp_path / f"out_{graphs}")
+    OmegaConf.update(cfg, "data_gen.roots", [{"id": "r", "source": "fake:r"}], force_add=True)
+    OmegaConf.update(cfg, "data_gen.methods", {"full": {"tasks": ["t/x", "t/y"], "lr": 0.1, "epochs": 1,
+                                                        "batch_size": 4, "max_steps": STEPS}}, force_add=True)
+    return cfg
+
+
+def _launcher() -> dict:
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from data_gen.slurm import launcher_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return launcher_config(hydra_compose("config", overrides=LAUNCHER, return_hydra_config=True))
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_launcher_config_maps_to_submitit():
+    """The slurm launcher config composes, stays overridable, and becomes a submitit SLURM executor."""
+    from data_gen.slurm import make_executor
+
+    launcher = _launcher()
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["cpus_per_task"] == 1 and launcher["max_num_timeout"] == 3
+    ex = make_executor(launcher, "/tmp/unused_submitit", name="x")
+    assert type(ex._executor).__name__ == "SlurmExecutor"
+    assert ex._executor.parameters["cpus_per_task"] == 1 and ex._executor.max_num_timeout == 3
+
+
+@needs_slurm
+def test_graph_build_on_slurm_resumes_and_matches_local(tmp_path, job_names, monkeypatch):
+    """Two-level synthetic graph, one array per level: one level-1 task is preempted (requeued by submitit),
+    the other killed with scancel (resubmitted by the driver); both resume from their last step checkpoint,
+    nothing finished is rebuilt on a rerun, and the result equals a local build bit for bit."""
+    from common.io import read_json
+    from data_gen.graph import build_graph
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from data_gen.slurm import build_graph_slurm
+    from tests.slurm_fakes import fake_finetune, fake_load_root, fake_load_task
+
+    monkeypatch.setenv("MOTHER_FAKE_STEP_S", STEP_S)   # inherited by the SLURM jobs (sbatch --export=ALL)
+    monkeypatch.chdir(ROOT)                             # the jobs import tests.slurm_fakes from here
+    name = f"slurmtest{os.getpid()}"
+    job_names += [f"{name}_L0", f"{name}_L1"]
+    cfg = _graph_cfg(tmp_path, name, "graphs_slurm")
+    fakes = dict(finetune_fn=fake_finetune, load_root_fn=fake_load_root, load_task_fn=fake_load_task)
+    graph_dir = Path(cfg.data_gen.dir)
+
+    result: dict = {}
+    def build():
+        try:
+            result["summary"] = build_graph_slurm(cfg, launcher=_launcher(), **fakes)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            result["error"] = e
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+
+    # Interrupt both level-1 nodes once each has saved step 2 of STEPS.
+    ckpt = lambda node, k: graph_dir / "checkpoints" / node / f"step_{k}.safetensors"  # noqa: E731
+    _wait_for(lambda: ckpt(f"r-0", 2).exists() and ckpt(f"r-1", 2).exists() or "error" in result, 120,
+              "both level-1 nodes to reach step 2")
+    assert "error" not in result, result.get("error")
+    jobs = _squeue(f"{name}_L1")
+    ids = sorted(jobs, key=lambda j: int(j.split("_")[1]))  # array task 0 is r-0, task 1 is r-1
+    assert len(ids) == 2 and all(jobs[i] == "RUNNING" for i in ids), jobs
+    # Time limit near / preemption notice: SLURM sends submitit's signal (sbatch --signal=USR2@signal_delay_s);
+    # submitit checkpoints the task and requeues it (scontrol requeue) with the same arguments.
+    subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", ids[0]], check=True)
+    # A hard kill (OOM killer, node loss): the process dies without a result; the driver resubmits the node.
+    os.kill(int((graph_dir / "pids" / "r-1.txt").read_text()), signal.SIGKILL)
+    # SLURM holds a requeued job back for ~2 minutes (BeginTime); release it now to keep the test short.
+    _wait_for(lambda: _squeue(f"{name}_L1").get(ids[0]) == "PENDING" or "error" in result, 60, "the requeue")
+    subprocess.run(["scontrol", "update", f"JobId={ids[0]}", "StartTime=now"], check=True)
+
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "SLURM graph build did not finish within 240 s"
+    if "error" in result:
+        raise result["error"]
+    summary = result["summary"]
+    assert summary["complete"] and summary["nodes"] == 3
+    assert summary["resubmitted"] == ["r-1"]
+
+    # Both interrupted nodes started twice, the second time from a saved step > 0, not from scratch.
+    for node in ("r-0", "r-1"):
+        starts = [int(x) for x in (graph_dir / "starts" / f"{node}.txt").read_text().split()]
+        assert len(starts) == 2 and starts[0] == 0 and 2 <= starts[1] < STEPS, (node, starts)
+
+    # Rerun: everything is done, nothing is submitted or rebuilt.
+    again = build_graph_slurm(cfg, launcher=_launcher(), **fakes)
+    assert again["built"] == [] and sorted(again["skipped"]) == ["r", "r-0", "r-1"]
+    assert all(len((graph_dir / "starts" / f"{n}.txt").read_text().split()) == 2 for n in ("r-0", "r-1"))
+
+    # Same graph as a local (in-process) build of the same config.
+    local_cfg = _graph_cfg(tmp_path, name, "graphs_local")
+    monkeypatch.setenv("MOTHER_FAKE_STEP_S", "0")
+    build_graph(local_cfg, **fakes)
+    slurm_g = read_json(graph_dir / "graph.json")
+    local_g = read_json(Path(local_cfg.data_gen.dir) / "graph.json")
+    assert slurm_g["nodes"] == local_g["nodes"] == ["r", "r-0", "r-1"]
+    assert slurm_g["edges"] == local_g["edges"] == [["r", "r-0"], ["r", "r-1"]]
+    for node in slurm_g["nodes"]:
+        assert slurm_g["meta"][node]["sha256"] == local_g["meta"][node]["sha256"], node
+        assert slurm_g["meta"][node]["val_accuracy"] == local_g["meta"][node]["val_accuracy"], node
