@@ -1,0 +1,77 @@
+"""Smoke tests at toy scale for the accuracy experiments: Table 1, the LoRA ablation, ResNet and the deep tree.
+
+They run on synthetic graphs (random weights with a known heritage, analysis.graphs.write_synthetic_graph):
+they check the mechanics and the kind and range of the numbers, not the paper's claims.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from analysis import stage
+
+
+def _results(tmp_path, name):
+    return json.loads((tmp_path / "results" / name / "results.json").read_text())
+
+
+def _in_unit(x) -> bool:
+    return isinstance(x, float) and 0.0 <= x <= 1.0
+
+
+def test_table1_toy(cfg_factory, tmp_path):
+    stage.run(cfg_factory(["+experiment=table1", "analysis.scale=toy"]))
+    rows = _results(tmp_path, "table1")["rows"]
+    assert [r["label"] for r in rows] == ["LoRA-V", "LoRA-F", "FT", "Mixed"]
+    for r in rows:
+        assert _in_unit(r["edge_accuracy"]) and _in_unit(r["clustering_accuracy"])
+        assert set(r["per_tree"]) == {"root0", "root1"} and all(_in_unit(v) for v in r["per_tree"].values())
+        assert r["n_models"] == 14
+    assert {r["label"]: r["distance_metric"] for r in rows} == {"LoRA-V": "lora_rank", "LoRA-F": "lora_rank",
+                                                                "FT": "l2", "Mixed": "l2"}
+    out = tmp_path / "results" / "table1"
+    table = pd.read_csv(out / "table1.csv")
+    assert list(table["sub-graph"]) == ["LoRA-V", "LoRA-F", "FT", "Mixed"]
+    assert (out / "table1.tex").is_file() and (out / "table1_paper.md").is_file()
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["scale"] == "toy" and "table1.md" in record["files"]
+    assert "## Table 1" in (tmp_path / "results" / "README.md").read_text()
+
+
+def test_recovery_cache_is_reused(cfg_factory, tmp_path, monkeypatch):
+    """A second run with the same graph and options reads the recovery back instead of recomputing."""
+    import recovery.stage
+
+    cfg = cfg_factory(["+experiment=resnet", "analysis.scale=toy"])
+    stage.run(cfg)
+    first = _results(tmp_path, "resnet")["rows"][0]["edge_accuracy"]
+    monkeypatch.setattr(recovery.stage, "recover", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
+    stage.run(cfg)
+    assert _results(tmp_path, "resnet")["rows"][0]["edge_accuracy"] == first
+
+
+def test_lora_ablation_toy(cfg_factory, tmp_path):
+    stage.run(cfg_factory(["+experiment=lora_ablation", "analysis.scale=toy"]))
+    rows = _results(tmp_path, "lora_ablation")["rows"]
+    assert [r["label"] for r in rows] == ["lora_rank", "l2"]
+    assert [r["distance_metric"] for r in rows] == ["lora_rank", "l2"]
+    assert all(_in_unit(r["edge_accuracy"]) for r in rows)
+
+
+def test_resnet_toy(cfg_factory, tmp_path):
+    stage.run(cfg_factory(["+experiment=resnet", "analysis.scale=toy"]))
+    (row,) = _results(tmp_path, "resnet")["rows"]
+    assert row["n_models"] == 13 and row["n_trees_true"] == 1
+    assert _in_unit(row["edge_accuracy"])
+
+
+def test_deep_toy(cfg_factory, tmp_path):
+    stage.run(cfg_factory(["+experiment=deep", "analysis.scale=toy"]))
+    res = _results(tmp_path, "deep")
+    deep = res["deep"]
+    assert deep["levels"] == 5 and deep["n_models"] == 31
+    assert [d["child depth"] for d in deep["by_depth"]] == [1, 2, 3, 4]
+    assert [d["edges"] for d in deep["by_depth"]] == [2, 4, 8, 16]           # children=2 per node
+    assert sum(d["correct"] for d in deep["by_depth"]) == round(deep["edge_accuracy"] * 30)
+    assert _in_unit(res["shallow"]["edge_accuracy"]) and res["shallow"]["root"] == "root0"
