@@ -64,20 +64,27 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def collect_sweep(sweep_dir: str | Path, results: str = "metrics.json", *,
-                  fields: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per job: `job`, each override, `status` ("ok" or "missing"), and the job's results JSON fields.
+def collect_sweep(sweep_dir: str | Path, results: str = "metrics.json", *, fields: Iterable[str] | None = None,
+                  all_overrides: bool = False) -> pd.DataFrame:
+    """One row per job: `job`, the swept overrides, `status` ("ok" or "missing"), and its results JSON fields.
 
     Args:
         sweep_dir: the multirun folder (`hydra.sweep.dir`).
         results: the results file, relative to each job folder; a glob pattern is allowed
             (`results/*/results.json`), each match then gives a row with its path in `results_file`.
         fields: dotted result keys to keep (default: every scalar field).
+        all_overrides: also keep overrides that are equal in every job (default: only those that vary).
     """
     fields = list(fields) if fields is not None else None
+    jobs = sweep_jobs(sweep_dir)
+    overrides = {job: job_overrides(job) for job in jobs}
+    if not all_overrides and len(jobs) > 1:
+        keys = {k for o in overrides.values() for k in o}
+        swept = {k for k in keys if len({repr(o.get(k)) for o in overrides.values()}) > 1}
+        overrides = {job: {k: v for k, v in o.items() if k in swept} for job, o in overrides.items()}
     rows = []
-    for job in sweep_jobs(sweep_dir):
-        base = {"job": int(job.name), **job_overrides(job)}
+    for job in jobs:
+        base = {"job": int(job.name), **overrides[job]}
         files = sorted(job.glob(results))
         if not files:
             rows.append({**base, "status": "missing"})

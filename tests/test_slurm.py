@@ -190,3 +190,41 @@ def test_graph_build_on_slurm_resumes_and_matches_local(tmp_path, job_names, mon
     for node in slurm_g["nodes"]:
         assert slurm_g["meta"][node]["sha256"] == local_g["meta"][node]["sha256"], node
         assert slurm_g["meta"][node]["val_accuracy"] == local_g["meta"][node]["val_accuracy"], node
+
+
+@needs_slurm
+def test_recovery_sweep_on_slurm_collects_one_table(tmp_path, job_names):
+    """A multirun over recovery.tree.c through hydra/launcher=slurm (one array of 2 jobs) on a synthetic graph;
+    collect_sweep and scripts/slurm/collect_sweep.py turn the jobs' metrics.json into one table."""
+    from omegaconf import OmegaConf
+
+    from analysis.sweep import collect_sweep
+    from data_gen.graph import build_graph
+    from tests.slurm_fakes import fake_finetune, fake_load_root, fake_load_task
+
+    cfg = _graph_cfg(tmp_path, "sweepgraph", "graphs")
+    OmegaConf.update(cfg, "data_gen.roots", [{"id": "a", "source": "fake:a"}, {"id": "b", "source": "fake:b"}])
+    build_graph(cfg, finetune_fn=fake_finetune, load_root_fn=fake_load_root, load_task_fn=fake_load_task)
+    graph_dir = Path(cfg.data_gen.dir)
+    name = f"sweeptest{os.getpid()}"
+    job_names.append(name)
+    cmd = [sys.executable, "run.py", "-m", "+experiment=recover", f"input={graph_dir}",
+           f"ground_truth={graph_dir / 'graph.json'}", "recovery.plot=false", "recovery.direction.kinds=[all_2d]",
+           "recovery.tree.c=0.0,0.3", f"paths.log_dir={tmp_path / 'logs'}", *LAUNCHER, f"hydra.launcher.name={name}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "recover" / "multiruns").iterdir()
+    assert len(list((sweep / ".submitit").glob("*_1"))) == 1  # ran as one SLURM array: tasks <id>_0, <id>_1
+
+    df = collect_sweep(sweep, "metrics.json", fields=["edge_accuracy", "clustering_accuracy", "n_edges_true"])
+    assert list(df.columns) == ["job", "recovery.tree.c", "status", "edge_accuracy", "clustering_accuracy",
+                                "n_edges_true"]
+    assert df["recovery.tree.c"].tolist() == [0.0, 0.3] and (df["status"] == "ok").all()
+    assert df["edge_accuracy"].between(0, 1).all() and df["clustering_accuracy"].between(0, 1).all()
+    assert (df["n_edges_true"] == 4).all()  # 2 roots x 2 children
+
+    out = subprocess.run([sys.executable, "scripts/slurm/collect_sweep.py", str(sweep), "--out", str(tmp_path / "t"),
+                          "--fields", "edge_accuracy"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t" / "sweep.csv").read_text().splitlines()[0] == "job,recovery.tree.c,status,edge_accuracy"
+    assert "| recovery.tree.c |" in out.stdout
