@@ -54,6 +54,7 @@ def graph_cfg(cfg: DictConfig, data_gen_name: str, **overrides: Any) -> DictConf
     """
     dg = _compose_data_gen(cfg, data_gen_name)
     if overrides:
+        OmegaConf.set_struct(dg, False)  # overrides may add keys the file leaves to data_gen's defaults
         dg = OmegaConf.merge(dg, overrides)
         if "name" not in overrides:
             digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()

@@ -205,15 +205,21 @@ def knobs(cfg: DictConfig, name: str) -> DictConfig:
 
 
 def regenerate_command(cfg: DictConfig) -> str:
-    """The command recorded with results: cfg.analysis.command plus the Hydra command-line overrides, if any."""
-    command = str(cfg.analysis.get("command") or "python run.py")
+    """The command recorded with results: cfg.analysis.command if set, else `python run.py` plus
+    `+experiment=<task_name>` when conf/experiment/<task_name>.yaml exists; then the Hydra command-line
+    overrides, if any."""
+    command = cfg.analysis.get("command")
+    if not command:
+        conf = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+        name = str(cfg.get("task_name") or "")
+        command = "python run.py" + (f" +experiment={name}" if name and (conf / f"{name}.yaml").is_file() else "")
     try:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("+experiment=")]
     except ValueError:  # not running under @hydra.main (tests, notebooks)
         overrides = []
-    return " ".join([command, *overrides])
+    return " ".join([str(command), *overrides])
 
 
 def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], dict],
