@@ -45,3 +45,29 @@ def run(cfg: DictConfig) -> dict:
         raise RuntimeError(f"{len(failed)} analysis experiment(s) failed (the others finished and results/README.md "
                            "was rebuilt): " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return out
+
+
+def rerender(results_dir: Path, names: list[str] | None = None) -> list[str]:
+    """Redraw tables and figures of finished experiments from their results.json (no recomputation), then
+    rebuild the README. Returns the experiments redrawn."""
+    from analysis.report import RESULTS, rerender as redraw
+
+    results_dir = Path(results_dir)
+    done = []
+    for folder in sorted(p.parent for p in results_dir.glob(f"*/{RESULTS}")):
+        if (names and folder.name not in names) or folder.name not in experiments.EXPERIMENTS:
+            continue
+        redraw(folder, experiments.get(folder.name).render)
+        done.append(folder.name)
+    build_results_readme(results_dir)
+    return done
+
+
+if __name__ == "__main__":  # python -m analysis.stage [RESULTS_DIR [NAME ...]]: restyle without rerunning
+    import sys
+
+    from common.paths import project_root
+
+    args = sys.argv[1:]
+    target = Path(args[0]) if args else project_root() / "results"
+    print("redrawn:", ", ".join(rerender(target, args[1:] or None)) or "nothing")

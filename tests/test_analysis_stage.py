@@ -76,3 +76,16 @@ def test_registry_names_have_config():
     for name, module in experiments.EXPERIMENTS.items():
         if (root / (module.replace(".", "/") + ".py")).is_file():
             assert (root / "conf" / "analysis" / f"{name}.yaml").is_file(), name
+
+
+def test_rerender_redraws_from_results_json(cfg_factory, fake_experiments, tmp_path):
+    """Tables are redrawn from results.json alone: compute is not called again."""
+    import json
+
+    stage.run(cfg_factory(["analysis.experiments=[fake_a]"]))
+    folder = tmp_path / "results" / "fake_a"
+    data = json.loads((folder / "results.json").read_text())
+    data["value"] = 0.25
+    (folder / "results.json").write_text(json.dumps(data))
+    assert stage.rerender(tmp_path / "results") == ["fake_a"]
+    assert fake_experiments == ["fake_a"] and "0.250" in (folder / "fake_a.md").read_text()
