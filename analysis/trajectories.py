@@ -197,7 +197,7 @@ def node_name(*parts: Any) -> str:
     """A file-safe model id from readable parts ("builtin:vit_a", "builtin/count", 1e-3 -> vit_a__count__0.001)."""
     def clean(p: Any) -> str:
         s = f"{p:g}" if isinstance(p, float) else str(p)
-        s = s.split(":", 1)[-1].rsplit("/", 1)[-1]
+        s = s.split(":", 1)[-1].rsplit("/", 1)[-1].removesuffix(".safetensors")
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", s)
     return "__".join(clean(p) for p in parts)
 

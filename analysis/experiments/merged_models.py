@@ -3,8 +3,8 @@
 Three built-in roots A, B, C of one architecture; each pair is merged by uniform weight averaging (a model soup).
 From each of the 6 parents (3 originals, 3 soups) `children` models are fine-tuned (tasks cycled from `tasks`,
 seeds derived from (seed, experiment, parent, index)). Then:
-1. Clustering: the children are clustered into 6 trees on the l2 distance (recovery.cluster, K given, as in the
-   paper) and scored against their true parents (Hungarian matching).
+1. Clustering: the children are clustered into 6 trees on the l2 distance (recovery.cluster with cfg.recovery's
+   options and this experiment's `recovery` overrides, K given as in the paper) and scored against their true parents (Hungarian matching).
 2. Parent detection: each original root's cluster centre is the mean weights of its children; for each child of
    a soup, the cosine similarity to the three centres. The cosine is on the concatenated, flattened weights of
    the layers recovery compares (cfg.recovery.layers: all 2-D tensors, heads left out), either "raw" (the weights
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from analysis import report
 from analysis.cosines import VECTORS, cosine_to_centres, soup, top_k_parents
@@ -83,20 +83,19 @@ def build(cfg: DictConfig, k) -> tuple[Path, dict[str, dict], dict[str, str]]:
 
 def compute(cfg: DictConfig) -> dict:
     """Clustering of the children into 6, cosine of each soup child to the originals' centres, parent calls."""
+    from analysis.recover import analyze, recovery_options
     from recovery.cluster import cluster_trees
     from recovery.evaluate import clustering_accuracy
-    from recovery.weights import analyze_folder
 
     k = report.knobs(cfg, NAME)
     folder, ps, parent_of = build(cfg, k)
-    rec_opts = OmegaConf.to_container(cfg.recovery, resolve=True) if "recovery" in cfg else {}
+    options = recovery_options(cfg, k.get("recovery"))
     children = sorted(parent_of)
     # the children alone (their parents are not in the set): a folder of only them
     kids = graph_folder(folder.parent / f"{folder.name}_children",
                         {c: folder / "models" / f"{c}.safetensors" for c in children}, [])
-    wa = analyze_folder(kids / "models", layers=rec_opts.get("layers", {}), distance={"metric": "l2"})
-    clustering = cluster_trees(wa.l2, n_trees=len(ps), linkage=str(rec_opts.get("cluster", {}).get("linkage",
-                                                                                                    "single")))
+    wa = analyze(kids / "models", options)
+    clustering = cluster_trees(wa.l2, **{**options["cluster"], "n_trees": len(ps)})
     clus = clustering_accuracy(wa.ids, clustering.labels.tolist(), {c: parent_of[c] for c in wa.ids})
     originals = [n for n, p in ps.items() if p["of"] == [n]]
     soups = [n for n in ps if n not in originals]

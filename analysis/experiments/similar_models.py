@@ -3,8 +3,8 @@
 From each parent (a built-in root), `siblings` models are fine-tuned with an identical recipe (same task, lr,
 epochs) and seeds derived from (seed, experiment, parent, index). We report the paper's l2 distance (Eq. 1,
 `recovery.weights.analyze_folder`) between siblings and between parent and child, and run MoTHer recovery on
-all parents and siblings together (recovery options from `cfg.recovery`, the number of trees given as in the
-paper) to see whether every sibling is placed under its parent. The paper: in all 3 cases the sibling distance
+all parents and siblings together (options: `cfg.recovery` with this experiment's `recovery` overrides; the
+number of trees given, as in the paper) to see whether every sibling is placed under its parent. The paper: in all 3 cases the sibling distance
 is greater than the parent distance, and the tree is recovered.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from analysis import report
 from analysis.trajectories import _jsonable, analysis_cache, finetune_run, graph_folder, node_name
@@ -49,14 +49,13 @@ def build(cfg: DictConfig, k) -> tuple[Path, dict[str, list[str]]]:
 
 def compute(cfg: DictConfig) -> dict:
     """Sibling-sibling and parent-child l2 distances per parent; recovery accuracy on the whole set."""
-    from recovery.stage import recover
-    from recovery.weights import analyze_folder
+    from analysis.recover import analyze, forest, recovery_options
+    from recovery.evaluate import load_graph
 
     k = report.knobs(cfg, NAME)
     folder, family = build(cfg, k)
-    rec_opts = OmegaConf.to_container(cfg.recovery, resolve=True) if "recovery" in cfg else {}
-    wa = analyze_folder(folder, layers=rec_opts.get("layers", {}), distance=rec_opts.get("distance", {}),
-                        direction=rec_opts.get("direction", {}))
+    options = recovery_options(cfg, k.get("recovery"))
+    wa = analyze(folder, options)
     idx = {m: i for i, m in enumerate(wa.ids)}
     per_parent = []
     for parent, sibs in family.items():
@@ -66,18 +65,15 @@ def compute(cfg: DictConfig) -> dict:
                            "parent_child_l2_max": max(pc), "sibling_l2_mean": float(np.mean(ss)),
                            "sibling_l2_min": min(ss), "ratio_min_sib_over_max_pc": min(ss) / max(pc),
                            "siblings_farther": bool(min(ss) > max(pc))})
-    cluster = {**rec_opts.get("cluster", {}), "n_trees": len(family)} if k.trees_known else rec_opts.get("cluster")
-    opts = {key: v for key, v in rec_opts.items() if key not in ("cluster", "plot")}
-    result = recover(folder, ground_truth=folder / "graph.json", output_dir=None, cluster=cluster, quiet=True,
-                     seed=int(cfg.seed), **opts)
-    m = result["metrics"]
+    cluster = {**options["cluster"], "n_trees": len(family)} if k.trees_known else options["cluster"]
+    rec = forest(wa, load_graph(folder / "graph.json"), cluster=cluster, c=float(options["tree"].get("c", 0.3)))
+    m = rec["metrics"]
     for row in per_parent:
-        t = m["per_tree"].get(row["parent"], {})
-        row["recovery_accuracy"] = t.get("accuracy")
-    return {"distance": "l2 (paper Eq. 1; layers from cfg.recovery.layers)", "per_parent": per_parent,
-            "edge_accuracy": m["edge_accuracy"], "clustering_accuracy": m["clustering_accuracy"],
-            "recovered_edges": result["tree"]["edges"], "folder": str(folder),
-            "recipe": _jsonable(k.recipe), "tasks": [str(t) for t in k.tasks]}
+        row["recovery_accuracy"] = m["per_tree"].get(row["parent"], {}).get("accuracy")
+    return {"distance": "l2 (paper Eq. 1) on the layers of recovery.layers", "per_parent": per_parent,
+            "recovery_metric": wa.distance_metric, "edge_accuracy": m["edge_accuracy"],
+            "clustering_accuracy": m["clustering_accuracy"], "recovered_edges": [list(e) for e in rec["edges"]],
+            "folder": str(folder), "recipe": _jsonable(k.recipe), "tasks": [str(t) for t in k.tasks]}
 
 
 def render(results: dict, out_dir: Path) -> None:
