@@ -28,7 +28,7 @@ def pretraining_series(cfg: DictConfig, root: str, folders: dict | None = None) 
     A root listed in `folders` (root spec -> folder of step_<k>.safetensors) is read from there; a built-in
     root's checkpoints come from data_gen.roots (built with the root if missing).
     """
-    from analysis.trajectories import checkpoint_series, load_root_state, roots_cache
+    from analysis.trajectories import checkpoint_series, roots_cache
 
     if folders and str(root) in folders:
         pairs = checkpoint_series(folders[str(root)])
@@ -38,8 +38,8 @@ def pretraining_series(cfg: DictConfig, root: str, folders: dict | None = None) 
                          f"list a folder for it in analysis.{NAME}.pretraining")
     from data_gen import roots
 
-    load_root_state(cfg, root)  # builds the root (and its checkpoints) when missing
-    pairs = roots.pretraining_checkpoints(str(root).removeprefix("builtin:"), cache_dir=roots_cache(cfg))
+    pairs = roots.root_checkpoints(str(root).removeprefix("builtin:"), cache_dir=roots_cache(cfg),
+                                   data_dir=cfg.paths.data_dir, num_threads=cfg.get("num_threads"))
     return [int(s) for s, _ in pairs], [str(p) for _, p in pairs]
 
 
