@@ -73,7 +73,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
                                     stage_order=bool(tree["stage_order"]))
     ids = wa.ids
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
-    relations = edge_relations(path, edges, layers=layers) if edges else {}
+    rank_tol = {"rank_tol": distance["rank_tol"]} if "rank_tol" in distance else {}
+    relations = edge_relations(path, edges, layers=layers, **rank_tol) if edges else {}
     warnings = list(wa.warnings) + ([clustering.evidence["warning"]] if "warning" in clustering.evidence else [])
 
     doc = _tree_doc(wa, parent, clustering, lambdas, relations)

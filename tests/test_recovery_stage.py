@@ -182,3 +182,21 @@ def test_cost_matrix_follows_the_paper():
     parent, lams = recover_forest(np.pad(d, ((0, 1), (0, 1)), constant_values=9.0), np.append(k, 5.0),
                                   np.zeros(4, dtype=bool), np.array([0, 0, 0, 1]))
     assert parent.tolist() == [-1, 0, 1, -1] and lams[1] == 0.0
+
+
+def test_lora_forest_uses_ranks_and_names_adapters(tmp_path):
+    """Synthetic LoRA-V forest (recovery.synthetic: merged rank 2/4/6 deltas on qkv): auto picks lora_rank,
+    every edge is an adapter, the tree is exact; direction from the LoRA-tuned (q, k, v) layers as in the paper."""
+    from recovery.stage import recover
+    from recovery.synthetic import vit_shapes, write_tree
+
+    children = {"r0": ["r0a", "r0b"], "r0a": ["r0a1", "r0a2"], "r0b": ["r0b1"], "r1": ["r1a", "r1b"], "r1a": ["r1a1"]}
+    write_tree(tmp_path / "g", vit_shapes(dim=32, depth=2), children, ["r0", "r1"], seed=0, method="lora",
+               ranks=(2, 4, 6), scale=0.04)
+    result = recover(tmp_path / "g", ground_truth=tmp_path / "g" / "graph.json", output_dir=tmp_path / "out",
+                     direction={"kinds": ["query", "key", "value"]}, plot=False, quiet=True)
+    assert result["tree"]["distance_metric"] == "lora_rank"
+    assert result["metrics"]["edge_accuracy"] == 1.0 and result["metrics"]["clustering_accuracy"] == 1.0
+    assert {e["base_model_relation"] for e in result["tree"]["edges"]} == {"adapter"}
+    assert all(n.get("base_model_relation", "adapter") == "adapter" for n in result["tree"]["nodes"])
+    assert set(result["paths"]) == {"tree", "metrics"}
