@@ -6,10 +6,13 @@ weights. The array's resources come from the Hydra launcher config (`hydra/launc
 conf/hydra/launcher/slurm.yaml), the same one multirun sweeps use.
 
 Failures, and what happens:
-- preempted or timed out (SLURM sends USR1): submitit checkpoints the task (`NodeTask.checkpoint`) and requeues
-  it with the same arguments; time-outs count against `max_num_timeout`, preemptions do not.
+- near its time limit, or preempted with notice (SLURM sends submitit's USR2, sbatch --signal): submitit
+  checkpoints the task (`NodeTask.checkpoint`) and requeues it with the same arguments; time-outs count
+  against `max_num_timeout`, preemptions do not.
 - killed without a result (scancel, OOM, node loss): the level's unfinished nodes are submitted again, up to
   `data_gen.max_resubmits` times (default 2).
+- SIGTERM (preemption without notice, scancel): Lightning stops training with SIGTERMException, a SystemExit
+  that submitit does not record as an error: the task ends without a result and counts as killed (above).
 - a Python error inside a task: raised at once with the task's traceback (rerunning would fail the same way).
 Either way a rerun task skips a node whose record and weights are complete (`data_gen.graph.is_done`), and the
 driver itself can be rerun at any time: finished nodes are never retrained. `graph.json` is assembled by D3's
@@ -52,7 +55,7 @@ def launcher_config(cfg: DictConfig | None = None) -> dict:
                            "(or pass launcher=...)")
     target = str(node.get("_target_", ""))
     if target.rsplit(".", 1)[-1] not in _KINDS:
-        raise ValueError(f"data_gen.executor=slurm needs a submitit launcher (hydra/launcher=slurm or local), "
+        raise ValueError(f"a SLURM graph build needs a submitit launcher (hydra/launcher=slurm or local), "
                          f"got {target or 'none'}")
     out = {k: node[k] for k in node if k not in ("submitit_folder", "name")}  # both interpolate hydra.* keys
     return OmegaConf.to_container(OmegaConf.create(out), resolve=True)

@@ -228,3 +228,34 @@ def test_recovery_sweep_on_slurm_collects_one_table(tmp_path, job_names):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t" / "sweep.csv").read_text().splitlines()[0] == "job,recovery.tree.c,status,edge_accuracy"
     assert "| recovery.tree.c |" in out.stdout
+
+
+def test_sigterm_in_training_counts_as_killed(tmp_path):
+    """Lightning raises SIGTERMException after a SIGTERM: a SystemExit, which submitit does not store as an error
+    result, so the node counts as killed and is resubmitted; any other error propagates as itself (and the
+    driver raises it). Synthetic fine-tunes."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from data_gen.slurm import NodeTask
+    from data_gen.spec import build_spec
+    from tests.slurm_fakes import fake_load_root
+
+    dg = {"name": "t", "roots": [{"id": "r", "source": "fake:r"}], "depth": 1, "children": 1, "image_size": 8,
+          "methods": {"full": {"tasks": ["t/x", "t/y"], "lr": 0.1, "epochs": 1, "batch_size": 4}}}
+    root, child = build_spec(dg, 0)
+
+    def stopped(**_):
+        raise SIGTERMException()
+
+    def broken(**_):
+        raise ValueError("a bug")
+
+    assert NodeTask(tmp_path, {"load_root_fn": fake_load_root})(root) == {"id": "r", "built": True}
+    assert NodeTask(tmp_path, {"load_root_fn": fake_load_root})(root) == {"id": "r", "built": False}
+    with pytest.raises(SystemExit):
+        try:
+            NodeTask(tmp_path, {"finetune_fn": stopped, "load_task_fn": lambda *a, **k: None})(child)
+        except Exception:  # what submitit catches to write an error result
+            pytest.fail("SIGTERM stop was caught as an ordinary error")
+    with pytest.raises(ValueError, match="a bug"):
+        NodeTask(tmp_path, {"finetune_fn": broken, "load_task_fn": lambda *a, **k: None})(child)
