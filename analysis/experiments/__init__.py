@@ -11,27 +11,26 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+# In the paper's order (results/README.md follows it).
 EXPERIMENTS: dict[str, str] = {
-    # recovery-side experiments
-    "default": "analysis.experiments.default",
     "table1": "analysis.experiments.table1",
     "lora_ablation": "analysis.experiments.lora_ablation",
     "resnet": "analysis.experiments.resnet",
     "deep": "analysis.experiments.deep",
     "fig1_distance": "analysis.experiments.fig1_distance",
-    "fig6_clustering": "analysis.experiments.fig6_clustering",
-    "pruning": "analysis.experiments.pruning",
-    "quantization": "analysis.experiments.quantization",
-    "runtime": "analysis.experiments.runtime",
-    "c_sensitivity": "analysis.experiments.c_sensitivity",
-    "stable_diffusion": "analysis.experiments.stable_diffusion",
-    # training-side experiments
     "fig2_direction": "analysis.experiments.fig2_direction",
+    "fig6_clustering": "analysis.experiments.fig6_clustering",
+    "stable_diffusion": "analysis.experiments.stable_diffusion",
+    "similar_models": "analysis.experiments.similar_models",
     "fig8_stats": "analysis.experiments.fig8_stats",
     "fig13_layers": "analysis.experiments.fig13_layers",
+    "pruning": "analysis.experiments.pruning",
+    "quantization": "analysis.experiments.quantization",
     "fig16_lr": "analysis.experiments.fig16_lr",
-    "similar_models": "analysis.experiments.similar_models",
     "merged_models": "analysis.experiments.merged_models",
+    "runtime": "analysis.experiments.runtime",
+    "c_sensitivity": "analysis.experiments.c_sensitivity",
+    "default": "analysis.experiments.default",
 }
 
 # Experiments that cannot run on this project's offline CPU machines, and why (listed in results/README.md).
