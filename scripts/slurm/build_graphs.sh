@@ -6,7 +6,7 @@
 source "$(dirname "$0")/common.sh"
 graphs=(); extra=()
 while [ $# -gt 0 ]; do [ "$1" = "--" ] && { shift; extra=("$@"); break; }; graphs+=("$1"); shift; done
-[ ${#graphs[@]} -eq 0 ] && graphs=(lora_v lora_f ft mixed deep resnet)
+if [ ${#graphs[@]} -eq 0 ]; then graphs=(lora_v lora_f ft mixed deep resnet); fi
 for g in "${graphs[@]}"; do
   echo "== graph $g"
   "$PYTHON" scripts/slurm/build_graph.py "data_gen=$g" task_name="graph_$g" "${LAUNCH[@]}" "${extra[@]}"

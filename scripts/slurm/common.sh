@@ -11,5 +11,5 @@ LAUNCH=(hydra/launcher=slurm
         "hydra.launcher.gpus_per_node=${SLURM_GPUS:-1}"
         "hydra.launcher.mem_gb=${SLURM_MEM_GB:-32}"
         "hydra.launcher.array_parallelism=${SLURM_PARALLEL:-64}")
-[ -n "${SLURM_PARTITION:-}" ] && LAUNCH+=("hydra.launcher.partition=$SLURM_PARTITION")
-[ -n "${SLURM_SETUP:-}" ] && LAUNCH+=("hydra.launcher.setup=[\"$SLURM_SETUP\"]")
+if [ -n "${SLURM_PARTITION:-}" ]; then LAUNCH+=("hydra.launcher.partition=$SLURM_PARTITION"); fi
+if [ -n "${SLURM_SETUP:-}" ]; then LAUNCH+=("hydra.launcher.setup=[\"$SLURM_SETUP\"]"); fi
