@@ -19,7 +19,7 @@ import numpy as np
 
 from data_gen.tasks import draw
 
-VERSION = 1  # bump when any generator changes its output; stored with cached arrays
+VERSION = 2  # bump when any generator changes its output; stored with cached arrays
 CHUNK = 256  # images rendered per call; part of the definition of the random stream (changing it changes data)
 
 
@@ -69,7 +69,7 @@ def gen_digits(rng: np.random.Generator, labels: np.ndarray, size: int, *, pool:
     alpha = ((1 - fy) * ((1 - fx) * glyph[i, y0, x0] + fx * glyph[i, y0, x0 + 1])
              + fy * ((1 - fx) * glyph[i, y0 + 1, x0] + fx * glyph[i, y0 + 1, x0 + 1]))
     img = draw.background(rng, n, size)
-    draw.paint(img, alpha * rng.uniform(0.6, 1.0, (n, 1, 1)).astype(np.float32), draw.random_colours(rng, n))
+    draw.paint(img, alpha * rng.uniform(0.7, 1.0, (n, 1, 1)).astype(np.float32), draw.contrasting_colours(rng, img))
     return draw.to_uint8(img, rng)
 
 
@@ -87,7 +87,7 @@ def gen_shapes(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.nd
     """Which of six shapes (circle, square, triangle, plus, ring, diamond), random colour/size/pose."""
     n = len(labels)
     img, cov = _one_object(rng, n, labels, size, r=(0.1, 0.3))
-    draw.paint(img, cov, draw.random_colours(rng, n, (0.3, 1.0), (0.3, 1.0)))
+    draw.paint(img, cov, draw.contrasting_colours(rng, img, (0.3, 1.0)))
     return draw.to_uint8(img, rng, noise=(0.03, 0.12))
 
 
@@ -186,7 +186,7 @@ def gen_count(rng: np.random.Generator, labels: np.ndarray, size: int, *, num_cl
         u, v = draw.local(yy, xx, cy.astype(np.float32), cx.astype(np.float32),
                           rng.uniform(0, 2 * np.pi, n).astype(np.float32))
         cov = draw.coverage(draw.sdf_mixed(rng.integers(0, len(draw.SHAPES), n), u, v, r), size)
-        draw.paint(img, cov * on[:, None, None], draw.random_colours(rng, n, (0.3, 1.0), (0.3, 1.0)))
+        draw.paint(img, cov * on[:, None, None], draw.contrasting_colours(rng, img, (0.3, 1.0), gap=0.25))
     return draw.to_uint8(img, rng)
 
 
@@ -200,7 +200,7 @@ def gen_position(rng: np.random.Generator, labels: np.ndarray, size: int, *, num
     u, v = draw.local(yy, xx, cy, cx, rng.uniform(0, 2 * np.pi, n).astype(np.float32))
     img = draw.background(rng, n, size)
     cov = draw.coverage(draw.sdf_mixed(rng.integers(0, len(draw.SHAPES), n), u, v, r), size)
-    draw.paint(img, cov, draw.random_colours(rng, n))
+    draw.paint(img, cov, draw.contrasting_colours(rng, img))
     return draw.to_uint8(img, rng)
 
 
@@ -213,7 +213,7 @@ def gen_orientation(rng: np.random.Generator, labels: np.ndarray, size: int, *, 
     u, v = draw.local(yy, xx, cy, cx, angle)
     d = draw.box(u, v, rng.uniform(0.15, 0.3, n).astype(np.float32), rng.uniform(0.03, 0.07, n).astype(np.float32))
     img = draw.background(rng, n, size)
-    draw.paint(img, draw.coverage(d, size), draw.random_colours(rng, n))
+    draw.paint(img, draw.coverage(d, size), draw.contrasting_colours(rng, img))
     return draw.to_uint8(img, rng)
 
 
@@ -239,7 +239,7 @@ def gen_distance(rng: np.random.Generator, labels: np.ndarray, size: int, *, num
         cx = rng.uniform(0.1, 0.9, n).astype(np.float32)
         u, v = draw.local(yy, xx, cy, cx)
         cov = draw.coverage(draw.sdf_mixed(rng.integers(0, 3, n), u, v, r), size)
-        draw.paint(img, cov, draw.random_colours(rng, n))
+        draw.paint(img, cov, draw.contrasting_colours(rng, img, gap=0.25))
     return draw.to_uint8(img.astype(np.float32), rng)
 
 
@@ -254,7 +254,7 @@ def gen_elevation(rng: np.random.Generator, labels: np.ndarray, size: int, *, nu
     cx, cy = rng.uniform(0.38, 0.62, (2, n)).astype(np.float32)
     tilt = rng.uniform(-0.4, 0.4, n).astype(np.float32)
     img = draw.background(rng, n, size)
-    colour = draw.random_colours(rng, n)
+    colour = draw.contrasting_colours(rng, img, gap=0.25)
     for dy, shade in ((thick, 0.55), (np.zeros_like(thick), 1.0)):  # side, then top face
         u, v = draw.local(yy, xx, cy + dy, cx, tilt)
         d = (np.sqrt((u / a[:, None, None]) ** 2 + (v / b[:, None, None]) ** 2) - 1) * b[:, None, None]
@@ -271,11 +271,12 @@ def gen_heading(rng: np.random.Generator, labels: np.ndarray, size: int, *, num_
     cx, cy = rng.uniform(0.4, 0.6, (2, n)).astype(np.float32)
     img = draw.background(rng, n, size)
     u, v = draw.local(yy, xx, cy, cx)
-    draw.paint(img, draw.coverage(draw.sdf("circle", u, v, rad), size), draw.random_colours(rng, n, (0, 0.5)))
+    dial = draw.contrasting_colours(rng, img, (0.0, 0.5), gap=0.2)
+    draw.paint(img, draw.coverage(draw.sdf("circle", u, v, rad), size), dial)
     hx, hy = cx + 0.4 * rad * np.cos(theta), cy + 0.4 * rad * np.sin(theta)
     u, v = draw.local(yy, xx, hy, hx, theta)
     hand = draw.box(u, v, 0.45 * rad, 0.09 * rad)
-    draw.paint(img, draw.coverage(hand, size), draw.random_colours(rng, n, (0.6, 1.0), (0.0, 0.5)))
+    draw.paint(img, draw.coverage(hand, size), draw.contrasting_colours(rng, dial[:, None, None, :], (0.5, 1.0)))
     return draw.to_uint8(img, rng)
 
 

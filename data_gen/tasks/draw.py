@@ -103,6 +103,16 @@ def random_colours(rng: np.random.Generator, n: int, sat: tuple[float, float] = 
     return hsv_to_rgb(rng.random(n), rng.uniform(*sat, n), rng.uniform(*val, n))
 
 
+def contrasting_colours(rng: np.random.Generator, img: np.ndarray, sat: tuple[float, float] = (0.4, 1.0),
+                        gap: float = 0.3) -> np.ndarray:
+    """Random colours [N, 3] whose brightness differs from each image's mean brightness by at least `gap`."""
+    lum = img.mean(axis=(1, 2, 3))
+    dark = rng.uniform(0.0, 1.0, lum.shape) * np.clip(lum - gap, 0.0, None)
+    bright = np.minimum(lum + gap + rng.uniform(0.0, 1.0, lum.shape) * np.clip(1.0 - lum - gap, 0.0, None), 1.0)
+    v = np.where(lum > 0.5, dark, bright).astype(np.float32)
+    return hsv_to_rgb(rng.random(len(lum)), rng.uniform(*sat, len(lum)), v)
+
+
 def power_noise(rng: np.random.Generator, n: int, size: int, alpha: np.ndarray | float) -> np.ndarray:
     """Noise images [N, H, W] with power spectrum ~ 1/f^alpha, each standardised to mean 0, std 1."""
     white = rng.random((n, size, size), dtype=np.float32)  # uniform: cheaper than normal, same flat spectrum

@@ -264,7 +264,7 @@ def to_rgb_uint8(image: np.ndarray, binary: bool = False) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if binary:
-        image = image * np.uint8(255)
+        image = np.where(image > 0, np.uint8(255), np.uint8(0))
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     if image.shape[-1] != 3 or image.dtype != np.uint8:
