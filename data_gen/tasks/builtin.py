@@ -56,9 +56,9 @@ def gen_digits(rng: np.random.Generator, labels: np.ndarray, size: int, *, pool:
         pick[where] = rng.choice(cand, where.size)
     glyph = np.pad(src[pick], ((0, 0), (1, 1), (1, 1)))  # [N, 10, 10], zero border
     yy, xx = draw.grid(size)
-    scale = rng.uniform(0.45, 0.85, n).astype(np.float32)
+    scale = rng.uniform(0.6, 0.9, n).astype(np.float32)
     cx, cy = (0.5 + rng.uniform(-0.5, 0.5, (2, n)) * (1 - scale)).astype(np.float32)
-    u, v = draw.local(yy, xx, cy, cx, rng.uniform(-0.35, 0.35, n).astype(np.float32))
+    u, v = draw.local(yy, xx, cy, cx, rng.uniform(-0.25, 0.25, n).astype(np.float32))
     # glyph pixel coordinates (pixel centres of the padded 10x10 glyph sit at 0..9, the digit spans 1..8)
     gu = u / scale[:, None, None] * 8 + 4.5
     gv = v / scale[:, None, None] * 8 + 4.5
@@ -68,9 +68,10 @@ def gen_digits(rng: np.random.Generator, labels: np.ndarray, size: int, *, pool:
     i = np.arange(n)[:, None, None]
     alpha = ((1 - fy) * ((1 - fx) * glyph[i, y0, x0] + fx * glyph[i, y0, x0 + 1])
              + fy * ((1 - fx) * glyph[i, y0 + 1, x0] + fx * glyph[i, y0 + 1, x0 + 1]))
-    img = draw.background(rng, n, size)
-    draw.paint(img, alpha * rng.uniform(0.7, 1.0, (n, 1, 1)).astype(np.float32), draw.contrasting_colours(rng, img))
-    return draw.to_uint8(img, rng)
+    img = draw.background(rng, n, size, clutter=0.08)
+    alpha = np.clip(alpha * 1.5, 0.0, 1.0)  # bolder strokes
+    draw.paint(img, alpha, draw.contrasting_colours(rng, img, gap=0.35))
+    return draw.to_uint8(img, rng, noise=(0.02, 0.05))
 
 
 def _one_object(rng: np.random.Generator, n: int, kinds: np.ndarray, size: int,
