@@ -35,8 +35,8 @@ def min_arborescence(cost: np.ndarray, root: int | None = None) -> np.ndarray:
     n = cost.shape[0]
     if n == 0:
         raise ValueError("cost matrix is empty: no nodes")
-    off = ~np.eye(n, dtype=bool)
-    if np.isnan(cost[off]).any() or np.isneginf(cost[off]).any():
+    diag = np.diag(cost)
+    if np.isnan(cost).sum() > np.isnan(diag).sum() or np.isneginf(cost).sum() > np.isneginf(diag).sum():
         raise ValueError("cost matrix holds NaN or -inf off the diagonal")
     if root is not None and not 0 <= root < n:
         raise ValueError(f"root {root} out of range for {n} nodes")
@@ -131,13 +131,14 @@ def _edmonds(incoming: np.ndarray, top: int) -> np.ndarray:
             comp[x], x = r, comp[x]
         return r
 
+    first = np.argmin(incoming, axis=1)  # every original node's cheapest incoming edge, in one pass
     for start in range(m):
         if state[find(start)] != _UNSEEN:
             continue
         a, path, pos = start, [], {}
         while True:
             row = incoming[row_of[a]]
-            u = int(np.argmin(row))
+            u = int(first[a]) if a < m else int(np.argmin(row))
             if not np.isfinite(row[u]):
                 raise ValueError(f"no spanning arborescence: node {start} cannot be reached from the root")
             in_src[a], in_cost[a] = u, row[u]
