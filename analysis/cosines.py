@@ -8,6 +8,7 @@ The cosine is computed on the concatenation of the selected layers' weights, fla
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -64,19 +65,20 @@ def cosine_to_centres(files: Mapping[str, str | Path], groups: Mapping[str, str]
     dots = np.zeros((len(q_idx), len(names)))
     q_sq = np.zeros(len(q_idx))
     c_sq = np.zeros(len(names))
-    handles = {i: safe_open(str(files[i]), framework="np") for i in ids}
-    for layer in layers:
-        try:
-            x = np.stack([handles[i].get_tensor(layer).astype(np.float64).ravel() for i in ids])
-        except Exception as e:  # safetensors raises its own error types for a missing name
-            raise ValueError(f"layer {layer!r} is missing or unreadable in one of the models: {e}") from None
-        if vectors == "centered":
-            x = x - x.mean(0, keepdims=True)
-        centres = np.stack([x[members[g]].mean(0) for g in names])
-        q = x[q_idx]
-        dots += q @ centres.T
-        q_sq += (q * q).sum(1)
-        c_sq += (centres * centres).sum(1)
+    with ExitStack() as stack:
+        handles = {i: stack.enter_context(safe_open(str(files[i]), framework="np")) for i in ids}
+        for layer in layers:
+            try:
+                x = np.stack([handles[i].get_tensor(layer).astype(np.float64).ravel() for i in ids])
+            except Exception as e:  # safetensors raises its own error types for a missing name
+                raise ValueError(f"layer {layer!r} is missing or unreadable in one of the models: {e}") from None
+            if vectors == "centered":
+                x = x - x.mean(0, keepdims=True)
+            centres = np.stack([x[members[g]].mean(0) for g in names])
+            q = x[q_idx]
+            dots += q @ centres.T
+            q_sq += (q * q).sum(1)
+            c_sq += (centres * centres).sum(1)
     cos = dots / np.sqrt(np.outer(q_sq, c_sq)).clip(min=1e-300)
     return {q: {g: float(cos[a, b]) for b, g in enumerate(names)} for a, q in enumerate(queries)}
 

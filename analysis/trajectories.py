@@ -77,16 +77,16 @@ def checkpoint_series(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
 
 # --- cached fine-tuning ---------------------------------------------------------------------------------------
 
-def _jsonable(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
     """Plain JSON types from OmegaConf containers, paths and numpy scalars."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(x, (DictConfig, ListConfig)):
         return OmegaConf.to_container(x, resolve=True)
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [to_plain(v) for v in x]
     if isinstance(x, Path):
         return str(x)
     if isinstance(x, np.generic):
@@ -110,7 +110,7 @@ def cached_finetune(cache_dir: str | Path, node_id: str, *, spec: Mapping, arch:
         the task and "cached".
     """
     cache_dir = Path(cache_dir)
-    spec = _jsonable(spec)
+    spec = to_plain(spec)
     rec_path = cache_dir / "records" / f"{node_id}.json"
     if rec_path.exists():
         rec = read_json(rec_path)
@@ -125,12 +125,12 @@ def cached_finetune(cache_dir: str | Path, node_id: str, *, spec: Mapping, arch:
 
     task = task() if callable(task) else task
     out = finetune(arch=arch, init_state=init_state() if callable(init_state) else init_state,
-                   task=task, recipe=dict(_jsonable(recipe)), out_dir=cache_dir,
+                   task=task, recipe=dict(to_plain(recipe)), out_dir=cache_dir,
                    node_id=node_id, checkpoint_every=checkpoint_every, num_threads=num_threads, progress=False)
     ckpts = []
     if checkpoint_every:
         ckpts = [[s, str(p)] for s, p in checkpoint_series(cache_dir / "checkpoints" / node_id)]
-    rec = {**_jsonable(out), "node_id": node_id, "spec": spec, "checkpoints": ckpts,
+    rec = {**to_plain(out), "node_id": node_id, "spec": spec, "checkpoints": ckpts,
            "num_classes": int(task.num_classes)}
     write_json(rec_path, rec)
     return {**rec, "cached": False}
@@ -246,7 +246,7 @@ def finetune_run(cfg: Any, cache: Path, *, root: str, task: str, recipe: Mapping
 
     parent = init_name or node_name(root)
     spec = {"parent": parent, "root": root, "task": task, "image_size": image_size, "data_seed": data_seed,
-            "recipe": _jsonable(recipe), "checkpoint_every": checkpoint_every}
+            "recipe": to_plain(recipe), "checkpoint_every": checkpoint_every}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     node_id = node_id or node_name(parent, task, recipe.get("lr"), f"s{recipe.get('seed')}", digest)
     init_file = cache / "roots" / f"{parent}.safetensors"
@@ -342,7 +342,7 @@ def root_trajectories(cfg: Any) -> list[dict[str, Any]]:
     runs = []
     for i, root in enumerate(k.roots):
         task = str(k.tasks[i % len(k.tasks)])
-        recipe = {**_jsonable(k.recipe), "seed": derive_seed(cfg.seed, "trajectory", root, task)}
+        recipe = {**to_plain(k.recipe), "seed": derive_seed(cfg.seed, "trajectory", root, task)}
         run = finetune_run(cfg, cache, root=str(root), task=task, recipe=recipe, image_size=int(k.image_size),
                            data_seed=derive_seed(cfg.seed, "data", task),
                            checkpoint_every=int(k.checkpoint_every))
@@ -435,5 +435,5 @@ def graph_folder(folder: str | Path, models: Mapping[str, str | Path], edges: Se
     graph = {"nodes": sorted(models), "edges": [list(e) for e in edges],
              "stage": {m: ("specialization" if m in children else "generalization") for m in sorted(models)},
              "meta": {m: dict((meta or {}).get(m, {})) for m in sorted(models)}}
-    write_json(folder / "graph.json", _jsonable(graph))
+    write_json(folder / "graph.json", to_plain(graph))
     return folder

@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis import report
-from analysis.trajectories import (EXPECTED, _jsonable, analysis_cache, finetune_run, plot_panels,
+from analysis.trajectories import (EXPECTED, to_plain, analysis_cache, finetune_run, plot_panels,
                                    series_stats, trajectory_files, trend, trend_rows)
 from common.seed import derive_seed
 
@@ -29,7 +29,7 @@ def compute(cfg: DictConfig) -> dict:
     series = []
     for lr in [float(x) for x in k.lrs]:
         for i in range(int(k.seeds)):
-            recipe = {**_jsonable(k.recipe), "lr": lr, "seed": derive_seed(cfg.seed, NAME, f"{lr:g}", i)}
+            recipe = {**to_plain(k.recipe), "lr": lr, "seed": derive_seed(cfg.seed, NAME, f"{lr:g}", i)}
             run = finetune_run(cfg, cache, root=str(k.root), task=str(k.task), recipe=recipe,
                                image_size=int(k.image_size), data_seed=derive_seed(cfg.seed, "data", str(k.task)),
                                checkpoint_every=int(k.checkpoint_every))
@@ -74,7 +74,7 @@ def render(results: dict, out_dir: Path) -> None:
         titles[p] = f"{p}: {row['converged']}/{row['runs']} converged" + (
             "" if row["converged"] == row["runs"] else " (dashed: not)")
     fig = plot_panels(results["series"], panels, titles=titles, ncols=min(3, len(panels)),
-                      ylabel=f"{results['stat']} score (sum over {'+'.join(results['kinds'])})")
+                      ylabel=f"{results['stat']} score (sum over {'+'.join(results['kinds'])} layers)")
     report.save_figure(fig, out_dir, NAME)
     report.write_table(pd.DataFrame(results["by_lr"]), out_dir, NAME, float_fmt="{:.3g}",
                        caption=f"Fig. 16: direction score vs learning rate ({results['root']} on {results['task']}); "
