@@ -9,6 +9,7 @@ as `<id>.safetensors`; offline without them it stops at once with a message sayi
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -55,9 +56,12 @@ def prepare(k: DictConfig) -> Path:
     folder = Path(k.cache_dir)
     missing = [mid for mid in k.models if not (folder / "models" / f"{mid}.safetensors").is_file()]
     if missing:
-        from data_gen.models import hub_offline_reason
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            reason = "HF_HUB_OFFLINE is set"  # decided without importing the model stack
+        else:
+            from data_gen.models import hub_offline_reason
 
-        reason = hub_offline_reason()
+            reason = hub_offline_reason()
         if reason:
             raise HubUnavailableError(
                 f"{NAME}: the Stable Diffusion checkpoints {missing} are not in {folder / 'models'} and the Hugging "
