@@ -48,6 +48,21 @@ def _sq_from_gram(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(scale - 2 * g, 0.0), scale
 
 
+def _equal_rows(x: np.ndarray, candidates: np.ndarray) -> list[int]:
+    """For each row, the first row equal to it (itself if none), comparing only `candidates[i, j]` pairs against
+    one representative per class of equal rows."""
+    rep = list(range(x.shape[0]))
+    reps: list[int] = []
+    for i in range(x.shape[0]):
+        for r in reps:
+            if candidates[i, r] and np.array_equal(x[i], x[r]):
+                rep[i] = r
+                break
+        else:
+            reps.append(i)
+    return rep
+
+
 def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 17, rel: float = 1e-4) -> np.ndarray:
     """Squared Euclidean distances between the rows of `x` (n, p), float64, exact zero for identical rows.
 
@@ -65,12 +80,15 @@ def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 17, rel: float = 1e-4) ->
         _, comp = connected_components(close, directed=False)
         for c in np.unique(comp):
             idx = np.flatnonzero(comp == c)
-            if len(idx) > 1:
+            if 1 < len(idx) < x.shape[0]:   # one group of all rows: already centred on its own mean
                 sub, _ = _sq_from_gram(_centred_gram(x[idx], chunk))
                 d2[np.ix_(idx, idx)] = sub
     tiny = d2 <= 1e-12 * (scale + np.finfo(np.float64).tiny)
-    for i, j in zip(*np.nonzero(np.triu(tiny, 1))):
-        d2[i, j] = d2[j, i] = 0.0 if np.array_equal(x[i], x[j]) else max(d2[i, j], np.finfo(np.float64).tiny)
+    np.fill_diagonal(tiny, False)
+    if tiny.any():   # exact zeros only for identical rows: sort rows into equality classes (<= n comparisons each)
+        rep = _equal_rows(x, tiny)
+        for i, j in zip(*np.nonzero(np.triu(tiny, 1))):
+            d2[i, j] = d2[j, i] = 0.0 if rep[i] == rep[j] else max(d2[i, j], np.finfo(np.float64).tiny)
     np.fill_diagonal(d2, 0.0)
     return d2
 
@@ -82,8 +100,13 @@ def as_matrix(w: np.ndarray) -> np.ndarray:
 
 
 def spectral_norm(w: np.ndarray) -> float:
-    """||w||_2 (largest singular value) in float64."""
-    return float(np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)[0]) if w.size else 0.0
+    """||w||_2 (largest singular value) in float64, as the square root of the top eigenvalue of the smaller Gram
+    matrix (relative error ~ eps64, and several times faster than an SVD)."""
+    if not w.size:
+        return 0.0
+    w = np.asarray(w, dtype=np.float64)
+    g = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    return float(np.sqrt(max(np.linalg.eigvalsh(g)[-1], 0.0)))
 
 
 def direct_ranks(ws: np.ndarray, tol: np.ndarray | float, pairs=None) -> np.ndarray:
@@ -170,54 +193,99 @@ class RankResult:
         return (n - len(self.groups)) / (n - 1) if n > 1 else 0.0
 
 
-def _group(ws: np.ndarray, target: float, kmax: int, rng, max_refs: int):
-    """Greedy: each model joins the first reference whose difference from it is low rank, else becomes one."""
+def _group(ws: np.ndarray, order: np.ndarray, target, kmax: int, rng, max_refs: int, d2: np.ndarray):
+    """Greedy, in the given order: each model joins the nearest reference (of up to `max_refs`) whose difference
+    from it is low rank, else becomes a reference itself. `target(i, r)`: the error allowed for D_i = W_i - W_r."""
     refs: list[int] = []
     fac: dict[int, LowRank] = {}
     owner: dict[int, int] = {}
-    for i in range(ws.shape[0]):
-        near = sorted(refs, key=lambda r: float(np.linalg.norm(ws[i].astype(np.float64) - ws[r])))
+    m, n = ws.shape[1:]
+    for i in order:
+        near = sorted(refs, key=lambda r: d2[i, r])
         for r in near[:max_refs]:
-            f = factor_low_rank(ws[i].astype(np.float64) - ws[r], target, kmax, rng)
+            if np.array_equal(ws[i], ws[r]):
+                f = LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0)
+            else:
+                f = factor_low_rank(ws[i].astype(np.float64) - ws[r], target(i, r), kmax, rng)
             if f is not None:
                 fac[i], owner[i] = f, r
                 break
         else:
             refs.append(i)
-            m, n = ws.shape[1:]
             fac[i], owner[i] = LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0), i
-    groups = [[i for i in range(ws.shape[0]) if owner[i] == r] for r in refs]
+    groups = [[i for i in order if owner[i] == r] for r in refs]
     return groups, fac
 
 
 _JITTER = 1e-14
 
 
-def _core_svals(fi: LowRank, fj: LowRank) -> np.ndarray:
-    """Singular values of L_i - L_j = M diag(s_i, -s_j) N^T from a (k_i + k_j) square core.
+def _gram_block(gii: np.ndarray, gjj: np.ndarray, gij: np.ndarray, out: np.ndarray) -> None:
+    """Write the Gram matrix of [X_i, X_j] (+ jitter I) into the top-left of `out` (rest stays identity)."""
+    ki, kj = len(gii), len(gjj)
+    out[:ki, :ki] = gii
+    out[ki:ki + kj, ki:ki + kj] = gjj
+    out[:ki, ki:ki + kj] = gij
+    out[ki:ki + kj, :ki] = gij.T
+    idx = np.arange(ki + kj)
+    out[idx, idx] += _JITTER
 
-    With R^T R = M^T M (+ jitter I) and likewise for N, sigma(R_M S R_N^T) = sigma(M S N^T) up to
-    3 sqrt(jitter) max|s| (the jitter keeps the Cholesky factor defined when the two bases share directions).
+
+def core_svals(fac: list[LowRank], bucket: int = 32) -> dict[tuple[int, int], np.ndarray | None]:
+    """Singular values of L_i - L_j for every pair i < j of the factors `fac`, from small core matrices.
+
+    L_i - L_j = M diag(s_i, -s_j) N^T with M = [A_i, A_j], N = [V_i, V_j]. With Cholesky factors
+    M^T M + jitter I = L_M L_M^T (likewise N), sigma(M S N^T) = sigma(L_M^T S L_N) up to 3 sqrt(jitter) max|s|
+    (the jitter keeps the factor defined when the two bases share directions). The Gram blocks A_i^T A_j of all
+    pairs come from one matrix product per model; the cores are padded (identity Gram, zero s: exact, padding only
+    adds zero singular values) to sizes in steps of `bucket` and decomposed in batches. None: Cholesky failed.
     """
-    if fi.k + fj.k == 0:
-        return np.zeros(0)
-
-    def chol(x, y):
-        g = np.empty((x.shape[1] + y.shape[1],) * 2)
-        g[: x.shape[1], : x.shape[1]] = x.T @ x
-        g[x.shape[1]:, x.shape[1]:] = y.T @ y
-        g[: x.shape[1], x.shape[1]:] = x.T @ y
-        g[x.shape[1]:, : x.shape[1]] = g[: x.shape[1], x.shape[1]:].T
-        g[np.diag_indices_from(g)] += _JITTER
-        return np.linalg.cholesky(g).T
-
-    rm, rn = chol(fi.a, fj.a), chol(fi.v, fj.v)
-    core = (rm * np.concatenate([fi.s, -fj.s])) @ rn.T
-    return np.sqrt(np.clip(np.linalg.eigvalsh(core @ core.T), 0.0, None))
+    n = len(fac)
+    ks = np.array([f.k for f in fac])
+    off = np.concatenate([[0], np.cumsum(ks)])
+    a_all = np.concatenate([f.a for f in fac], axis=1)
+    v_all = np.concatenate([f.v for f in fac], axis=1)
+    gaa = [f.a.T @ f.a for f in fac]
+    gvv = [f.v.T @ f.v for f in fac]
+    out: dict[tuple[int, int], np.ndarray | None] = {}
+    for i in range(n - 1):
+        ga = fac[i].a.T @ a_all[:, off[i + 1]:]
+        gv = fac[i].v.T @ v_all[:, off[i + 1]:]
+        buckets: dict[int, list[int]] = {}
+        for j in range(i + 1, n):
+            k = ks[i] + ks[j]
+            if k == 0:
+                out[(i, j)] = np.zeros(0)
+            else:
+                buckets.setdefault(-(-k // bucket) * bucket, []).append(j)
+        for size, js in buckets.items():
+            gm = np.broadcast_to(np.eye(size), (len(js), size, size)).copy()
+            gn = gm.copy()
+            s = np.zeros((len(js), size))
+            for t, j in enumerate(js):
+                cols = slice(off[j] - off[i + 1], off[j + 1] - off[i + 1])
+                _gram_block(gaa[i], gaa[j], ga[:, cols], gm[t])
+                _gram_block(gvv[i], gvv[j], gv[:, cols], gn[t])
+                s[t, :ks[i]], s[t, ks[i]:ks[i] + ks[j]] = fac[i].s, -fac[j].s
+            try:
+                lm, ln = np.linalg.cholesky(gm), np.linalg.cholesky(gn)
+            except np.linalg.LinAlgError:   # rare: decide pair by pair, None where it fails
+                for t, j in enumerate(js):
+                    try:
+                        lm1, ln1 = np.linalg.cholesky(gm[t]), np.linalg.cholesky(gn[t])
+                        out[(i, j)] = np.linalg.svd((lm1.T * s[t]) @ ln1, compute_uv=False)
+                    except np.linalg.LinAlgError:
+                        out[(i, j)] = None
+                continue
+            sv = np.linalg.svd((np.swapaxes(lm, 1, 2) * s[:, None, :]) @ ln, compute_uv=False)
+            for t, j in enumerate(js):
+                out[(i, j)] = sv[t]
+    return out
 
 
 def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str = "fast", seed: int = 0,
-                kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct") -> RankResult:
+                kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct", d2: np.ndarray | None = None
+                ) -> RankResult:
     """Ranks of W_i - W_j for all pairs of the stack `w` (n, *shape); conv kernels are flattened to matrices.
 
     Args:
@@ -227,6 +295,9 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
         kmax_frac: a difference of rank above kmax_frac x min(m, n) counts as not low rank.
         max_refs: how many references a model tries before it starts a group of its own.
         dense: what to do with pairs in different groups: "direct" (exact SVD) or "skip" (rank -1: not computed).
+        d2: the models' squared l2 distances on this layer when already known (else computed). Models are taken
+            in order of their summed distance to the others, so the first reference is the medoid, from which
+            the differences of a LoRA tree have the lowest ranks (smaller factors and cores: speed only).
     """
     ws = np.stack([as_matrix(x) for x in w]) if w.ndim != 3 else w
     n, m, d = ws.shape
@@ -249,42 +320,50 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
         return RankResult(direct_ranks(ws, tol), tol, [[i] for i in range(n)], 0, n * (n - 1) // 2)
     rng = np.random.default_rng(seed)
     kmax = max(1, int(kmax_frac * min(m, d)))
-    ref_norm = spectral_norm(ws[0])
-    base = float(rank_tol) if explicit else EPS32 * max(m, d) * ref_norm
-    groups, fac = _group(ws, base / 8, kmax, rng, max_refs)
+    d2 = pairwise_sq_dists(ws) if d2 is None else d2
+    order = np.argsort(np.sqrt(d2).sum(axis=1), kind="stable")
+    ref_norms: dict[int, float] = {}
+
+    def target(i: int, r: int) -> float:
+        """tol / 8 for every pair with i: S >= ||W_r||_2 + ||D_i||_2 >= ||W_r||_2 + ||D_i||_F / sqrt(min(m, d))."""
+        if explicit:
+            return float(rank_tol) / 8
+        if r not in ref_norms:
+            ref_norms[r] = spectral_norm(ws[r])
+        return EPS32 * max(m, d) * (ref_norms[r] + np.sqrt(d2[i, r] / min(m, d))) / 8
+
+    groups, fac = _group(ws, order, target, kmax, rng, max_refs, d2)
     # per-model upper bound S_i of ||W_i||_2 and the tolerance of each pair
     if explicit:
         tol[:] = float(rank_tol)
     else:
-        ref_norms = {g[0]: (ref_norm if g[0] == 0 else spectral_norm(ws[g[0]])) for g in groups}
         bound = np.zeros(n)
         for g in groups:
-            top = ref_norms[g[0]] + max(float(fac[i].s.max(initial=0.0)) + fac[i].err for i in g)
-            bound[g] = top
+            top = ref_norms[g[0]] if g[0] in ref_norms else spectral_norm(ws[g[0]])
+            bound[g] = top + max(float(fac[i].s.max(initial=0.0)) + fac[i].err for i in g)
         tol = EPS32 * max(m, d) * np.maximum(bound[:, None], bound[None, :])
     ranks = np.zeros((n, n), dtype=np.int64)
     direct_pairs, n_fast = [], 0
     gid = {i: k for k, g in enumerate(groups) for i in g}
-    for i, j in zip(*np.triu_indices(n, 1)):
-        if gid[i] != gid[j]:
-            direct_pairs.append((i, j))
-            continue
-        t = tol[i, j]
-        sv = _core_svals(fac[i], fac[j])
-        margin = fac[i].err + fac[j].err + 1e-5 * (fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0))
-        if margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
-            direct_pairs.append((i, j))
-            continue
-        ranks[i, j] = ranks[j, i] = int(np.count_nonzero(sv > t))
-        n_fast += 1
+    for g in groups:
+        svals = core_svals([fac[i] for i in g]) if len(g) > 1 else {}
+        for (a, b), sv in svals.items():
+            i, j = g[a], g[b]
+            t = tol[i, j]
+            margin = fac[i].err + fac[j].err + 1e-5 * (fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0))
+            if sv is None or margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
+                direct_pairs.append((i, j))
+                continue
+            ranks[i, j] = ranks[j, i] = int(np.count_nonzero(sv > t))
+            n_fast += 1
+    cross = [(i, j) for i, j in zip(*np.triu_indices(n, 1)) if gid[i] != gid[j]]
+    if dense == "skip":
+        for i, j in cross:
+            ranks[i, j] = ranks[j, i] = -1
+    else:
+        direct_pairs += cross
     if direct_pairs:
-        if dense == "skip":
-            cross = [(i, j) for i, j in direct_pairs if gid[i] != gid[j]]
-            for i, j in cross:
-                ranks[i, j] = ranks[j, i] = -1
-            direct_pairs = [p for p in direct_pairs if gid[p[0]] == gid[p[1]]]
-        if direct_pairs:
-            ranks += direct_ranks(ws, tol, direct_pairs)
+        ranks += direct_ranks(ws, tol, direct_pairs)
     return RankResult(ranks, tol, groups, n_fast, len(direct_pairs),
                       {"ranks_from_ref": {i: fac[i].k for i in range(n)}, "kmax": kmax})
 

@@ -120,7 +120,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                 if need_ranks and y.ndim >= 3 and len(sub) >= 2:
                     ws = np.stack([as_matrix(w) for w in y]) if y.ndim > 3 else y
                     auto = do["metric"] == "auto"
-                    res = layer_ranks(ws, rank_tol, seed=do["seed"], dense="skip" if auto else "direct")
+                    res = layer_ranks(ws, rank_tol, seed=do["seed"], dense="skip" if auto else "direct", d2=d2)
                     share = res.low_rank_share if changed else 1.0
                     skipped = np.argwhere(np.triu(res.ranks < 0, 1))
                     if len(skipped) and share >= do["low_rank_share"]:
