@@ -289,15 +289,62 @@ def _load_timm(name: str) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 def _load_hf(repo: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """A timm-format Hugging Face repo (config.json with "architecture" + model.safetensors)."""
+    """A Hugging Face repo: timm format (config.json "architecture"), or a transformers ViT (converted)."""
     from huggingface_hub import hf_hub_download
 
     def fetch() -> tuple[str, str]:
-        return hf_hub_download(repo, "config.json"), hf_hub_download(repo, "model.safetensors")
+        config = hf_hub_download(repo, "config.json")
+        try:
+            return config, hf_hub_download(repo, "model.safetensors")
+        except Exception:  # older repos ship only a pickled checkpoint
+            return config, hf_hub_download(repo, "pytorch_model.bin")
 
     config_path, weights_path = _hub_call(f"hf:{repo}", fetch)
     config = json.loads(Path(config_path).read_text())
-    if "architecture" not in config:
-        raise ValueError(f"hf:{repo}: config.json has no 'architecture' key: only timm-format repos are "
-                         f"supported; convert the weights to timm names and give a local .safetensors path")
-    return _load_safetensors(Path(weights_path), config["architecture"])
+    if weights_path.endswith(".safetensors"):
+        state = load_file(weights_path)
+    else:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if "architecture" in config:
+        return config["architecture"], {k: v.float() for k, v in state.items()}
+    if config.get("model_type") in ("vit", "vit_msn", "vit_mae"):
+        return vit_arch_from_hf(config), hf_vit_to_timm(state, int(config["num_hidden_layers"]))
+    raise ValueError(f"hf:{repo}: neither a timm repo (config.json 'architecture') nor a transformers ViT "
+                     f"(model_type {config.get('model_type')!r}); convert it to timm names and give a local "
+                     f".safetensors path")
+
+
+def vit_arch_from_hf(config: Mapping) -> str:
+    """The timm arch of a transformers ViT config (base/large/huge, patch size, image size)."""
+    sizes = {768: "base", 1024: "large", 1280: "huge", 384: "small", 192: "tiny"}
+    width = sizes.get(int(config["hidden_size"]))
+    if width is None:
+        raise ValueError(f"transformers ViT with hidden_size {config['hidden_size']}: no timm arch")
+    return f"vit_{width}_patch{config['patch_size']}_{config['image_size']}"
+
+
+def hf_vit_to_timm(state: Mapping[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """Rename a transformers ViTModel state dict to timm VisionTransformer names (q, k, v fused into qkv).
+
+    The transformers pooler and any classifier are dropped (a fine-tune replaces the head anyway).
+    """
+    body = {}
+    for k, v in state.items():  # strip "vit." / "model." prefixes
+        for anchor in ("embeddings.", "encoder.", "layernorm."):
+            if anchor in k and k.split(anchor)[0] in ("", "vit.", "model.", "vit_msn.", "vit_mae."):
+                body[k[len(k.split(anchor)[0]):]] = v.float()
+    out = {"cls_token": body["embeddings.cls_token"], "pos_embed": body["embeddings.position_embeddings"],
+           "patch_embed.proj.weight": body["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": body["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": body["layernorm.weight"], "norm.bias": body["layernorm.bias"]}
+    pairs = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    for i in range(depth):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        for t, h in pairs.items():
+            for p in ("weight", "bias"):
+                out[f"{dst}{t}.{p}"] = body[f"{src}{h}.{p}"]
+        for p in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{p}"] = torch.cat([body[f"{src}attention.attention.{n}.{p}"]
+                                                   for n in ("query", "key", "value")])
+    return out

@@ -56,9 +56,9 @@ def main() -> None:
         kurt = " ".join(f"{s}:{k:.3f}" for s, k in curve)
         print(f"{name}: {rec['arch']} recipe {rec['recipe']['optimizer']}/{rec['data']} steps {rec['steps']} "
               f"val_acc {rec['val_accuracy']:.3f} train {rec['train_seconds']:.1f}s "
-              f"(wall {time.perf_counter() - t0:.1f}s, {rec['num_threads']} threads)\n  kurtosis {kurt}")
+              f"(wall {time.perf_counter() - t0:.1f}s, {rec['num_threads']} threads)\n  kurtosis {kurt}", flush=True)
         if args.ship:
-            print(f"  shipped {roots.ship_root(name, cache_dir=args.cache_dir)}")
+            print(f"  shipped {roots.ship_root(name, cache_dir=args.cache_dir)}", flush=True)
 
 
 if __name__ == "__main__":

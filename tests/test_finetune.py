@@ -118,3 +118,16 @@ def test_recipe_errors():
         resolve_recipe({"method": "qlora"})
     with pytest.raises(ValueError, match="matches no Linear"):
         run(Path("/nonexistent-never-written"), method="lora", lora_targets=["query"])
+
+
+def test_wandb_logger_offline_one_run_per_node(tmp_path, monkeypatch):
+    """The conf/logger/wandb.yaml shape, offline: each node gets its own finished run (no network)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = {"wandb": {"_target_": "pytorch_lightning.loggers.WandbLogger", "project": "mother", "name": "t",
+                     "save_dir": str(tmp_path), "offline": True, "log_model": False}}
+    for node in ("a", "b"):
+        finetune(arch="vit_mini", init_state=None, task=synthetic_task(), out_dir=tmp_path, node_id=node,
+                 recipe={"max_steps": 1, "batch_size": 16}, logger_cfg=cfg, progress=False)
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2

@@ -82,3 +82,27 @@ def test_hub_root_unreachable_endpoint_fails_clearly(tmp_path, monkeypatch, empt
     with pytest.raises(RootUnavailableError, match="127.0.0.1:9 is unreachable.*local Hugging Face cache"):
         load_root("timm:vit_tiny_patch16_224.augreg_in21k", cache_dir=tmp_path)
     assert constants.HF_HUB_OFFLINE is False  # the offline switch is restored after the call
+
+
+def test_transformers_vit_names_convert_to_timm():
+    """A transformers-format ViT state dict (made here from a random timm vit_mini by renaming) maps back."""
+    timm_state = create_model("vit_mini", 0).state_dict()
+    hf = {"vit.embeddings.cls_token": timm_state["cls_token"],
+          "vit.embeddings.position_embeddings": timm_state["pos_embed"],
+          "vit.embeddings.patch_embeddings.projection.weight": timm_state["patch_embed.proj.weight"],
+          "vit.embeddings.patch_embeddings.projection.bias": timm_state["patch_embed.proj.bias"],
+          "vit.layernorm.weight": timm_state["norm.weight"], "vit.layernorm.bias": timm_state["norm.bias"],
+          "vit.pooler.dense.weight": torch.zeros(64, 64)}
+    names = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    for i in range(4):
+        for p in ("weight", "bias"):
+            for t, h in names.items():
+                hf[f"vit.encoder.layer.{i}.{h}.{p}"] = timm_state[f"blocks.{i}.{t}.{p}"]
+            q, k, v = timm_state[f"blocks.{i}.attn.qkv.{p}"].chunk(3)
+            for n, x in zip(("query", "key", "value"), (q, k, v)):
+                hf[f"vit.encoder.layer.{i}.attention.attention.{n}.{p}"] = x
+    out = models.hf_vit_to_timm(hf, depth=4)
+    assert set(out) == set(timm_state) and all(torch.equal(out[k], timm_state[k]) for k in out)
+    assert models.vit_arch_from_hf({"hidden_size": 768, "patch_size": 16, "image_size": 224}) == \
+        "vit_base_patch16_224"
