@@ -79,6 +79,8 @@ def _load_synthetic(source: str, task: str, size: int, seed: int, data_dir: str 
     """Generate (or read from cache) a built-in task or a pretraining mix."""
     d_train, d_val = DEFAULT_SIZES[source]
     n_train, n_val = n_train or d_train, n_val or d_val
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"{source}/{task}: n_train and n_val must be positive, got {n_train}, {n_val}")
     if source == "builtin":
         if task not in builtin.GENERATORS:
             raise KeyError(f"unknown built-in task {task!r}; known: {sorted(builtin.GENERATORS)}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from data_gen.tasks import draw
 
-VERSION = 2  # bump when any generator changes its output; stored with cached arrays
+VERSION = 4  # bump when any generator changes its output; stored with cached arrays
 CHUNK = 256  # images rendered per call; part of the definition of the random stream (changing it changes data)
 
 
@@ -152,19 +152,23 @@ def gen_spectrum(rng: np.random.Generator, labels: np.ndarray, size: int, *, num
 def gen_cells(rng: np.random.Generator, labels: np.ndarray, size: int, *, max_cells: int = 18) -> np.ndarray:
     """Patch-Camelyon-like: pink tissue with purple nuclei; class 1 has enlarged nuclei (noisy sizes)."""
     n = len(labels)
-    yy, xx = draw.grid(size)
     base = np.where(labels == 1, rng.uniform(0.05, 0.075, n), rng.uniform(0.03, 0.05, n)).astype(np.float32)
     tissue = draw.hsv_to_rgb(rng.uniform(0.85, 0.98, n), rng.uniform(0.1, 0.4, n), rng.uniform(0.75, 1.0, n))
     img = np.broadcast_to(tissue[:, None, None, :], (n, size, size, 3)).copy()
     img += 0.08 * draw.power_noise(rng, n, size, 2.0)[..., None]
     count = rng.integers(8, max_cells + 1, n)
     nuclei = np.zeros((n, size, size), np.float32)  # union of nucleus coverages
+    rows = np.arange(n)[:, None, None]
     for j in range(max_cells):
-        r = base * rng.lognormal(0.0, 0.25, n).astype(np.float32) * (count > j)  # radius 0: no nucleus
+        scale = np.minimum(rng.lognormal(0.0, 0.25, n), 2.0).astype(np.float32)
+        r = base * scale * (count > j)  # radius 0: no nucleus
         cx, cy = rng.random((2, n)).astype(np.float32)
-        u, v = draw.local(yy, xx, cy, cx, rng.uniform(0, np.pi, n).astype(np.float32))
+        iy, ix, wy, wx = draw.window(cy, cx, 0.075 * 2.0, size)
+        u, v = draw.local(wy, wx, cy, cx, rng.uniform(0, np.pi, n).astype(np.float32))
         v /= rng.uniform(0.6, 1.0, (n, 1, 1)).astype(np.float32)
-        np.maximum(nuclei, draw.coverage(np.sqrt(u * u + v * v) - r[:, None, None], size), out=nuclei)
+        cov = draw.coverage(np.sqrt(u * u + v * v) - r[:, None, None], size)
+        idx = rows, iy[:, :, None], ix[:, None, :]
+        nuclei[idx] = np.maximum(nuclei[idx], cov)
     colour = draw.hsv_to_rgb(rng.uniform(0.7, 0.8, n), rng.uniform(0.4, 0.8, n), rng.uniform(0.25, 0.6, n))
     draw.paint(img, nuclei * rng.uniform(0.7, 1.0, (n, 1, 1)).astype(np.float32), colour)
     return draw.to_uint8(img, rng, noise=(0.02, 0.06))
@@ -174,7 +178,6 @@ def gen_cells(rng: np.random.Generator, labels: np.ndarray, size: int, *, max_ce
 def gen_count(rng: np.random.Generator, labels: np.ndarray, size: int, *, num_classes: int = 8) -> np.ndarray:
     """Number of objects (label + 1), placed in distinct cells of a jittered 4x4 grid (CLEVR count-like)."""
     n = len(labels)
-    yy, xx = draw.grid(size)
     img = draw.background(rng, n, size)
     cells = rng.random((n, 16)).argsort(axis=1)
     for j in range(num_classes):
@@ -184,10 +187,12 @@ def gen_count(rng: np.random.Generator, labels: np.ndarray, size: int, *, num_cl
         slack = 0.125 - r
         cx = ((cell % 4) + 0.5) / 4 + rng.uniform(-1, 1, n) * slack
         cy = ((cell // 4) + 0.5) / 4 + rng.uniform(-1, 1, n) * slack
-        u, v = draw.local(yy, xx, cy.astype(np.float32), cx.astype(np.float32),
-                          rng.uniform(0, 2 * np.pi, n).astype(np.float32))
+        cy, cx = cy.astype(np.float32), cx.astype(np.float32)
+        iy, ix, wy, wx = draw.window(cy, cx, 0.09 * 1.25, size)  # squares reach 1.2 r at the corners
+        u, v = draw.local(wy, wx, cy, cx, rng.uniform(0, 2 * np.pi, n).astype(np.float32))
         cov = draw.coverage(draw.sdf_mixed(rng.integers(0, len(draw.SHAPES), n), u, v, r), size)
-        draw.paint(img, cov * on[:, None, None], draw.contrasting_colours(rng, img, (0.3, 1.0), gap=0.25))
+        colour = draw.contrasting_colours(rng, img, (0.3, 1.0), gap=0.25)
+        draw.paint_window(img, iy, ix, cov * on[:, None, None], colour)
     return draw.to_uint8(img, rng)
 
 
@@ -226,7 +231,7 @@ def gen_distance(rng: np.random.Generator, labels: np.ndarray, size: int, *, num
     per-object jitter; objects are drawn far to near.
     """
     n = len(labels)
-    yy, xx = draw.grid(size)
+    yy, _ = draw.grid(size)
     zmin = np.exp(draw.uniform_in_bin(rng, labels, 0.0, np.log(4.0), num_classes))
     z = np.concatenate([zmin[:, None], rng.uniform(zmin[:, None], 4.5, (n, num_objects - 1))], axis=1)
     horizon = rng.uniform(0.25, 0.4, n).astype(np.float32)
@@ -238,9 +243,10 @@ def gen_distance(rng: np.random.Generator, labels: np.ndarray, size: int, *, num
         r = (0.14 / zj * rng.uniform(0.85, 1.15, n)).astype(np.float32)
         cy = horizon + (1 - horizon) * 0.9 / zj * rng.uniform(0.9, 1.1, n).astype(np.float32) - r
         cx = rng.uniform(0.1, 0.9, n).astype(np.float32)
-        u, v = draw.local(yy, xx, cy, cx)
+        iy, ix, wy, wx = draw.window(cy, cx, 0.14 * 1.15 * 1.25, size)
+        u, v = draw.local(wy, wx, cy, cx)
         cov = draw.coverage(draw.sdf_mixed(rng.integers(0, 3, n), u, v, r), size)
-        draw.paint(img, cov, draw.contrasting_colours(rng, img, gap=0.25))
+        draw.paint_window(img, iy, ix, cov, draw.contrasting_colours(rng, img, gap=0.25))
     return draw.to_uint8(img.astype(np.float32), rng)
 
 

@@ -38,6 +38,28 @@ def local(yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray,
     return c * dx + s * dy, -s * dx + c * dy
 
 
+def window(cy: np.ndarray, cx: np.ndarray, half: float, size: int) -> tuple[np.ndarray, ...]:
+    """A square pixel window per image around (cy, cx) that covers `half` (normalised) plus a pixel each side.
+
+    Returns (iy [N, w], ix [N, w], yy [N, w, 1], xx [N, 1, w]): pixel indices and their centre coordinates.
+    Drawing a small object into its window instead of the whole image saves most of the work.
+    """
+    w = min(size, int(np.ceil(2 * half * size)) + 2)
+    y0 = np.clip(np.floor(cy * size).astype(np.int64) - w // 2, 0, size - w)
+    x0 = np.clip(np.floor(cx * size).astype(np.int64) - w // 2, 0, size - w)
+    iy, ix = y0[:, None] + np.arange(w), x0[:, None] + np.arange(w)
+    return iy, ix, ((iy + 0.5) / size).astype(np.float32)[:, :, None], ((ix + 0.5) / size).astype(np.float32)[:, None, :]
+
+
+def paint_window(img: np.ndarray, iy: np.ndarray, ix: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
+    """`paint` restricted to per-image windows (from `window`); alpha is [N, w, w]."""
+    n = np.arange(len(img))[:, None, None]
+    rows, cols = iy[:, :, None], ix[:, None, :]
+    patch = img[n, rows, cols]
+    paint(patch, alpha, colour)
+    img[n, rows, cols] = patch
+
+
 def sdf(kind: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Signed distance (approximate outside polygons) of a shape of size `r` [N] centred at u = v = 0."""
     r = np.asarray(r, np.float32)[:, None, None]
