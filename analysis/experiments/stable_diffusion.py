@@ -69,12 +69,11 @@ def prepare(k: DictConfig) -> Path:
                 f"with hub access (python run.py +experiment={NAME}), or put the UNet weights there as "
                 "<id>.safetensors.")
         for mid in missing:
-            spec = k.models[mid]
-            _fetch(spec.repo, list(spec.files), folder / "models" / f"{mid}.safetensors")
+            _fetch(str(k.models[mid]), list(k.files), folder / "models" / f"{mid}.safetensors")
     ids = list(k.models)
     write_json(folder / "graph.json", {"nodes": ids, "edges": [list(e) for e in k.edges],
                                        "stage": {m: str(k.stage) for m in ids}, "complete": True,
-                                       "meta": {m: {"repo": k.models[m].repo} for m in ids},
+                                       "meta": {m: {"repo": str(k.models[m])} for m in ids},
                                        "source": "model cards on the Hugging Face hub"})
     return folder
 
