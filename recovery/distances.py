@@ -33,11 +33,11 @@ RANK_TOLS = ("weight", "delta")
 
 # ----------------------------------------------------------------------------------------------- l2 / rms
 def _centred_gram(x: np.ndarray, chunk: int) -> np.ndarray:
-    mean = x.mean(axis=0, dtype=np.float64)
+    """Gram matrix of the rows of `x` centred on their mean, in float64, one column chunk at a time."""
     g = np.zeros((x.shape[0], x.shape[0]))
     for s in range(0, x.shape[1], chunk):
         c = x[:, s:s + chunk].astype(np.float64)
-        c -= mean[s:s + chunk]
+        c -= c.mean(axis=0)
         g += c @ c.T
     return g
 

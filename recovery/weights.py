@@ -91,7 +91,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     same = np.ones((n, n), dtype=bool)
     bad: dict[int, str] = {}
     rank_layers: list[tuple[str, np.ndarray, float]] = []   # (name, ranks, low-rank share)
-    rank_stats = {"fast_pairs": 0, "direct_pairs": 0, "skipped_pairs": 0}
+    rank_stats = {"fast_pairs": 0, "direct_pairs": 0, "skipped_pairs": 0, "seconds": 0.0}
     dir_values = np.full((n, len(dir_layers)), np.nan)
     dir_index = {layer.name: k for k, layer in enumerate(dir_layers)}
     changed_layers = 0
@@ -118,6 +118,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                 changed = bool((d2 > 0).any())
                 changed_layers += changed
                 if need_ranks and y.ndim >= 3 and len(sub) >= 2:
+                    t_rank = time.perf_counter()
                     ws = np.stack([as_matrix(w) for w in y]) if y.ndim > 3 else y
                     auto = do["metric"] == "auto"
                     res = layer_ranks(ws, rank_tol, seed=do["seed"], dense="skip" if auto else "direct", d2=d2)
@@ -134,6 +135,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                     rank_layers.append((layer.name, full, share))
                     rank_stats["fast_pairs"] += res.n_fast
                     rank_stats["direct_pairs"] += res.n_direct
+                    rank_stats["seconds"] += time.perf_counter() - t_rank
     # -------- exclusions: non-finite weights, then duplicates
     for i, tname in sorted(bad.items()):
         excluded[models[i].id] = f"{models[i].path}: NaN or Inf weights (first in tensor {tname!r})"
