@@ -104,8 +104,10 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_launcher_config_maps_to_submitit():
-    """The slurm launcher config composes, stays overridable, and becomes a submitit SLURM executor."""
-    from data_gen.slurm import make_executor
+    """The slurm/local launcher configs compose, stay overridable, and become submitit SLURM/local executors."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from data_gen.slurm import launcher_config, make_executor
 
     launcher = _launcher()
     assert launcher["_target_"].endswith("SlurmLauncher")
@@ -113,6 +115,13 @@ def test_launcher_config_maps_to_submitit():
     ex = make_executor(launcher, "/tmp/unused_submitit", name="x")
     assert type(ex._executor).__name__ == "SlurmExecutor"
     assert ex._executor.parameters["cpus_per_task"] == 1 and ex._executor.max_num_timeout == 3
+
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        local = launcher_config(hydra_compose("config", overrides=["hydra/launcher=local"], return_hydra_config=True))
+    assert type(make_executor(local, "/tmp/unused_submitit", name="x")._executor).__name__ == "LocalExecutor"
 
 
 @needs_slurm
