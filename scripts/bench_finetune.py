@@ -10,6 +10,7 @@ Prints steps/s of each and the ratio (target: Lightning >= 0.85 x plain).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -95,9 +96,11 @@ def main() -> None:
             print(f"round {i}: plain {plain[-1]:.2f} steps/s, lightning {light[-1]:.2f} steps/s "
                   f"(finetune wall {res['seconds']:.1f}s for {res['steps']} steps incl. setup, val, save)")
     p_med, l_med = statistics.median(plain), statistics.median(light)
+    paired = sorted(b / a for a, b in zip(plain, light))
     print(f"\n{args.arch} {args.method} batch {args.batch_size} threads {args.threads} steps {args.steps} "
           f"x{args.rounds}: plain {p_med:.2f} steps/s, lightning {l_med:.2f} steps/s, "
-          f"ratio lightning/plain = {l_med / p_med:.3f} (target >= 0.85)")
+          f"ratio lightning/plain = {l_med / p_med:.3f} (target >= 0.85); per-round ratios "
+          f"{' '.join(f'{r:.2f}' for r in paired)}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
