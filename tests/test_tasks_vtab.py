@@ -201,3 +201,36 @@ def test_training_after_mock_loading(mock_tfds):
     torch.nn.functional.cross_entropy(model(t.x_train.float().flatten(1)), t.y_train).backward()
     opt.step()
     assert torch.isfinite(model.weight).all()
+
+
+@needs_tf
+@pytest.mark.slow
+def test_real_builder_on_fake_raw_files(tmp_path, monkeypatch):
+    """The real patch_camelyon builder prepares locally written fake h5 files (only the download is patched),
+    then load_task reads the prepared tfrecords with real split slicing: 800 of 850 train, 200 of 230 val.
+    Synthetic images encode their label (value % 2), so image/label pairing is checked too."""
+    h5py = pytest.importorskip("h5py")
+    tfds = vtab.import_tfds()
+    paths = {}
+    for split, n in (("train", 850), ("valid", 230), ("test", 4)):
+        i = np.arange(n)
+        arrays = {"x": np.broadcast_to((2 * (i % 120) + i % 2).astype(np.uint8)[:, None, None, None],
+                                       (n, 96, 96, 3)),
+                  "y": (i % 2).astype(np.uint8).reshape(n, 1, 1, 1)}
+        for k, a in arrays.items():
+            paths[f"{split}_{k}"] = str(tmp_path / f"{split}_{k}.h5")
+            with h5py.File(paths[f"{split}_{k}"], "w") as f:
+                f.create_dataset(k, data=a)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", lambda self, resources: paths)
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    with pytest.raises(vtab.VtabUnavailableError):
+        load_task("vtab/patch_camelyon", image_size=8, data_dir=tmp_path)
+    t = load_task("vtab/patch_camelyon", image_size=8, data_dir=tmp_path, allow_download=True)
+    assert t.x_train.shape == (800, 3, 8, 8) and t.x_val.shape == (200, 3, 8, 8)
+    for x, y in ((t.x_train, t.y_train), (t.x_val, t.y_val)):
+        assert torch.equal(x[:, 0, 0, 0].long() % 2, y)
+        assert (x == x[:, :1, :1, :1]).all()  # constant images stay constant through the resize
+    assert 300 < int(t.y_train.sum()) < 500 and t.meta["tfds_version"] == "2.0.0"
+    (tmp_path / "vtab" / "patch_camelyon-8.npz").unlink()  # drop the array cache: read the tfrecords again
+    again = load_task("vtab/patch_camelyon", image_size=8, data_dir=tmp_path)  # prepared: no download needed
+    assert torch.equal(again.x_train, t.x_train) and torch.equal(again.y_val, t.y_val)
