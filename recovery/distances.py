@@ -12,13 +12,17 @@ Rank tolerance (``rank_tol``):
     noise itself decides the rank, so no low-rank shortcut is exact: every pair uses the direct SVD.
   * a float: that absolute tolerance.
 
-Fast ranks. Per layer, each model's difference from a reference model, D_i = W_i - W_ref, is factored once by a
-randomized range finder: D_i = L_i + R_i with L_i = A_i diag(s_i) V_i^T (A_i, V_i orthonormal) and the residual
-bounded by ||R_i||_2 <= ||R_i||_F + (largest discarded singular value) =: e_i, all computed explicitly. Then
-W_i - W_j = (L_i - L_j) + (R_i - R_j) and by Weyl's inequality every singular value of the pair's difference is
-within e_i + e_j of one of the small core matrix of L_i - L_j (size k_i + k_j). A rank is accepted only when no core
-singular value lies within that margin (plus a float64 round-off allowance) of tol; otherwise, and for pairs
-whose differences are not low rank, the direct SVD is used. Hence the ranks equal
+Fast ranks. Per layer, the models are taken in order of their summed l2 distance to the others (the medoid first:
+from it, the differences of a LoRA tree have the lowest ranks). Each model's difference from a reference model,
+D_i = W_i - W_ref, is factored once by a randomized range finder: D_i = L_i + R_i with L_i = A_i diag(s_i) V_i^T
+(A_i, V_i orthonormal) and the residual bounded by ||R_i||_2 <= ||R_i||_F + (largest discarded singular value)
+=: e_i <= tol / 8, all computed explicitly (for the "weight" tolerance, tol / 8 is taken from the lower bound
+||W_ref||_2 + ||D_i||_F / sqrt(min(m, n)) of S). Then W_i - W_j = (L_i - L_j) + (R_i - R_j) and by Weyl's
+inequality every singular value of the pair's difference is within e_i + e_j of one of the small core matrix of
+L_i - L_j (size k_i + k_j; the Gram blocks A_i^T A_j of all pairs come from one product per model, the cores are
+decomposed in padded batches). A rank is accepted only when no core singular value lies within that margin (plus
+an allowance for the core's Cholesky jitter and float64 round-off) of tol; otherwise, and for pairs whose
+differences are not low rank, the direct SVD is used. Hence the ranks equal
 ``numpy.linalg.matrix_rank(W_i - W_j, tol)`` (difference in float64), which the tests check.
 """
 from __future__ import annotations
@@ -218,6 +222,9 @@ def _group(ws: np.ndarray, order: np.ndarray, target, kmax: int, rng, max_refs: 
 
 
 _JITTER = 1e-14
+# core singular values are within 2 sqrt(2 jitter) max|s| (+ float64 round-off, ~1e-13 max|s|) of the pair's:
+# allow 4 sqrt(jitter) per unit of s_max(i) + s_max(j) >= max|s|
+_CORE_ALLOWANCE = 4 * _JITTER ** 0.5
 
 
 def _gram_block(gii: np.ndarray, gjj: np.ndarray, gij: np.ndarray, out: np.ndarray) -> None:
@@ -350,7 +357,7 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
         for (a, b), sv in svals.items():
             i, j = g[a], g[b]
             t = tol[i, j]
-            margin = fac[i].err + fac[j].err + 1e-5 * (fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0))
+            margin = fac[i].err + fac[j].err + _CORE_ALLOWANCE * (fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0))
             if sv is None or margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
                 direct_pairs.append((i, j))
                 continue

@@ -182,3 +182,61 @@ def test_bad_option_names(tmp_path):
         analyze_folder(tmp_path, distance={"metrc": "l2"}, progress=False)
     with pytest.raises(ValueError, match="metric"):
         analyze_folder(tmp_path, distance={"metric": "cosine"}, progress=False)
+
+
+# ------------------------------------------------------------------ fast-rank internals (synthetic factors)
+from recovery.distances import LowRank, core_svals  # noqa: E402
+
+
+def test_core_svals_equal_svd_of_explicit_differences():
+    """Batched, padded cores: singular values of L_i - L_j equal those of the explicit matrix, for factors of
+    different ranks (several padding buckets), a zero factor, and two factors sharing directions."""
+    rng = np.random.default_rng(11)
+    m, n = 70, 50
+
+    def orth(k, rows):
+        return np.linalg.qr(rng.standard_normal((rows, k)))[0] if k else np.zeros((rows, 0))
+    facs = [LowRank(orth(k, m), np.sort(rng.uniform(0.1, 2.0, k))[::-1], orth(k, n), 0.0) for k in (0, 3, 9, 20, 33)]
+    facs.append(LowRank(facs[3].a[:, :5], facs[3].s[:5] * 1.5, facs[3].v[:, :5], 0.0))   # shares facs[3]'s directions
+    dense = [(f.a * f.s) @ f.v.T for f in facs]
+    out = core_svals(facs, bucket=8)
+    assert set(out) == {(i, j) for i in range(len(facs)) for j in range(i + 1, len(facs))}
+    for (i, j), sv in out.items():
+        want = np.linalg.svd(dense[i] - dense[j], compute_uv=False)
+        got = np.zeros(len(want))
+        top = np.sort(sv)[::-1][: len(want)]
+        got[: len(top)] = top
+        np.testing.assert_allclose(got, want, atol=1e-6 * max(1.0, want[0]))
+        assert np.sum(sv > 1e-6) == np.linalg.matrix_rank(dense[i] - dense[j], tol=1e-6)
+
+
+def test_fast_ranks_with_small_norm_medoid_and_large_deltas():
+    """Weight tolerance when the medoid has small weights and the LoRA deltas are large (float32 rounding of the
+    children exceeds a tolerance taken from the medoid alone): models still share one low-rank group, and the
+    ranks equal matrix_rank with the returned tolerances."""
+    rng = np.random.default_rng(12)
+    m, d = 96, 32
+    w0 = rng.standard_normal((m, d)) * 0.02
+    ws = [w0] + [w0 + rng.standard_normal((m, r)) @ rng.standard_normal((r, d)) / np.sqrt(d) for r in (2, 3, 4)]
+    ws = np.stack(ws).astype(np.float32)
+    res = layer_ranks(ws, "weight")
+    assert res.low_rank_share == 1.0 and res.n_direct == 0
+    d64 = ws.astype(np.float64)
+    for i, j in zip(*np.triu_indices(len(ws), 1)):
+        assert res.ranks[i, j] == np.linalg.matrix_rank(d64[i] - d64[j], tol=res.tol[i, j])
+    assert res.ranks[0, 3] == 4 and res.ranks[1, 2] == 5
+
+
+def test_pairwise_sq_dists_equality_classes():
+    """Rows identical in classes ({0, 2, 4}, {1, 3}) get exact zeros; a row differing in one ulp does not."""
+    rng = np.random.default_rng(13)
+    a, b = rng.standard_normal(3000).astype(np.float32), rng.standard_normal(3000).astype(np.float32)
+    c = a.copy()
+    c[17] = np.nextafter(c[17], np.float32(np.inf))
+    x = np.stack([a, b, a, b, a, c])
+    d2 = pairwise_sq_dists(x)
+    zero = d2 == 0
+    want = np.zeros((6, 6), dtype=bool)
+    for cls in ([0, 2, 4], [1, 3], [5]):
+        want[np.ix_(cls, cls)] = True
+    np.testing.assert_array_equal(zero, want)
