@@ -28,6 +28,8 @@ from common.runinfo import versions
 from data_gen.spec import build_spec
 
 log = logging.getLogger("mother.data_gen")
+# Recipe keys every node's meta holds (null where they do not apply: roots, LoRA keys of full fine-tunes).
+RECIPE_META = ("method", "lora_rank", "lora_alpha", "lr", "epochs", "batch_size", "seed")
 
 
 def weights_path(graph_dir: Path, node_id: str) -> Path:
@@ -91,9 +93,7 @@ def _default_load_task(name: str, **kwargs: Any):
 
 def _build_root(graph_dir: Path, job: Mapping, *, cache_dir: Path | None, data_dir: str | Path | None,
                 num_threads: int | None, load_root_fn: Callable) -> dict:
-    from safetensors.torch import save_file
-
-    from common.io import atomic_write
+    from data_gen.models import save_weights
 
     start = time.perf_counter()
     recipe = job["recipe"]
@@ -101,7 +101,7 @@ def _build_root(graph_dir: Path, job: Mapping, *, cache_dir: Path | None, data_d
     arch, state = load_root_fn(root, cache_dir=cache_dir, data_dir=data_dir, num_threads=num_threads)
     state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     path = weights_path(graph_dir, job["id"])
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"arch": arch, "node_id": job["id"]}))
+    save_weights(path, state, {"arch": arch, "node_id": job["id"], "source": recipe["source"]})
     return {"arch": arch, "source": job["recipe"]["source"], "method": "pretrained", "val_accuracy": None,
             "steps": None, "seconds": time.perf_counter() - start, "adapter": None}
 
@@ -166,8 +166,7 @@ def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | N
     if claimed and claimed != sha:
         raise RuntimeError(f"{weights_path(graph_dir, job['id'])}: finetune reported sha256 {claimed}, "
                            f"file has {sha} (written twice?)")
-    recipe = {"lora_rank": None, "lora_alpha": None,
-              **{k: v for k, v in job["recipe"].items() if k != "source"}}
+    recipe = {**dict.fromkeys(RECIPE_META), **{k: v for k, v in job["recipe"].items() if k != "source"}}
     meta = {**recipe, "task": job["task"], "parent": job["parent"], "root": job["root"], "level": job["level"],
             **info, "sha256": sha, "parent_sha256": parent_sha, "weights": f"models/{job['id']}.safetensors",
             "dtype": "float32", "num_threads": torch.get_num_threads(), **{f"data_{k}": v for k, v in

@@ -1,0 +1,144 @@
+"""Graph builds end to end with the real roots, tasks and fine-tuning: resume, skip, force, tamper, determinism.
+
+Synthetic data: the built-in tasks (a few hundred generated images) and a few training steps per node.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from common.io import read_json, sha256_file
+from data_gen.graph import build_graph, is_done, weights_path
+from tests.conftest import compose
+
+# 2 trees x 3 models (root -> child -> grandchild), each fine-tune full or LoRA, a few steps on small sets.
+TINY = ["data_gen=default", "data_gen.name=tiny", "data_gen.depth=2", "data_gen.children=1", "data_gen.progress=false",
+        "data_gen.roots=[{id: vit_a1, source: 'builtin:vit_a1', task: pretrain/mix_a},"
+        " {id: vit_b1, source: 'builtin:vit_b1', task: pretrain/mix_b}]",
+        *(f"++data_gen.methods.{m}.{k}={v}" for m in ("full", "lora")
+          for k, v in (("max_steps", 3), ("epochs", 1), ("batch_size", 32), ("n_train", 96), ("n_val", 64)))]
+
+
+def tiny_cfg(tmp, *extra: str):
+    return compose([f"paths.graphs_dir={tmp / 'graphs'}", f"paths.data_dir={tmp / 'data'}",
+                    *TINY, *extra], output_dir=tmp / "out")
+
+
+def hashes(graph: dict) -> dict[str, str]:
+    return {n: graph["meta"][n]["sha256"] for n in graph["nodes"]}
+
+
+class Counting:
+    """Wraps data_gen's finetune: counts calls and raises on call number `fail_at` (a simulated crash)."""
+
+    def __init__(self, fail_at: int | None = None):
+        from data_gen.finetune import finetune
+        self.finetune, self.fail_at, self.calls = finetune, fail_at, []
+
+    def __call__(self, **kwargs):
+        if self.fail_at is not None and len(self.calls) + 1 == self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls.append(kwargs["node_id"])
+        return self.finetune(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """The tiny graph built once, uninterrupted."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    summary = build_graph(tiny_cfg(tmp))
+    return tmp, summary, read_json(summary["graph_json"])
+
+
+def test_tiny_graph_end_to_end(baseline):
+    tmp, summary, graph = baseline
+    assert summary["complete"] and len(summary["built"]) == 6 and summary["skipped"] == []
+    assert sorted(graph["nodes"]) == ["vit_a1", "vit_a1-0", "vit_a1-0-0", "vit_b1", "vit_b1-0", "vit_b1-0-0"]
+    assert sorted(map(tuple, graph["edges"])) == [("vit_a1", "vit_a1-0"), ("vit_a1-0", "vit_a1-0-0"),
+                                                  ("vit_b1", "vit_b1-0"), ("vit_b1-0", "vit_b1-0-0")]
+    assert graph["stage"]["vit_a1"] == "generalization" and graph["stage"]["vit_a1-0-0"] == "specialization"
+    assert graph["num_threads"] >= 1 and graph["seed"] == 0 and graph["config"]["name"] == "tiny"
+    assert "torch" in graph["versions"]
+    gdir = tmp / "graphs" / "tiny"
+    for node in graph["nodes"]:
+        meta = graph["meta"][node]
+        assert sha256_file(gdir / meta["weights"]) == meta["sha256"]
+        for key in ("task", "method", "lora_rank", "lora_alpha", "lr", "epochs", "seed", "parent", "val_accuracy"):
+            assert key in meta, (node, key)
+        if graph["stage"][node] == "specialization":
+            assert 0.0 <= meta["val_accuracy"] <= 1.0 and meta["steps"] >= 1
+            assert meta["task"] != graph["meta"][meta["parent"]]["task"]
+            assert meta["parent_sha256"] == graph["meta"][meta["parent"]]["sha256"]
+            if meta["method"] == "lora":
+                assert (gdir / meta["adapter"]).is_dir()
+
+
+def test_rerun_skips_everything(baseline):
+    tmp, _, graph = baseline
+    counting = Counting()
+    summary = build_graph(tiny_cfg(tmp), finetune_fn=counting)
+    assert counting.calls == [] and summary["built"] == [] and len(summary["skipped"]) == 6
+    assert hashes(read_json(summary["graph_json"])) == hashes(graph)
+
+
+def test_interrupted_build_resumes_with_identical_hashes(baseline, tmp_path):
+    """Crash at the 3rd fine-tune; the rerun trains only the 2 unfinished nodes. Both builds, from one seed,
+    end with the baseline's weights bit for bit."""
+    _, _, base_graph = baseline
+    crashing = Counting(fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        build_graph(tiny_cfg(tmp_path), finetune_fn=crashing)
+    partial = read_json(tmp_path / "graphs" / "tiny" / "graph.json")
+    assert not partial["complete"] and len(partial["nodes"]) == 4 and len(partial["pending"]) == 2
+    resumed = Counting()
+    summary = build_graph(tiny_cfg(tmp_path), finetune_fn=resumed)
+    assert sorted(resumed.calls) == sorted(partial["pending"]) and len(summary["skipped"]) == 4
+    assert hashes(read_json(summary["graph_json"])) == hashes(base_graph)
+
+
+def test_force_rebuilds_and_tampering_is_detected(baseline, tmp_path):
+    tmp, _, base_graph = baseline
+    counting = Counting()
+    summary = build_graph(tiny_cfg(tmp, "data_gen.force=true"), finetune_fn=counting)
+    assert len(summary["built"]) == 6 and len(counting.calls) == 4
+    assert hashes(read_json(summary["graph_json"])) == hashes(base_graph)
+    # corrupt a mid-level model: it is rebuilt (to the same bytes), so its child stays valid
+    path = weights_path(tmp / "graphs" / "tiny", "vit_b1-0")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    counting = Counting()
+    summary = build_graph(tiny_cfg(tmp), finetune_fn=counting)
+    assert counting.calls == ["vit_b1-0"] and summary["built"] == ["vit_b1-0"]
+    assert sha256_file(path) == base_graph["meta"]["vit_b1-0"]["sha256"]
+
+
+def test_changed_parent_or_recipe_invalidates_node(baseline):
+    """A node trained from other parent weights, or recorded with another recipe, is not done."""
+    tmp, _, graph = baseline
+    gdir = tmp / "graphs" / "tiny"
+    from data_gen.spec import build_spec
+    from data_gen.graph import graph_config
+    jobs = {j["id"]: j for j in build_spec(graph_config(tiny_cfg(tmp)), seed=0)}
+    job, parent_sha = jobs["vit_a1-0-0"], graph["meta"]["vit_a1-0"]["sha256"]
+    assert is_done(gdir, job, parent_sha)
+    assert not is_done(gdir, job, "0" * 64)
+    assert not is_done(gdir, {**job, "recipe": {**job["recipe"], "lr": 0.5}}, parent_sha)
+
+
+@pytest.mark.parametrize("name", ["lora_v", "lora_f", "ft", "mixed", "deep", "resnet"])
+def test_paper_graph_fails_fast_at_the_hub_offline(name, tmp_path, monkeypatch):
+    """Offline (HF_HUB_OFFLINE=1), a paper graph stops at its first hub root, at once and clearly."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose([f"data_gen={name}", f"paths.graphs_dir={tmp_path}", "data_gen.progress=false"],
+                  output_dir=tmp_path / "out")
+
+    def no_training(**kwargs):
+        raise AssertionError("nothing may be trained before the roots exist")
+
+    start = time.perf_counter()
+    with pytest.raises(Exception, match="(?i)hub root .* cannot be loaded.*HF_HUB_OFFLINE") as err:
+        build_graph(cfg, finetune_fn=no_training)
+    assert time.perf_counter() - start < 30
+    assert ".safetensors" in str(err.value), "the message says how to point at a local file"
