@@ -151,14 +151,15 @@ def weights_info(path: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- roots
 
-def load_root(root: str | Mapping, *, cache_dir: Path, data_dir: str | Path | None = None,
+def load_root(root: str | Mapping, *, cache_dir: Path | None, data_dir: str | Path | None = None,
               num_threads: int | None = None) -> tuple[str, dict[str, torch.Tensor]]:
     """Load a root model's weights.
 
     Args:
         root: "builtin:<name>", "timm:<name>", "hf:<repo id>", a path to a `.safetensors` file, or a mapping
             {"root": <one of those>, "arch": <arch>} (arch is required for a local file that does not record it).
-        cache_dir: folder of the built-in roots (`<graphs_dir>/roots`); a missing built-in root is built there.
+        cache_dir: folder of the built-in roots (`<graphs_dir>/roots`); a built-in root neither cached there nor
+            shipped in data_gen/assets/roots/ is built there (None: shipped roots only).
         data_dir: passed to the tasks when a built-in root must be pretrained.
         num_threads: torch threads when a built-in root must be pretrained.
 
@@ -177,7 +178,7 @@ def load_root(root: str | Mapping, *, cache_dir: Path, data_dir: str | Path | No
     root = str(root)
     if root.startswith("builtin:"):
         from data_gen import roots
-        path = roots.ensure_root(root.removeprefix("builtin:"), cache_dir=Path(cache_dir),
+        path = roots.ensure_root(root.removeprefix("builtin:"), cache_dir=cache_dir and Path(cache_dir),
                                  data_dir=data_dir, num_threads=num_threads)
         return _load_safetensors(path, arch)
     if root.startswith("timm:"):

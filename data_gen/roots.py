@@ -109,6 +109,8 @@ def build_root(name: str, *, cache_dir: Path, data_dir: str | Path | None = None
     try:
         res = finetune(arch=s.arch, init_state=None, task=task, recipe=train, out_dir=build, node_id=name,
                        checkpoint_every=CHECKPOINT_EVERY, num_threads=num_threads, progress=progress)
+        if _valid(folder) and not force:  # another process finished this root meanwhile: keep its copy
+            return folder
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir()
@@ -125,16 +127,21 @@ def build_root(name: str, *, cache_dir: Path, data_dir: str | Path | None = None
     return folder
 
 
-def ensure_root(name: str, *, cache_dir: Path, data_dir: str | Path | None = None,
+def ensure_root(name: str, *, cache_dir: Path | None, data_dir: str | Path | None = None,
                 num_threads: int | None = None) -> Path:
-    """Final weights of built-in root `name`: the cache if built, else the shipped copy, else build it now."""
+    """Final weights of built-in root `name`: the cache if built, else the shipped copy, else build it now.
+
+    With cache_dir None only the shipped copy is used (FileNotFoundError if it is missing).
+    """
     spec(name)
-    folder = Path(cache_dir) / name
-    if _valid(folder):
-        return folder / "final.safetensors"
+    if cache_dir is not None and _valid(Path(cache_dir) / name):
+        return Path(cache_dir) / name / "final.safetensors"
     shipped = _shipped(name)
     if shipped is not None:
         return shipped
+    if cache_dir is None:
+        raise FileNotFoundError(f"built-in root {name!r} is neither shipped in {ASSETS} nor cached: give a "
+                                f"cache_dir to build it there (or run scripts/make_roots.py)")
     return build_root(name, cache_dir=cache_dir, data_dir=data_dir, num_threads=num_threads) / "final.safetensors"
 
 
