@@ -15,7 +15,9 @@ to the recorded sha256, and it was trained from the parent's current weights (re
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,10 +35,12 @@ RECIPE_META = ("method", "lora_rank", "lora_alpha", "lr", "epochs", "batch_size"
 
 
 def weights_path(graph_dir: Path, node_id: str) -> Path:
+    """models/<id>.safetensors of a graph folder."""
     return Path(graph_dir) / "models" / f"{node_id}.safetensors"
 
 
 def record_path(graph_dir: Path, node_id: str) -> Path:
+    """nodes/<id>.json of a graph folder."""
     return Path(graph_dir) / "nodes" / f"{node_id}.json"
 
 
@@ -71,7 +75,6 @@ def is_done(graph_dir: Path, job: Mapping, parent_sha256: str | None) -> bool:
 
 def _plain(obj: Any) -> Any:
     """JSON round trip, so jobs compare equal to what a record read back holds."""
-    import json
     return json.loads(json.dumps(obj))
 
 
@@ -127,7 +130,7 @@ def _build_child(graph_dir: Path, job: Mapping, *, data_dir: str | Path | None, 
     adapter = res.get("adapter")
     return {"arch": arch, "val_accuracy": float(res["val_accuracy"]), "steps": res.get("steps"),
             "seconds": res.get("seconds"), "num_classes": getattr(task, "num_classes", None),
-            "adapter": str(Path(adapter).relative_to(graph_dir)) if adapter else None,
+            "adapter": os.path.relpath(adapter, graph_dir) if adapter else None,
             "claimed_sha256": res.get("sha256")}
 
 
