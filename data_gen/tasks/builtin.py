@@ -19,7 +19,7 @@ import numpy as np
 
 from data_gen.tasks import draw
 
-VERSION = 4  # bump when any generator changes its output; stored with cached arrays
+VERSION = 5  # bump when any generator changes its output; stored with cached arrays
 CHUNK = 256  # images rendered per call; part of the definition of the random stream (changing it changes data)
 
 
@@ -68,9 +68,9 @@ def gen_digits(rng: np.random.Generator, labels: np.ndarray, size: int, *, pool:
     i = np.arange(n)[:, None, None]
     alpha = ((1 - fy) * ((1 - fx) * glyph[i, y0, x0] + fx * glyph[i, y0, x0 + 1])
              + fy * ((1 - fx) * glyph[i, y0 + 1, x0] + fx * glyph[i, y0 + 1, x0 + 1]))
-    img = draw.background(rng, n, size, clutter=0.08)
+    img = draw.background(rng, n, size, clutter=0.08) * np.float32(0.55)  # darker: digits are bright strokes
     alpha = np.clip(alpha * 1.5, 0.0, 1.0)  # bolder strokes
-    draw.paint(img, alpha, draw.contrasting_colours(rng, img, gap=0.35))
+    draw.paint(img, alpha, draw.contrasting_colours(rng, img, (0.0, 0.5), gap=0.35))
     return draw.to_uint8(img, rng, noise=(0.02, 0.05))
 
 
