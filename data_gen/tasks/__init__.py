@@ -1,6 +1,6 @@
 """Image classification tasks for fine-tuning: built-in (synthetic), root pretraining mixes, and VTAB.
 
-    load_task("builtin/count", image_size=32, seed=0, data_dir="data")   # no downloads, ~0.1-0.5 s
+    load_task("builtin/count", image_size=32, seed=0, data_dir="data")   # no downloads, seconds at most
     load_task("pretrain/mix_a", seed=0)                                   # root pretraining set
     load_task("vtab/clevr_count", image_size=224, data_dir="data")        # needs the prepared tfds dataset
     list_tasks("builtin")  # also "pretrain", "vtab", "vtab10k"
