@@ -65,9 +65,11 @@ def gen_digits(rng: np.random.Generator, labels: np.ndarray, size: int, *, pool:
     gu, gv = np.clip(gu, 0, 9), np.clip(gv, 0, 9)
     x0, y0 = np.minimum(gu.astype(np.int64), 8), np.minimum(gv.astype(np.int64), 8)
     fx, fy = gu - x0, gv - y0
-    i = np.arange(n)[:, None, None]
-    alpha = ((1 - fy) * ((1 - fx) * glyph[i, y0, x0] + fx * glyph[i, y0, x0 + 1])
-             + fy * ((1 - fx) * glyph[i, y0 + 1, x0] + fx * glyph[i, y0 + 1, x0 + 1]))
+    flat, at = glyph.reshape(n, -1), (y0 * 10 + x0).reshape(n, -1)  # flat gathers: faster than 3-d indexing
+
+    def tap(offset: int) -> np.ndarray:
+        return np.take_along_axis(flat, at + offset, axis=1).reshape(x0.shape)
+    alpha = (1 - fy) * ((1 - fx) * tap(0) + fx * tap(1)) + fy * ((1 - fx) * tap(10) + fx * tap(11))
     img = draw.background(rng, n, size, clutter=0.08) * np.float32(0.55)  # darker: digits are bright strokes
     alpha = np.clip(alpha * 1.5, 0.0, 1.0)  # bolder strokes
     draw.paint(img, alpha, draw.contrasting_colours(rng, img, (0.0, 0.5), gap=0.35))
