@@ -20,7 +20,9 @@ def weight_stat(x: np.ndarray, stat: str = "kurtosis") -> float:
     """One statistic of all values of `x` (any shape), computed in float64; NaN where undefined."""
     if stat not in STATS:
         raise ValueError(f"unknown direction statistic {stat!r}; choose from {list(STATS)}")
-    v = np.asarray(x, dtype=np.float64).ravel()
+    v = np.asarray(x).ravel()
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
     if v.size == 0:
         return float("nan")
     if stat == "entropy":
@@ -30,16 +32,29 @@ def weight_stat(x: np.ndarray, stat: str = "kurtosis") -> float:
         counts = np.histogram(v, bins=ENTROPY_BINS, range=(lo, hi))[0]
         p = counts[counts > 0] / v.size
         return float(-(p * np.log(p)).sum())
-    c = v - v.mean()
-    c2 = c * c
-    m2 = float(c2.mean())
+    m2, m3, m4 = _central_moments(v)
     if stat == "variance":
         return m2
     if m2 <= 0.0:
         return float("nan")
     if stat == "skewness":
-        return float((c2 * c).mean()) / m2 ** 1.5
-    return float((c2 * c2).mean()) / (m2 * m2)
+        return m3 / m2 ** 1.5
+    return m4 / (m2 * m2)
+
+
+def _central_moments(v: np.ndarray, chunk: int = 1 << 16) -> tuple[float, float, float]:
+    """Second, third and fourth central moments (float64) of a flat float array, in chunks (dot products, no big temporaries)."""
+    n = v.size
+    mu = float(np.add.reduce(v, dtype=np.float64)) / n
+    m2 = m3 = m4 = 0.0
+    for s in range(0, n, chunk):
+        c = v[s:s + chunk].astype(np.float64)
+        c -= mu
+        c2 = c * c
+        m2 += float(c2.sum())
+        m3 += float(c2 @ c)
+        m4 += float(c2 @ c2)
+    return m2 / n, m3 / n, m4 / n
 
 
 def stack_stat(xs: np.ndarray, stat: str = "kurtosis") -> np.ndarray:
