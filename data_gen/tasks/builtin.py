@@ -19,7 +19,7 @@ import numpy as np
 
 from data_gen.tasks import draw
 
-VERSION = 5  # bump when any generator changes its output; stored with cached arrays
+VERSION = 6  # bump when any generator changes its output; stored with cached arrays
 CHUNK = 256  # images rendered per call; part of the definition of the random stream (changing it changes data)
 
 
@@ -89,9 +89,9 @@ def _one_object(rng: np.random.Generator, n: int, kinds: np.ndarray, size: int,
 def gen_shapes(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
     """Which of six shapes (circle, square, triangle, plus, ring, diamond), random colour/size/pose."""
     n = len(labels)
-    img, cov = _one_object(rng, n, labels, size, r=(0.1, 0.3))
-    draw.paint(img, cov, draw.contrasting_colours(rng, img, (0.3, 1.0)))
-    return draw.to_uint8(img, rng, noise=(0.03, 0.12))
+    img, cov = _one_object(rng, n, labels, size, r=(0.2, 0.36))
+    draw.paint(img, cov, draw.contrasting_colours(rng, img, (0.3, 1.0), gap=0.35))
+    return draw.to_uint8(img, rng, noise=(0.02, 0.08))
 
 
 def gen_hue(rng: np.random.Generator, labels: np.ndarray, size: int, *, num_classes: int = 8) -> np.ndarray:
