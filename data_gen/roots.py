@@ -116,7 +116,8 @@ def build_root(name: str, *, cache_dir: Path, data_dir: str | Path | None = None
         folder.mkdir()
         os.replace(build / "models" / f"{name}.safetensors", folder / "final.safetensors")
         os.replace(build / "checkpoints" / name, folder / "checkpoints")
-        record = {"name": name, **asdict(s), "data": recipe["data"], "data_seed": 0, "recipe": train,
+        record = {"name": name, **asdict(s), "data": recipe["data"], "data_seed": 0,
+                  "data_version": task.meta.get("version"), "recipe": train,
                   "stage": "generalization", "steps": res["steps"], "checkpoint_every": CHECKPOINT_EVERY,
                   "val_accuracy": res["val_accuracy"], "final_loss": res["final_loss"],
                   "sha256": sha256_file(folder / "final.safetensors"), "num_threads": res["num_threads"],
