@@ -19,7 +19,7 @@ import numpy as np
 
 from data_gen.tasks import draw
 
-VERSION = 6  # bump when any generator changes its output; stored with cached arrays
+VERSION = 7  # bump when any generator changes its output; stored with cached arrays
 CHUNK = 256  # images rendered per call; part of the definition of the random stream (changing it changes data)
 
 
@@ -202,13 +202,13 @@ def gen_position(rng: np.random.Generator, labels: np.ndarray, size: int, *, num
     """Horizontal position bin of a single object (dSprites x-position-like), random y, shape, colour."""
     n = len(labels)
     yy, xx = draw.grid(size)
-    r = rng.uniform(0.06, 0.12, n).astype(np.float32)
+    r = rng.uniform(0.1, 0.16, n).astype(np.float32)
     cx = draw.uniform_in_bin(rng, labels, 0.1, 0.9, num_classes)
     cy = rng.uniform(0.15, 0.85, n).astype(np.float32)
     u, v = draw.local(yy, xx, cy, cx, rng.uniform(0, 2 * np.pi, n).astype(np.float32))
     img = draw.background(rng, n, size)
     cov = draw.coverage(draw.sdf_mixed(rng.integers(0, len(draw.SHAPES), n), u, v, r), size)
-    draw.paint(img, cov, draw.contrasting_colours(rng, img))
+    draw.paint(img, cov, draw.contrasting_colours(rng, img, gap=0.4))
     return draw.to_uint8(img, rng)
 
 
@@ -284,8 +284,8 @@ def gen_heading(rng: np.random.Generator, labels: np.ndarray, size: int, *, num_
     draw.paint(img, draw.coverage(draw.sdf("circle", u, v, rad), size), dial)
     hx, hy = cx + 0.4 * rad * np.cos(theta), cy + 0.4 * rad * np.sin(theta)
     u, v = draw.local(yy, xx, hy, hx, theta)
-    hand = draw.box(u, v, 0.45 * rad, 0.09 * rad)
-    draw.paint(img, draw.coverage(hand, size), draw.contrasting_colours(rng, dial[:, None, None, :], (0.5, 1.0)))
+    hand = draw.box(u, v, 0.45 * rad, 0.14 * rad)
+    draw.paint(img, draw.coverage(hand, size), draw.contrasting_colours(rng, dial[:, None, None, :], (0.5, 1.0), 0.4))
     return draw.to_uint8(img, rng)
 
 
