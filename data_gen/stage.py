@@ -11,8 +11,19 @@ log = logging.getLogger("mother.data_gen")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Build the configured graph with a progress bar over nodes; log and return a short summary."""
-    summary = build_graph(cfg)
+    """Build the configured graph with a progress bar over nodes; log and return a short summary.
+
+    `data_gen.executor=slurm` sends each level's fine-tunes to SLURM as one job array (hydra/launcher=slurm|local
+    sets the resources; see data_gen/slurm.py); the default `inline` builds in this process.
+    """
+    executor = cfg.data_gen.get("executor", "inline")
+    if executor == "slurm":
+        from data_gen.slurm import build_graph_slurm
+        summary = build_graph_slurm(cfg)
+    elif executor == "inline":
+        summary = build_graph(cfg)
+    else:
+        raise ValueError(f"data_gen.executor={executor!r}: use inline or slurm")
     acc = summary["mean_val_accuracy"]
     log.info("graph %s: %d nodes, %d built, %d skipped (already done), %.1f s, mean val accuracy %s -> %s",
              cfg.data_gen.name, summary["nodes"], len(summary["built"]), len(summary["skipped"]),
