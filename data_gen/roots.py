@@ -29,8 +29,8 @@ from common.runinfo import versions
 from common.seed import derive_seed
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "roots"
-STEPS = 300               # optimizer steps of every pretraining recipe (batch 64: ~1.6 epochs of a 12k mix)
-CHECKPOINT_EVERY = 25     # steps between kept checkpoints
+STEPS = 600               # optimizer steps of every pretraining recipe (batch 64: ~3.2 epochs of a 12k mix)
+CHECKPOINT_EVERY = 50     # steps between kept checkpoints
 
 # Pretraining recipes: data mix (+ optional "n_train"/"n_val" sizes) and a `data_gen.finetune` recipe (seeds
 # are set per root).
