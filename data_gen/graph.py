@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -209,6 +210,32 @@ def graph_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.data_gen, resolve=True)
 
 
+def _root_unchanged(graph_dir: Path, job: Mapping, *, cache_dir: str | Path | None, data_dir: str | Path | None,
+                    num_threads: int | None, load_root_fn: Callable | None) -> bool:
+    """True when the root's source still gives the weights the graph holds.
+
+    A root's job names its source (e.g. builtin:vit_a1), not its bytes: when the source is rebuilt or
+    replaced, the graph's copy is stale and so is every node below it. Loading a root is cheap (a copy), so it
+    is re-materialised and hashed; an unreachable source (offline hub) keeps the verified copy, with a warning.
+    """
+    from data_gen.models import RootUnavailableError
+
+    recorded = (read_record(graph_dir, job["id"]) or {}).get("meta", {}).get("sha256")
+    with tempfile.TemporaryDirectory(dir=graph_dir) as tmp:
+        try:
+            _build_root(Path(tmp), job, cache_dir=Path(cache_dir) if cache_dir else graph_dir.parent / "roots",
+                        data_dir=data_dir, num_threads=num_threads,
+                        load_root_fn=load_root_fn or _default_load_root)
+        except RootUnavailableError as e:
+            log.warning("root %s: source unreachable (%s); keeping the verified copy in the graph", job["id"], e)
+            return True
+        current = sha256_file(weights_path(Path(tmp), job["id"]))
+    if current != recorded:
+        log.warning("root %s: its source %s changed since the graph was built; rebuilding the root and every "
+                    "node below it", job["id"], job["recipe"].get("source"))
+    return current == recorded
+
+
 def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: Callable | None = None,
                 load_root_fn: Callable | None = None, load_task_fn: Callable | None = None) -> dict:
     """Build (or finish) the graph `cfg.data_gen` describes, level by level; return a summary.
@@ -234,7 +261,11 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     for job in bar:
         bar.set_postfix_str(job["id"])
         parent_sha = records[job["parent"]]["meta"]["sha256"] if job["parent"] else None
-        if not dg.get("force") and is_done(graph_dir, job, parent_sha):
+        done = not dg.get("force") and is_done(graph_dir, job, parent_sha)
+        if done and job["parent"] is None:
+            done = _root_unchanged(graph_dir, job, cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
+                                   num_threads=threads, load_root_fn=load_root_fn)
+        if done:
             skipped.append(job["id"])
             records[job["id"]] = read_record(graph_dir, job["id"])
         else:

@@ -127,6 +127,31 @@ def test_changed_parent_or_recipe_invalidates_node(baseline):
     assert not is_done(gdir, {**job, "recipe": {**job["recipe"], "lr": 0.5}}, parent_sha)
 
 
+def test_changed_root_source_rebuilds_its_tree(baseline, tmp_path):
+    """A root whose source now gives other weights (a rebuilt built-in root) is stale with its whole tree;
+    the other tree is kept."""
+    import shutil
+
+    from data_gen.models import load_root
+
+    tmp, _, base_graph = baseline
+    shutil.copytree(tmp / "graphs", tmp_path / "graphs")
+
+    def shifted_b1(root, **kwargs):
+        arch, state = load_root(root, **kwargs)
+        if "vit_b1" in str(root):
+            state = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}
+        return arch, state
+
+    counting = Counting()
+    summary = build_graph(tiny_cfg(tmp_path), finetune_fn=counting, load_root_fn=shifted_b1)
+    assert sorted(summary["built"]) == ["vit_b1", "vit_b1-0", "vit_b1-0-0"]
+    assert sorted(counting.calls) == ["vit_b1-0", "vit_b1-0-0"]
+    new = hashes(read_json(summary["graph_json"]))
+    assert all(new[n] == base_graph["meta"][n]["sha256"] for n in ("vit_a1", "vit_a1-0", "vit_a1-0-0"))
+    assert new["vit_b1"] != base_graph["meta"]["vit_b1"]["sha256"]
+
+
 @pytest.mark.parametrize("name", ["lora_v", "lora_f", "ft", "mixed", "deep", "resnet"])
 def test_paper_graph_fails_fast_at_the_hub_offline(name, tmp_path, monkeypatch):
     """Offline (HF_HUB_OFFLINE=1), a paper graph stops at its first hub root, at once and clearly."""
