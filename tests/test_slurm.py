@@ -176,7 +176,10 @@ def test_graph_build_on_slurm_resumes_and_matches_local(tmp_path, job_names, mon
         raise result["error"]
     summary = result["summary"]
     assert summary["complete"] and summary["nodes"] == 3
-    assert summary["resubmitted"] == ["r-1"]
+    # The killed node is resubmitted by the driver. The preempted one is normally requeued by submitit, but on a
+    # loaded machine the driver can read its state as failed before the requeue shows and resubmit it instead
+    # (seen once in CI); either way it must resume from its checkpoint, which is checked next.
+    assert "r-1" in summary["resubmitted"] and set(summary["resubmitted"]) <= {"r-0", "r-1"}
 
     # Both interrupted nodes started twice, the second time from a saved step > 0, not from scratch.
     for node in ("r-0", "r-1"):
