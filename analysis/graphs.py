@@ -8,7 +8,9 @@ reused without importing data_gen at all (`analysis.reuse_graphs: false` hands i
 
 Experiments name their graphs with a *graph spec* (`resolve_graph`): a data_gen config name (string), or a
 mapping `{data_gen: NAME, overrides: {...}}`, `{path: DIR}` (an existing graph folder), or
-`{synthetic: {...}}` (a synthetic graph written by `write_synthetic_graph`: toy scale only).
+`{synthetic: {...}}` (a synthetic graph written by `write_synthetic_graph`: toy scale only), or
+`{pretraining: {roots: [...], every: N}}` (the built-in roots' pretraining checkpoints as chains init -> ... ->
+final, every node in the generalization stage: `pretraining_chains`).
 """
 from __future__ import annotations
 
@@ -111,7 +113,51 @@ def resolve_graph(cfg: DictConfig, spec: str | Mapping) -> Path:
         if not is_complete(graph_dir):
             write_synthetic_graph(graph_dir, **opts)
         return graph_dir
-    raise ValueError(f"graph spec {spec!r}: expected a data_gen name, or a mapping with data_gen, path or synthetic")
+    if "pretraining" in spec:
+        return pretraining_chains(cfg, **dict(spec["pretraining"]))
+    raise ValueError(f"graph spec {spec!r}: expected a data_gen name, or a mapping with data_gen, path, synthetic "
+                     f"or pretraining")
+
+
+def pretraining_chains(cfg: DictConfig, roots: list[str], every: int = 100, name: str | None = None) -> Path:
+    """A graph of the built-in roots' pretraining checkpoints: per root a chain step_0 (the random init) ->
+    step_every -> ... -> the last step, all generalization nodes (the generalization stage of paper Fig. 2).
+
+    Models are hard links to the checkpoints (built with the root when missing); cached by roots and `every`.
+    """
+    import os
+    import shutil
+
+    from data_gen.roots import root_checkpoints
+
+    name = name or f"pretraining-{'-'.join(roots)}-every{every}"
+    graph_dir = Path(cfg.paths.graphs_dir) / "analysis" / name
+    if is_complete(graph_dir):
+        return graph_dir
+    (graph_dir / "models").mkdir(parents=True, exist_ok=True)
+    nodes, edges, meta = [], [], {}
+    for root in roots:
+        steps = [(k, p) for k, p in root_checkpoints(root, cache_dir=Path(cfg.data_gen.cache_dir)
+                                                     if "data_gen" in cfg else Path(cfg.paths.graphs_dir) / "roots",
+                                                     data_dir=cfg.paths.data_dir) if k % every == 0]
+        prev = None
+        for step, path in steps:
+            node = f"{root}-s{step}"
+            dst = graph_dir / "models" / f"{node}.safetensors"
+            if dst.exists():
+                dst.unlink()
+            try:
+                os.link(path, dst)
+            except OSError:
+                shutil.copyfile(path, dst)
+            nodes.append(node)
+            meta[node] = {"root": root, "step": step, "sha256": sha256_file(dst), "parent": prev}
+            if prev is not None:
+                edges.append([prev, node])
+            prev = node
+    write_json(graph_dir / "graph.json", {"nodes": nodes, "edges": edges, "stage": dict.fromkeys(nodes, "generalization"),
+                                          "meta": meta, "name": name, "complete": True})
+    return graph_dir
 
 
 # ------------------------------------------------------------------------------------------ synthetic

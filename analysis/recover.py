@@ -119,22 +119,20 @@ def analyze(graph_dir: Path, options: Mapping, *, stages_file: Path | None = Non
 
 
 def forest(wa: Any, truth: Any, *, labels: np.ndarray | None = None, cluster: Mapping | None = None,
-           c: float = 0.3) -> dict:
+           c: float = 0.3, tree: Mapping | None = None) -> dict:
     """Cluster (unless `labels` are given) and recover the forest from a WeightAnalysis; score against `truth`.
 
-    Returns {"edges", "labels", "metrics"} with recovery.evaluate's metrics.
+    `tree` takes recovery's tree options (recovery.mother.TREE_DEFAULTS; default: the paper's with this `c`).
+    Returns {"edges", "labels", "metrics", "missing"} with recovery.evaluate's metrics.
     """
-    from recovery.cluster import cluster_trees
     from recovery.evaluate import evaluate
-    from recovery.mother import recover_forest
+    from recovery.stage import solve
 
-    if labels is None:
-        labels = cluster_trees(wa.l2, **dict(cluster or {})).labels
-    generalization = np.array([wa.stages[i] == "generalization" for i in wa.ids])
-    parent, _ = recover_forest(wa.distance, wa.direction, generalization, labels, c=c)
+    clustering, parent, _, _, missing = solve(wa, cluster=dict(cluster or {}), tree={"c": c, **dict(tree or {})},
+                                              truth=truth, labels=labels)
     edges = [(wa.ids[p], wa.ids[j]) for j, p in enumerate(parent) if p >= 0]
-    metrics, _ = evaluate(wa.ids, edges, np.asarray(labels).tolist(), truth)
-    return {"edges": edges, "labels": np.asarray(labels).tolist(), "metrics": metrics}
+    metrics, _ = evaluate(wa.ids, edges, clustering.labels.tolist(), truth)
+    return {"edges": edges, "labels": clustering.labels.tolist(), "metrics": metrics, "missing": missing}
 
 
 def per_tree(metrics: Mapping) -> dict[str, float | None]:

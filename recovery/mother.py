@@ -69,3 +69,62 @@ def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: 
         has = local >= 0
         parent[idx[has]] = idx[local[has]]
     return parent, lams
+
+
+TREE_DEFAULTS = {"c": 0.3, "stage_order": True, "orient": "edges", "structure": "mst", "cues": {"kurtosis": 1.0},
+                 "cue_reduce": "sum", "stage": "given", "siblings": False, "sibling_tau": 0.5,
+                 "missing": False, "missing_ratio": 0.75, "max_hops": None}
+
+
+def tree_options(given: dict | None) -> dict:
+    """The tree options with defaults (paper: orient=edges); unknown keys and bad values are errors."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(TREE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"recovery.tree: unknown option(s) {unknown}; known: {sorted(TREE_DEFAULTS)}")
+    t = {**TREE_DEFAULTS, **given}
+    allowed = {"orient": ("edges", "root"), "structure": ("mst", "mdst"), "stage": ("given", "auto"),
+               "cue_reduce": ("sum", "votes")}
+    for key, values in allowed.items():
+        if t[key] not in values:
+            raise ValueError(f"recovery.tree.{key} must be one of {values}, got {t[key]!r}")
+    t["cues"] = {str(k): float(v) for k, v in dict(t["cues"]).items()}
+    return t
+
+
+def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[str, np.ndarray],
+                          generalization: np.ndarray, labels: np.ndarray, direction: np.ndarray,
+                          opts: dict) -> tuple[np.ndarray, dict[int, dict]]:
+    """Recover each cluster's tree with a tree-consistent orientation (recovery.orient); opts: tree_options().
+
+    Returns the global parent array and, per cluster label, the evidence (root score, stage chosen, moves made).
+    """
+    from recovery.cues import cue_matrices
+    from recovery.orient import best_rooting, place_siblings, spanning_edges
+
+    missing = sorted(set(k for k, w in opts["cues"].items() if w) - set(per_layer))
+    if missing:
+        raise ValueError(f"recovery.tree.cues {missing} need recovery.direction.cues=true (per-layer cue values); "
+                         f"available: {sorted(per_layer)}")
+    d = np.asarray(distance, dtype=np.float64)
+    gen = np.asarray(generalization, dtype=bool)
+    parent = np.full(len(labels), -1)
+    evidence: dict[int, dict] = {}
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        sub = np.ix_(idx, idx)
+        if opts["structure"] == "mdst":
+            local, _ = recover_tree(d[sub], np.asarray(direction)[idx], gen[idx], opts["c"], opts["stage_order"])
+            edges = [(int(min(j, p)), int(max(j, p))) for j, p in enumerate(local) if p >= 0]
+        else:
+            edges = spanning_edges(d[sub])
+        v_stage, v_free = cue_matrices({k: v[idx] for k, v in per_layer.items()}, opts["cues"], opts["cue_reduce"])
+        sign = None if opts["stage"] == "auto" else np.where(gen[idx], -1.0, 1.0)
+        local, _, ev = best_rooting(edges, len(idx), v_stage, v_free, sign, opts["max_hops"])
+        if opts["siblings"]:
+            local, moves = place_siblings(local, np.asarray(sq)[sub], opts["sibling_tau"])
+            ev["sibling_moves"] = [{**m, **{k: int(idx[m[k]]) for k in ("node", "from", "to")}} for m in moves]
+        has = local >= 0
+        parent[idx[has]] = idx[local[has]]
+        evidence[int(label)] = ev
+    return parent, evidence

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.io import write_json
 from recovery.cluster import cluster_trees
 from recovery.evaluate import evaluate, load_graph
-from recovery.mother import recover_forest
+from recovery.mother import recover_forest, recover_forest_rooted, tree_options
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         output_dir: where tree.json / metrics.json / tree.png go; None writes nothing.
         stages_file: optional id -> stage file (else graph.json stages, else all specialization).
         layers, distance, direction: options passed to recovery.weights (conf/recovery/paper.yaml).
-        cluster: {n_trees: "auto" | int, linkage, min_gap_ratio, threshold}.
+        cluster: {n_trees: "auto" | int | "truth" (the ground truth's trees, as the paper's Table 1), linkage,
+            min_gap_ratio, threshold}.
         tree: {c: weight of the direction prior, stage_order: penalise specialization -> generalization edges}.
         plot: draw tree.png when writing output.
         seed: the run's seed, recorded (recovery itself is deterministic).
@@ -61,23 +62,28 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
 
     layers, distance, direction = dict(layers or {}), dict(distance or {}), dict(direction or {})
     cluster = {"n_trees": "auto", "linkage": "single", **dict(cluster or {})}
-    tree = {"c": 0.3, "stage_order": True, **dict(tree or {})}
+    tree = tree_options(tree)
     truth = load_graph(ground_truth) if ground_truth else None  # fail on a bad ground truth before any reading
+    if cluster["n_trees"] == "truth" and truth is None:
+        raise ValueError("recovery.cluster.n_trees=truth (recover each known tree, the paper's Table 1 protocol) "
+                         "needs ground_truth=FILE")
     t0 = time.perf_counter()
     wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction)
     t_weights = time.perf_counter() - t0
 
-    clustering = cluster_trees(wa.l2, **cluster)
-    generalization = np.array([wa.stages[i] == "generalization" for i in wa.ids])
-    parent, lambdas = recover_forest(wa.distance, wa.direction, generalization, clustering.labels, c=tree["c"],
-                                    stage_order=bool(tree["stage_order"]))
+    clustering, parent, lambdas, tree_evidence, missing = solve(wa, cluster=cluster, tree=tree, truth=truth,
+                                                                source=ground_truth)
     ids = wa.ids
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
     rank_tol = {"rank_tol": distance["rank_tol"]} if "rank_tol" in distance else {}
     relations = edge_relations(path, edges, layers=layers, **rank_tol) if edges else {}
     warnings = list(wa.warnings) + ([clustering.evidence["warning"]] if "warning" in clustering.evidence else [])
+    warnings += [f"models {m['models']} share a change that {m['attached_to']} lacks: their true parent is probably "
+                 f"missing from the folder (or they are same-recipe siblings); missing edge ~{m['missing_edge_l2']:.3g} "
+                 f"l2 from {m['attached_to']}" for m in missing]
 
-    doc = _tree_doc(wa, parent, clustering, lambdas, relations)
+    doc = _tree_doc(wa, parent, clustering, lambdas, relations, tree_evidence)
+    doc["missing_parents"] = missing
     doc.update(input=str(path), seed=seed, warnings=warnings, timings={"weights_s": t_weights,
                "total_s": time.perf_counter() - t0},
                options={"layers": layers, "distance": distance, "direction": direction, "cluster": cluster,
@@ -104,8 +110,58 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     return {"tree": doc, "metrics": metrics, "paths": paths, "warnings": warnings}
 
 
+def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source: Any = None,
+          labels: np.ndarray | None = None) -> tuple:
+    """Clusters and parents from a WeightAnalysis (the part of `recover` after reading the weights).
+
+    `labels` fixes the clusters (experiments that subsample or sweep reuse one clustering); else `cluster` decides.
+
+    Returns (clustering, parent array, lambda per cluster, orientation evidence per cluster, missing-parent groups
+    with model ids).
+    """
+    tree = tree_options(dict(tree))
+    if labels is not None:
+        from recovery.cluster import Clustering
+        labels = np.asarray(labels)
+        clustering = Clustering(labels, int(labels.max()) + 1, {"rule": "labels given"})
+    elif cluster.get("n_trees") == "truth":
+        clustering = _truth_clusters(wa.ids, truth, source)
+    else:
+        clustering = cluster_trees(wa.l2, **cluster)
+    generalization = np.array([wa.stages[i] == "generalization" for i in wa.ids])
+    tree_evidence: dict[int, dict] = {}
+    lambdas: dict[int, float] = {}
+    if tree["orient"] == "root":
+        per_layer = dict(wa.cues) if wa.cues else {wa.direction_stat: wa.direction_per_layer}
+        parent, tree_evidence = recover_forest_rooted(wa.distance, wa.sq_l2, per_layer, generalization,
+                                                      clustering.labels, wa.direction, tree)
+    else:
+        parent, lambdas = recover_forest(wa.distance, wa.direction, generalization, clustering.labels,
+                                         c=tree["c"], stage_order=bool(tree["stage_order"]))
+    missing = []
+    if tree["missing"]:
+        from recovery.orient import missing_parents
+        for m in missing_parents(parent, wa.sq_l2, tree["missing_ratio"]):
+            missing.append({**m, "attached_to": wa.ids[m["attached_to"]], "models": [wa.ids[j] for j in m["models"]]})
+    return clustering, parent, lambdas, tree_evidence, missing
+
+
+def _truth_clusters(ids: list[str], truth: Any, source: Any) -> Any:
+    """The ground truth's trees as the clustering (the paper recovers each already-clustered tree on its own)."""
+    from recovery.cluster import Clustering
+
+    root_of = truth.roots()
+    missing = [i for i in ids if i not in root_of]
+    if missing:
+        raise ValueError(f"{source}: n_trees=truth, but models {missing[:5]} are not in the ground truth")
+    order: dict[str, int] = {}
+    labels = np.array([order.setdefault(root_of[i], len(order)) for i in ids])
+    return Clustering(labels, len(order), {"rule": "n_trees=truth: the ground truth's trees (paper protocol)",
+                                           "sizes": np.bincount(labels).tolist()})
+
+
 def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, float],
-              relations: Mapping[tuple[str, str], str]) -> dict:
+              relations: Mapping[tuple[str, str], str], tree_evidence: Mapping[int, dict] | None = None) -> dict:
     """The tree.json dict (see docs/DESIGN.md) from the analysis and the recovered parent array."""
     ids = wa.ids
     depth = _depths(parent)
@@ -124,8 +180,14 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
     for k in range(clustering.n_clusters):
         members = np.flatnonzero(clustering.labels == k)
         roots = [ids[j] for j in members if parent[j] < 0]
-        trees.append({"cluster": k, "root": roots[0], "size": len(members), "depth": int(depth[members].max()),
-                      "lambda": lambdas.get(k, 0.0)})
+        entry = {"cluster": k, "root": roots[0], "size": len(members), "depth": int(depth[members].max()),
+                 "lambda": lambdas.get(k, 0.0)}
+        if tree_evidence and k in tree_evidence:
+            ev = dict(tree_evidence[k])
+            for move in ev.get("sibling_moves", []):
+                move.update({key: ids[move[key]] for key in ("node", "from", "to")})
+            entry["orientation"] = ev
+        trees.append(entry)
     return {"nodes": nodes, "edges": edges, "trees": trees, "distance_metric": wa.distance_metric,
             "direction_stat": wa.direction_stat, "direction_layers": list(wa.direction_layers),
             "layers": list(wa.layers), "dropped": dict(wa.dropped), "excluded": dict(wa.excluded),

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from common.io import sha256_file
 from recovery.checkpoints import CheckpointError, discover, iter_stacked, open_all
+from recovery.cues import init_distance, layer_moments, stats_from_moments
 from recovery.direction import STATS, stack_stat
 from recovery.distances import as_matrix, direct_ranks, layer_ranks, pairwise_sq_dists, reduce_ranks
 from recovery.layers import Layer, numel, select_layers, split_architectures
@@ -24,7 +25,7 @@ from recovery.layers import Layer, numel, select_layers, split_architectures
 METRICS = ("l2", "rms", "lora_rank", "auto")
 LAYER_DEFAULTS = {"kinds": ["all_2d"], "regex": None, "exclude_heads": True}
 DISTANCE_DEFAULTS = {"metric": "auto", "rank_tol": "weight", "rank_reduce": "max", "low_rank_share": 0.5, "seed": 0}
-DIRECTION_DEFAULTS = {"stat": "kurtosis", "kinds": ["dense"], "regex": None}
+DIRECTION_DEFAULTS = {"stat": "kurtosis", "kinds": ["dense"], "regex": None, "cues": False, "seed": 0}
 
 
 @dataclass
@@ -44,6 +45,8 @@ class WeightAnalysis:
     excluded: dict[str, str]
     warnings: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    sq_l2: np.ndarray | None = None          # squared Euclidean distance over all distance tensors
+    cues: dict[str, np.ndarray] = field(default_factory=dict)   # cue -> (n, direction layers), recovery.cues
 
 
 def _options(given: Mapping, defaults: dict, what: str) -> dict:
@@ -87,12 +90,14 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     for role, group in (("dist", dist_layers), ("dir", dir_layers)):
         for layer in group:
             by_tensor.setdefault(layer.tensor, []).append((role, layer))
-    l2_sum, rms_sum = np.zeros((n, n)), np.zeros((n, n))
+    l2_sum, rms_sum, sq_sum = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
     same = np.ones((n, n), dtype=bool)
     bad: dict[int, str] = {}
     rank_layers: list[tuple[str, np.ndarray, float]] = []   # (name, ranks, low-rank share)
     rank_stats = {"fast_pairs": 0, "direct_pairs": 0, "skipped_pairs": 0, "seconds": 0.0}
     dir_values = np.full((n, len(dir_layers)), np.nan)
+    moments = np.full((n, len(dir_layers), 3), np.nan) if ro["cues"] else None
+    init_d = np.full((n, len(dir_layers)), np.nan) if ro["cues"] else None
     dir_index = {layer.name: k for k, layer in enumerate(dir_layers)}
     changed_layers = 0
     stack, readers = open_all(models)
@@ -109,10 +114,15 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
             for role, layer in by_tensor[name]:
                 y = layer.take(x)[sub]
                 if role == "dir":
-                    dir_values[sub, dir_index[layer.name]] = stack_stat(y, ro["stat"])
+                    k = dir_index[layer.name]
+                    dir_values[sub, k] = stack_stat(y, ro["stat"])
+                    if ro["cues"]:
+                        moments[sub, k] = layer_moments(y)
+                        init_d[sub, k] = init_distance(y, layer.name, ro["seed"])
                     continue
                 d2 = pairwise_sq_dists(y)
                 l2_sum[ix] += np.sqrt(d2)
+                sq_sum[ix] += d2
                 rms_sum[ix] += np.sqrt(d2 / y[0].size)
                 same[ix] &= d2 == 0
                 changed = bool((d2 > 0).any())
@@ -188,6 +198,9 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     if not good.any():
         raise CheckpointError(f"{catalog.root}: no layer gives a defined {ro['stat']} for every model")
     dvals = dvals[:, good]
+    cues: dict[str, np.ndarray] = {}
+    if ro["cues"]:
+        cues = {**stats_from_moments(moments[keep][:, good]), "init_distance": init_d[keep][:, good]}
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     ids = [models[i].id for i in keep]
@@ -195,7 +208,8 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
         ids=ids, stages={k: catalog.stages[k] for k in ids}, distance=np.asarray(dist, dtype=np.float64),
         distance_metric=metric, l2=l2, direction=dvals.sum(axis=1), direction_per_layer=dvals,
         direction_layers=[l.name for l, g in zip(dir_layers, good) if g], direction_stat=ro["stat"],
-        layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info)
+        layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info,
+        sq_l2=sq_sum[kx], cues=cues)
 
 
 def edge_relations(path, edges: list[tuple[str, str]], *, layers: Mapping = {}, rank_tol="weight",

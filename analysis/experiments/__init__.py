@@ -30,6 +30,7 @@ EXPERIMENTS: dict[str, str] = {
     "merged_models": "analysis.experiments.merged_models",
     "runtime": "analysis.experiments.runtime",
     "c_sensitivity": "analysis.experiments.c_sensitivity",
+    "recovery_ablation": "analysis.experiments.recovery_ablation",
     "default": "analysis.experiments.default",
 }
 
