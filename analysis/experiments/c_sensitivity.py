@@ -29,8 +29,13 @@ def compute(cfg: DictConfig) -> dict:
         graph_dir = resolve_graph(cfg, sub.graph)
         opts = recovery_options(cfg, sub.get("recovery"))
         wa = analyze(graph_dir, opts)
-        labels = cluster_trees(wa.l2, **opts["cluster"]).labels
         truth = load_graph(graph_dir / "graph.json")
+        if opts["cluster"].get("n_trees") == "truth":   # the known trees (conf/analysis/base.yaml)
+            roots = truth.roots()
+            order = {r: i for i, r in enumerate(dict.fromkeys(roots[i] for i in wa.ids))}
+            labels = np.array([order[roots[i]] for i in wa.ids])
+        else:
+            labels = cluster_trees(wa.l2, **opts["cluster"]).labels
         accs = [forest(wa, truth, labels=labels, c=c)["metrics"]["edge_accuracy"] for c in cs]
         out[label] = {"graph": graph_dir.name, "accuracy": accs}
     return {"cs": cs, "reference_c": float(k.reference_c), "subgraphs": out}
