@@ -252,30 +252,50 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     show = dg.get("progress", True) if progress is None else progress
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
+    doubles = any(f is not None for f in (finetune_fn, load_root_fn, load_task_fn))  # test doubles: this process only
     load_task_fn = functools.lru_cache(maxsize=4)(load_task_fn or _default_load_task)
     built, skipped, accs, records = [], [], [], {}
     start = time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(jobs, desc=f"graph {dg['name']}", unit="node", disable=not show)
-    for job in bar:
-        bar.set_postfix_str(job["id"])
-        parent_sha = records[job["parent"]]["meta"]["sha256"] if job["parent"] else None
-        done = not dg.get("force") and is_done(graph_dir, job, parent_sha)
-        if done and job["parent"] is None:
-            done = _root_unchanged(graph_dir, job, cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
-                                   num_threads=threads, load_root_fn=load_root_fn)
-        if done:
-            skipped.append(job["id"])
-            records[job["id"]] = read_record(graph_dir, job["id"])
-        else:
-            build_node(graph_dir, job, cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
-                       num_threads=threads, logger_cfg=logger_cfg, checkpoint_every=dg.get("checkpoint_every"),
-                       progress=False, finetune_fn=finetune_fn, load_root_fn=load_root_fn,
-                       load_task_fn=load_task_fn)
-            built.append(job["id"])
-            records[job["id"]] = read_record(graph_dir, job["id"])
-            write_graph(graph_dir, jobs, extra, records)
+    workers = resolve_workers(dg.get("workers", 1), threads)
+    node_kwargs = dict(cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"), num_threads=threads,
+                       logger_cfg=logger_cfg, checkpoint_every=dg.get("checkpoint_every"), progress=False)
+    injected = dict(finetune_fn=finetune_fn, load_root_fn=load_root_fn, load_task_fn=load_task_fn)
+    if doubles:
+        workers = 1
+    bar = tqdm(total=len(jobs), desc=f"graph {dg['name']}", unit="node", disable=not show)
+    pool = _node_pool(workers, threads) if workers > 1 else None
+    try:
+        for level in sorted({j["level"] for j in jobs}):
+            todo = []
+            for job in (j for j in jobs if j["level"] == level):
+                parent_sha = records[job["parent"]]["meta"]["sha256"] if job["parent"] else None
+                done = not dg.get("force") and is_done(graph_dir, job, parent_sha)
+                if done and job["parent"] is None:
+                    done = _root_unchanged(graph_dir, job, cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
+                                           num_threads=threads, load_root_fn=load_root_fn)
+                if done:
+                    skipped.append(job["id"])
+                    records[job["id"]] = read_record(graph_dir, job["id"])
+                    bar.update(1)
+                else:
+                    todo.append(job)
+            if pool is not None and len(todo) > 1 and level > 0:
+                finished = _parallel(pool, graph_dir, todo, node_kwargs)
+            else:
+                finished = (_sequential(graph_dir, job, node_kwargs, injected) for job in todo)
+            for job in finished:
+                built.append(job["id"])
+                records[job["id"]] = read_record(graph_dir, job["id"])
+                write_graph(graph_dir, jobs, extra, records)
+                bar.set_postfix_str(job["id"])
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
+    for job in jobs:
         meta = records[job["id"]]["meta"]
         if meta.get("val_accuracy") is not None:
             accs.append(meta["val_accuracy"])
@@ -283,4 +303,38 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     return {"graph_dir": str(graph_dir), "graph_json": str(graph_dir / "graph.json"), "nodes": len(jobs),
             "built": built, "skipped": skipped, "seconds": time.perf_counter() - start,
             "mean_val_accuracy": sum(accs) / len(accs) if accs else None, "complete": graph["complete"],
-            "num_threads": threads}
+            "num_threads": threads, "workers": workers}
+
+
+def resolve_workers(value: Any, threads: int) -> int:
+    """Parallel node builds: an int, or "auto" = usable CPU cores // torch threads per node (at least 1)."""
+    if value in (None, "auto"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // max(threads, 1))
+    if int(value) < 1:
+        raise ValueError(f"data_gen.workers must be >= 1 or auto, got {value!r}")
+    return int(value)
+
+
+def _node_pool(workers: int, threads: int):
+    """Worker processes for one graph build (spawned: no inherited torch state), each pinned to `threads`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(threads,))
+
+
+def _parallel(pool, graph_dir: Path, todo: list[dict], node_kwargs: Mapping):
+    """Build `todo` (one level: parents all done) in the pool; yield each job as it finishes."""
+    from concurrent.futures import as_completed
+
+    futures = {pool.submit(build_node, graph_dir, job, **node_kwargs): job for job in todo}
+    for future in as_completed(futures):
+        future.result()   # a failed node raises here with its traceback; finished ones are already saved
+        yield futures[future]
+
+
+def _sequential(graph_dir: Path, job: dict, node_kwargs: Mapping, injected: Mapping) -> dict:
+    build_node(graph_dir, job, **node_kwargs, **injected)
+    return job

@@ -74,6 +74,15 @@ def test_tiny_graph_end_to_end(baseline):
                 assert (gdir / meta["adapter"]).is_dir()
 
 
+def test_parallel_workers_give_identical_hashes(baseline, tmp_path):
+    """One level's nodes built in 2 worker processes or one after another: the same weights, bit for bit."""
+    tmp, summary, graph = baseline
+    serial = build_graph(tiny_cfg(tmp_path, "data_gen.workers=1"))
+    parallel = build_graph(tiny_cfg(tmp_path / "p", "data_gen.workers=2"))
+    assert serial["workers"] == 1 and parallel["workers"] == 2
+    assert hashes(read_json(serial["graph_json"])) == hashes(read_json(parallel["graph_json"])) == hashes(graph)
+
+
 def test_rerun_skips_everything(baseline):
     tmp, _, graph = baseline
     counting = Counting()
