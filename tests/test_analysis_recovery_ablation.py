@@ -24,6 +24,12 @@ def test_recovery_ablation_toy(cfg_factory, tmp_path):
     table = pd.read_csv(out / "recovery_ablation_eval_none.csv")
     assert list(table["variant"]) == variants and {"FT", "LoRA-V", "mean"} <= set(table.columns)
     assert (out / "recovery_ablation.png").stat().st_size > 10_000
+    trials = [m for m in res["missing"] if m["dropped"] is not None]
+    assert {m["graph"] for m in trials} == {"FT", "LoRA-V"} and all(m["children"] >= 2 for m in trials)
+    assert all(isinstance(m["found"], bool) and m["false_groups"] >= 0 for m in trials)
+    assert any(m["found"] for m in trials)        # synthetic children of a dropped node share its change
+    missing = pd.read_csv(out / "recovery_ablation_missing_parents.csv")
+    assert ((missing["children_reported"] >= 0) & (missing["children_reported"] <= 1)).all()
     assert "Beyond the paper" in (tmp_path / "results" / "README.md").read_text()
 
 
