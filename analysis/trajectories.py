@@ -210,6 +210,31 @@ def load_root_state(cfg: Any, root: str) -> tuple[str, dict]:
                      num_threads=cfg.get("num_threads"))
 
 
+def root_fingerprint(cfg: Any, root: str) -> str:
+    """What identifies a root's weights in a cache key: a built-in root's or local file's sha256, else its name
+    (hub checkpoints are immutable by name)."""
+    if root.startswith("builtin:"):
+        from data_gen.roots import ensure_root
+
+        return sha256_file(ensure_root(root.removeprefix("builtin:"), cache_dir=roots_cache(cfg),
+                                       data_dir=cfg.paths.data_dir, num_threads=cfg.get("num_threads")))
+    if Path(root).is_file():
+        return sha256_file(root)
+    return root
+
+
+def state_fingerprint(state: Mapping) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes (key order independent)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous() if hasattr(state[k], "detach") else state[k]
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.numpy().tobytes() if hasattr(v, "numpy") else bytes(memoryview(v)))
+    return h.hexdigest()
+
+
 def save_state(path: str | Path, state: Mapping, arch: str) -> Path:
     """Write a state dict as float32 safetensors (atomic), unless `path` already exists."""
     from safetensors.torch import save_file
@@ -247,6 +272,8 @@ def finetune_run(cfg: Any, cache: Path, *, root: str, task: str, recipe: Mapping
     parent = init_name or node_name(root)
     spec = {"parent": parent, "root": root, "task": task, "image_size": image_size, "data_seed": data_seed,
             "recipe": to_plain(recipe), "checkpoint_every": checkpoint_every}
+    # a rebuilt root (or a changed given init) invalidates what was trained from it
+    spec["init_sha256"] = root_fingerprint(cfg, root) if init is None else state_fingerprint(init[1])
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     node_id = node_id or node_name(parent, task, recipe.get("lr"), f"s{recipe.get('seed')}", digest)
     init_file = cache / "roots" / f"{parent}.safetensors"
@@ -267,15 +294,24 @@ def finetune_run(cfg: Any, cache: Path, *, root: str, task: str, recipe: Mapping
     rec = cached_finetune(cache, node_id, spec=spec, arch=arch, init_state=lambda: get_init()[1],
                           task=lambda: load_task_data(cfg, task, image_size=image_size, seed=data_seed),
                           recipe=recipe, checkpoint_every=checkpoint_every, num_threads=cfg.get("num_threads"))
+    if not rec.get("cached") and "init" in loaded:
+        # trained just now: the saved start must be the weights it trained from (a built-in root can be rebuilt)
+        init_file.unlink(missing_ok=True)
+        save_state(init_file, loaded["init"][1], loaded["init"][0])
     return {**rec, "init_file": str(init_file), "arch": arch}
 
 
 def trajectory_files(run: Mapping) -> tuple[list[int], list[str]]:
-    """(steps, files) of a fine-tune run: its starting weights as step 0, then its checkpoints."""
-    steps, files = [0], [run["init_file"]]
+    """(steps, files) of a fine-tune run: its starting weights as step 0, then its checkpoints.
+
+    Step 0 is the run's own step-0 checkpoint when it has one (the exact weights it started from), else the
+    saved init file.
+    """
+    first = [p for s, p in run["checkpoints"] if s == 0]
+    steps, files = [0], [first[0] if first else run["init_file"]]
     for s, p in run["checkpoints"]:
         if s == 0:
-            continue  # the start is the init file already
+            continue  # the start is step 0 already
         steps.append(int(s))
         files.append(p)
     last = int(run.get("steps") or 0)

@@ -87,8 +87,11 @@ def test_cached_finetune_trains_once_and_retrains_stale(tmp_path, monkeypatch):
     r1 = cached_finetune(tmp_path, "m", **kw_first)
     r2 = cached_finetune(tmp_path, "m", **kw)
     assert calls == ["m"] and r1["cached"] is False and r2["cached"] is True and r2["num_classes"] == 3
-    assert trajectory_files({**r2, "init_file": "init"}) == ([0, 2, 3], ["init", r2["checkpoints"][1][1],
-                                                                          r2["weights"]])
+    # step 0 is the run's own step-0 checkpoint (the weights it started from), the init file only without one
+    assert trajectory_files({**r2, "init_file": "init"}) == ([0, 2, 3], [r2["checkpoints"][0][1],
+                                                                          r2["checkpoints"][1][1], r2["weights"]])
+    no_start = {**r2, "init_file": "init", "checkpoints": r2["checkpoints"][1:]}
+    assert trajectory_files(no_start) == ([0, 2, 3], ["init", r2["checkpoints"][1][1], r2["weights"]])
     (tmp_path / "models" / "m.safetensors").write_bytes(b"corrupt")
     r3 = cached_finetune(tmp_path, "m", **kw_first)
     assert calls == ["m", "m"] and r3["cached"] is False
