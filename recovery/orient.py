@@ -91,15 +91,14 @@ def best_rooting(edges: list[tuple[int, int]], n: int, v_stage: np.ndarray, v_fr
     order_cost = 0.0
     if stage_sign is not None:
         strength = float(np.abs(v_free).max() + np.abs(v_stage).max())
-        order_cost = (stage_sign[:, None] > 0) & (stage_sign[None, :] < 0) * np.ones((n, n), dtype=bool)
-        order_cost = order_cost * max(strength, 1.0)
+        order_cost = ((stage_sign[:, None] > 0) & (stage_sign[None, :] < 0)) * max(strength, 1.0)
     best = (-np.inf, None, None)
     scores = np.zeros((len(signs), n))
-    for r in range(n):
-        a = ancestor_matrix(root_at(n, edges, r), max_hops)
-        for k, s in enumerate(signs):
-            col = stage_sign[None, :] if s == 0 else s
-            scores[k, r] = float((a * (v_free + col * v_stage - order_cost)).sum())
+    for k, s in enumerate(signs):
+        w = v_free + (stage_sign[None, :] if s == 0 else s) * v_stage - order_cost
+        scores[k] = _edge_scores(n, edges, w) if max_hops == 1 else [
+            float((ancestor_matrix(root_at(n, edges, r), max_hops) * w).sum()) for r in range(n)]
+        for r in range(n):
             if scores[k, r] > best[0] + 1e-12:
                 best = (scores[k, r], r, s)
     _, r, s = best
@@ -107,6 +106,19 @@ def best_rooting(edges: list[tuple[int, int]], n: int, v_stage: np.ndarray, v_fr
     margin = float(top[0] - top[1]) if top.size > 1 else 0.0
     return root_at(n, edges, r), int(s), {"root_score": float(best[0]), "margin": margin,
                                           "auto_stage": None if s == 0 else ("specialization" if s > 0 else "generalization")}
+
+
+def _edge_scores(n: int, edges: list[tuple[int, int]], w: np.ndarray) -> np.ndarray:
+    """sum of w[parent, child] over the edges, for every choice of root, in O(n): moving the root across one edge
+    flips only that edge."""
+    parent = root_at(n, edges, 0)
+    scores = np.empty(n)
+    scores[0] = sum(w[p, c] for c, p in enumerate(parent) if p >= 0)
+    order = np.argsort(_depth(parent), kind="stable")
+    for c in order[1:]:
+        p = parent[c]
+        scores[c] = scores[p] - w[p, c] + w[c, p]
+    return scores
 
 
 def place_siblings(parent: np.ndarray, sq: np.ndarray, tau: float = 0.5) -> tuple[np.ndarray, list[dict]]:
