@@ -22,6 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from common.seed import derive_seed
+from recovery.direction import _central_moments
 
 STAGE_CUES = ("kurtosis",)
 FREE_CUES = ("init_distance", "variance")
@@ -29,18 +30,9 @@ CUES = STAGE_CUES + FREE_CUES
 REDUCE = ("sum", "votes")
 
 
-def layer_moments(y: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def layer_moments(y: np.ndarray) -> np.ndarray:
     """Central moments (m2, m3, m4) in float64 of each model's tensor in a stack (n, ...) -> (n, 3)."""
-    flat = y.reshape(len(y), -1)
-    out = np.zeros((len(y), 3))
-    for i, v in enumerate(flat):
-        mu = float(np.add.reduce(v, dtype=np.float64)) / v.size
-        for s in range(0, v.size, chunk):
-            c = v[s:s + chunk].astype(np.float64) - mu
-            c2 = c * c
-            out[i] += (c2.sum(), c2 @ c, c2 @ c2)
-        out[i] /= v.size
-    return out
+    return np.array([_central_moments(np.asarray(v).ravel()) for v in y])
 
 
 def stats_from_moments(m: np.ndarray) -> dict[str, np.ndarray]:

@@ -114,7 +114,7 @@ def _edge_scores(n: int, edges: list[tuple[int, int]], w: np.ndarray) -> np.ndar
     parent = root_at(n, edges, 0)
     scores = np.empty(n)
     scores[0] = sum(w[p, c] for c, p in enumerate(parent) if p >= 0)
-    order = np.argsort(_depth(parent), kind="stable")
+    order = np.argsort(depths(parent), kind="stable")
     for c in order[1:]:
         p = parent[c]
         scores[c] = scores[p] - w[p, c] + w[c, p]
@@ -129,7 +129,7 @@ def place_siblings(parent: np.ndarray, sq: np.ndarray, tau: float = 0.5) -> tupl
     """
     parent = np.array(parent)
     moves = []
-    order = np.argsort(_depth(parent), kind="stable")
+    order = np.argsort(depths(parent), kind="stable")
     for b in order:
         a = parent[b]
         if a < 0 or parent[a] < 0 or sq[a, b] <= 0:
@@ -172,11 +172,15 @@ def missing_parents(parent: np.ndarray, sq: np.ndarray, ratio: float = 0.75) -> 
     return out
 
 
-def _depth(parent: np.ndarray) -> np.ndarray:
-    depth = np.zeros(len(parent), dtype=int)
+def depths(parent: np.ndarray) -> np.ndarray:
+    """Depth of every node of a parent array (-1 marks a root), each path walked once."""
+    depth = np.full(len(parent), -1)
     for j in range(len(parent)):
-        x = parent[j]
-        while x >= 0:
-            depth[j] += 1
+        trail, x = [], j
+        while x >= 0 and depth[x] < 0:
+            trail.append(x)
             x = parent[x]
+        base = -1 if x < 0 else depth[x]
+        for k, node in enumerate(reversed(trail)):
+            depth[node] = base + 1 + k
     return depth

@@ -19,6 +19,7 @@ from common.io import write_json
 from recovery.cluster import cluster_trees
 from recovery.evaluate import evaluate, load_graph
 from recovery.mother import recover_forest, recover_forest_rooted, tree_options
+from recovery.orient import depths
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     if truth is not None:
         metrics, eval_warnings = evaluate(ids, edges, clustering.labels.tolist(), truth)
         metrics["ground_truth"] = str(ground_truth)
+        if cluster["n_trees"] == "truth":   # the trees were handed over; score clustering with their number known
+            from recovery.evaluate import clustering_accuracy
+            known_k = cluster_trees(wa.l2, **{**cluster, "n_trees": int(metrics["n_trees_true"])})
+            metrics["clustering_accuracy_known_k"] = clustering_accuracy(
+                ids, known_k.labels.tolist(), truth.roots())["clustering_accuracy"]
         warnings += eval_warnings
     for w in warnings:
         log.warning(w)
@@ -125,7 +131,7 @@ def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source
         labels = np.asarray(labels)
         clustering = Clustering(labels, int(labels.max()) + 1, {"rule": "labels given"})
     elif cluster.get("n_trees") == "truth":
-        clustering = _truth_clusters(wa.ids, truth, source)
+        clustering = truth_clusters(wa.ids, truth, source)
     else:
         clustering = cluster_trees(wa.l2, **cluster)
     generalization = np.array([wa.stages[i] == "generalization" for i in wa.ids])
@@ -146,7 +152,7 @@ def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source
     return clustering, parent, lambdas, tree_evidence, missing
 
 
-def _truth_clusters(ids: list[str], truth: Any, source: Any) -> Any:
+def truth_clusters(ids: list[str], truth: Any, source: Any) -> Any:
     """The ground truth's trees as the clustering (the paper recovers each already-clustered tree on its own)."""
     from recovery.cluster import Clustering
 
@@ -164,7 +170,7 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
               relations: Mapping[tuple[str, str], str], tree_evidence: Mapping[int, dict] | None = None) -> dict:
     """The tree.json dict (see docs/DESIGN.md) from the analysis and the recovered parent array."""
     ids = wa.ids
-    depth = _depths(parent)
+    depth = depths(parent)
     nodes, edges = [], []
     for j, node in enumerate(ids):
         entry = {"id": node, "cluster": int(clustering.labels[j]), "direction_score": float(wa.direction[j]),
@@ -192,19 +198,6 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
             "direction_stat": wa.direction_stat, "direction_layers": list(wa.direction_layers),
             "layers": list(wa.layers), "dropped": dict(wa.dropped), "excluded": dict(wa.excluded),
             "clustering": clustering.evidence, "info": wa.info}
-
-
-def _depths(parent: np.ndarray) -> np.ndarray:
-    depth = np.full(len(parent), -1)
-    for j in range(len(parent)):
-        trail, x = [], j
-        while x >= 0 and depth[x] < 0:
-            trail.append(x)
-            x = parent[x]
-        base = -1 if x < 0 else depth[x]
-        for k, node in enumerate(reversed(trail)):
-            depth[node] = base + 1 + k
-    return depth
 
 
 def summary(doc: dict, metrics: dict | None, paths: Mapping[str, str]) -> str:

@@ -115,10 +115,12 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                 y = layer.take(x)[sub]
                 if role == "dir":
                     k = dir_index[layer.name]
-                    dir_values[sub, k] = stack_stat(y, ro["stat"])
-                    if ro["cues"]:
+                    if ro["cues"]:   # one moment pass gives the cues and (for kurtosis / variance) the stat
                         moments[sub, k] = layer_moments(y)
                         init_d[sub, k] = init_distance(y, layer.name, ro["seed"])
+                        derived = stats_from_moments(moments[sub, k])
+                    dir_values[sub, k] = (derived[ro["stat"]] if ro["cues"] and ro["stat"] in derived
+                                          else stack_stat(y, ro["stat"]))
                     continue
                 d2 = pairwise_sq_dists(y)
                 l2_sum[ix] += np.sqrt(d2)

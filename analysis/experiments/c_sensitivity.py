@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -18,6 +17,7 @@ NAME = "c_sensitivity"
 def compute(cfg: DictConfig) -> dict:
     from recovery.cluster import cluster_trees
     from recovery.evaluate import load_graph
+    from recovery.stage import truth_clusters
 
     k = knobs(cfg, NAME)
     cs = [float(c) for c in k.cs]
@@ -31,9 +31,7 @@ def compute(cfg: DictConfig) -> dict:
         wa = analyze(graph_dir, opts)
         truth = load_graph(graph_dir / "graph.json")
         if opts["cluster"].get("n_trees") == "truth":   # the known trees (conf/analysis/base.yaml)
-            roots = truth.roots()
-            order = {r: i for i, r in enumerate(dict.fromkeys(roots[i] for i in wa.ids))}
-            labels = np.array([order[roots[i]] for i in wa.ids])
+            labels = truth_clusters(wa.ids, truth, graph_dir / "graph.json").labels
         else:
             labels = cluster_trees(wa.l2, **opts["cluster"]).labels
         accs = [forest(wa, truth, labels=labels, c=c)["metrics"]["edge_accuracy"] for c in cs]
