@@ -73,7 +73,8 @@ def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: 
 
 TREE_DEFAULTS = {"c": 0.3, "stage_order": True, "orient": "edges", "structure": "mst", "cues": {"kurtosis": 1.0},
                  "cue_reduce": "sum", "stage": "given", "siblings": False, "sibling_tau": 0.5,
-                 "missing": False, "missing_ratio": 0.75, "max_hops": None}
+                 "missing": False, "missing_ratio": 0.75, "missing_min_shared": 0.0, "missing_siblings": False,
+                 "max_hops": None}
 
 
 def tree_options(given: dict | None) -> dict:

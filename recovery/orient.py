@@ -142,14 +142,24 @@ def place_siblings(parent: np.ndarray, sq: np.ndarray, tau: float = 0.5) -> tupl
     return parent, moves
 
 
-def missing_parents(parent: np.ndarray, sq: np.ndarray, ratio: float = 0.75) -> list[dict]:
+def missing_parents(parent: np.ndarray, sq: np.ndarray, ratio: float = 0.75, min_shared: float = 0.0,
+                    tau: float | None = None) -> list[dict]:
     """Groups of children that share a change their recovered parent lacks (likely a missing common parent).
 
     For children b, c of x, r = sq[b, c] / (sq[x, b] + sq[x, c]) is ~1 when x is their parent and ~0.5 when they
-    are siblings of x (or share a parent between x and them). Pairs with r < `ratio` are joined into groups;
-    each group is reported with the estimated length of the missing edge, sqrt((sq[x,b] + sq[x,c] - sq[b,c]) / 2).
+    are siblings of x (or share a parent between x and them); the shared change has squared length
+    s = (sq[x, b] + sq[x, c] - sq[b, c]) / 2. A pair is linked when r < `ratio` and s >= `min_shared` times the
+    median squared length of the recovered edges (a missing model is a whole fine-tuning step away; same-task
+    siblings share a smaller change). Linked pairs form the groups, each reported with the estimated length of the
+    missing edge, sqrt(median s). With `tau`, orphans chained onto one another (x -> b -> c with c a sibling of
+    b, `place_siblings`) are first hung on x for the check; the parent array itself is not changed.
     A root with such children is itself likely a sibling of them (the true root is missing).
     """
+    parent = np.asarray(parent)
+    if tau is not None:
+        parent, _ = place_siblings(parent, sq, tau)
+    edge_sq = [sq[p, j] for j, p in enumerate(parent) if p >= 0]
+    floor = float(min_shared) * float(np.median(edge_sq)) if edge_sq else 0.0
     out = []
     for x in range(len(parent)):
         kids = np.flatnonzero(parent == x)
@@ -160,11 +170,12 @@ def missing_parents(parent: np.ndarray, sq: np.ndarray, ratio: float = 0.75) -> 
         for i, b in enumerate(kids):
             for c in kids[i + 1:]:
                 den = sq[x, b] + sq[x, c]
-                if den > 0 and sq[b, c] / den < ratio:
+                s = float(den - sq[b, c]) / 2.0
+                if den > 0 and sq[b, c] / den < ratio and s >= floor:
                     group = link[int(b)] | link[int(c)]
                     for m in group:
                         link[m] = group
-                    shared.append(max(float(den - sq[b, c]) / 2.0, 0.0))
+                    shared.append(max(s, 0.0))
         groups = {frozenset(g) for g in link.values() if len(g) > 1}
         for g in sorted(groups, key=min):
             out.append({"attached_to": int(x), "models": sorted(g), "is_root": bool(parent[x] < 0),

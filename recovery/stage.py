@@ -147,7 +147,8 @@ def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source
     missing = []
     if tree["missing"]:
         from recovery.orient import missing_parents
-        for m in missing_parents(parent, wa.sq_l2, tree["missing_ratio"]):
+        tau = tree["sibling_tau"] if tree["missing_siblings"] else None
+        for m in missing_parents(parent, wa.sq_l2, tree["missing_ratio"], tree["missing_min_shared"], tau):
             missing.append({**m, "attached_to": wa.ids[m["attached_to"]], "models": [wa.ids[j] for j in m["models"]]})
     return clustering, parent, lambdas, tree_evidence, missing
 

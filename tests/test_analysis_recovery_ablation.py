@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from analysis import stage
-from analysis.experiments.recovery_ablation import choose
+from analysis.experiments.recovery_ablation import choose, choose_missing, missing_scores
 
 
 def test_recovery_ablation_toy(cfg_factory, tmp_path):
@@ -24,8 +24,14 @@ def test_recovery_ablation_toy(cfg_factory, tmp_path):
     table = pd.read_csv(out / "recovery_ablation_eval_none.csv")
     assert list(table["variant"]) == variants and {"FT", "LoRA-V", "mean"} <= set(table.columns)
     assert (out / "recovery_ablation.png").stat().st_size > 10_000
-    trials = [m for m in res["missing"] if m["dropped"] is not None]
+    trials = [m for m in res["missing"] if m["dropped"] is not None and m["split"] == "eval"]
     assert {m["graph"] for m in trials} == {"FT", "LoRA-V"} and all(m["children"] >= 2 for m in trials)
+    assert all(m["edge_rel"] > 0 for m in trials)
+    grid = res["missing_grid"]                        # every setting scored on the dev trials, one chosen
+    assert len(grid) > 1 and sum(g["chosen"] for g in grid) == 1 and all(0 <= g["f1"] <= 1 for g in grid)
+    best = next(g for g in grid if g["chosen"])
+    assert best["f1"] == max(g["f1"] for g in grid)
+    assert all(m["setting"] == {k: best[k] for k in m["setting"]} for m in res["missing"])
     assert all(isinstance(m["found"], bool) and m["false_groups"] >= 0 for m in trials)
     assert any(m["found"] for m in trials)        # synthetic children of a dropped node share its change
     missing = pd.read_csv(out / "recovery_ablation_missing_parents.csv")
@@ -40,3 +46,16 @@ def test_choose_takes_the_best_dev_mean_and_ignores_eval():
     rows += [{"split": "eval", "stages": "none", "variant": "paper", "graph": "A", "edge_accuracy": 1.0}]
     assert choose(rows, "none") == "x"                 # 0.75 (x) ties 0.75 (y): the earlier one wins
     assert choose(rows, "given") == "paper"            # no dev rows for that setting: the baseline
+
+
+def test_missing_setting_is_chosen_by_dev_f1():
+    def trial(setting, found, false_groups, dropped="m"):
+        return {"setting": setting, "dropped": dropped, "found": found, "false_groups": false_groups}
+
+    loose, strict = {"missing_ratio": 1.0}, {"missing_ratio": 0.5}
+    trials = [trial(loose, True, 3), trial(loose, True, 2), trial(loose, False, 0, dropped=None),
+              trial(strict, True, 0), trial(strict, False, 0), trial(strict, False, 0, dropped=None)]
+    assert missing_scores([t for t in trials if t["setting"] == loose]) == {
+        "found": 2, "trials": 2, "false_groups": 5, "f1": 4 / 9}
+    assert missing_scores([t for t in trials if t["setting"] == strict])["f1"] == 2 / 3
+    assert choose_missing(trials) == strict and choose_missing([]) == {}

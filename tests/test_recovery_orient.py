@@ -217,3 +217,25 @@ def test_truth_clusters_need_a_ground_truth(tmp_path):
         recover(write_flat(tmp_path / "flat", models), quiet=True, cluster={"n_trees": "truth"})
     with pytest.raises(ValueError, match="recovery.tree: unknown option"):
         recover(write_flat(tmp_path / "flat", models), quiet=True, tree={"orientation": "root"})
+
+
+def test_missing_parents_min_shared_and_chained_orphans():
+    """A small shared change (same task, not a missing model) is ignored with min_shared; orphans that recovery
+    chained onto one another (x -> b -> c) are found when the report first hangs c next to b (tau)."""
+    rng = np.random.default_rng(2)
+    dim = 4000
+    root = rng.standard_normal(dim)
+    common = 0.3 * rng.standard_normal(dim)            # a shared drift ~0.09 of an edge (squared)
+    kids = [root + common + rng.standard_normal(dim) for _ in range(2)]
+    other = root + rng.standard_normal(dim)
+    sq = _geometry({0: root, 1: kids[0], 2: kids[1], 3: other})
+    parent = np.array([-1, 0, 0, 0])
+    assert [f["models"] for f in missing_parents(parent, sq, ratio=1.0)] == [[1, 2]]
+    assert missing_parents(parent, sq, ratio=1.0, min_shared=0.25) == []
+    gone = root + rng.standard_normal(dim)
+    orphans = [gone + rng.standard_normal(dim) for _ in range(2)]
+    sq = _geometry({0: root, 1: orphans[0], 2: orphans[1], 3: other})
+    chained = np.array([-1, 0, 1, 0])                  # the second orphan hung on the first
+    assert missing_parents(chained, sq) == []
+    found = missing_parents(chained, sq, tau=0.5, min_shared=0.25)
+    assert [f["models"] for f in found] == [[1, 2]] and found[0]["attached_to"] == 0
