@@ -11,6 +11,12 @@ A cue turns per-layer values of every model into a pairwise vote matrix V (n, n)
       ||W0||^2: in effect the cue compares weight norms, with the init scale fixed per layer (std 1/sqrt(fan_in)).
       variance is the centred version (the descendant has the larger per-layer variance). Training with strong
       weight decay can shrink weights and break both; the ablation measures how often they hold.
+  centrality (family geometry, stage-free): a parent lies near the centre of its descendants. With independent
+      changes, squared distances add along the tree, so S(x) = sum_v ||x - v||^2 over the tree's models falls
+      toward the tree's weighted median: S(c) - S(p) = ||p - c||^2 (n - 2 |subtree(c)|) for an edge p -> c. The
+      ancestor is the more central model whenever the child's subtree holds less than half the tree -- true of
+      every edge of a bushy family rooted at its base model, false along a chain (pretraining checkpoints). It is
+      one value per model (not per layer), computed within each tree (`centrality`).
 
 `sum` reduces a cue like the paper (sign of the difference of the layer sums); `votes` lets each layer vote
 (mean of the per-layer signs), so one heavy-tailed layer cannot decide alone.
@@ -25,7 +31,7 @@ from common.seed import derive_seed
 from recovery.direction import _central_moments
 
 STAGE_CUES = ("kurtosis",)
-FREE_CUES = ("init_distance", "variance")
+FREE_CUES = ("init_distance", "variance", "centrality")
 CUES = STAGE_CUES + FREE_CUES
 REDUCE = ("sum", "votes")
 
@@ -50,6 +56,11 @@ def init_distance(y: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
     flat, w0 = y.reshape(len(y), -1), w0.ravel()
     sq = np.einsum("ij,ij->i", flat, flat, dtype=np.float64) - 2.0 * (flat @ w0).astype(np.float64)
     return np.sqrt(np.maximum(sq + float(w0 @ w0), 0.0))
+
+
+def centrality(sq: np.ndarray) -> np.ndarray:
+    """S(x) = sum of squared distances from each model to the others (n, n) -> (n, 1): lower is more central."""
+    return np.asarray(sq, dtype=np.float64).sum(axis=1, keepdims=True)
 
 
 def pair_votes(values: np.ndarray, reduce: str = "votes") -> np.ndarray:

@@ -100,10 +100,10 @@ def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[
 
     Returns the global parent array and, per cluster label, the evidence (root score, stage chosen, moves made).
     """
-    from recovery.cues import cue_matrices
+    from recovery.cues import centrality, cue_matrices
     from recovery.orient import best_rooting, place_siblings, spanning_edges
 
-    missing = sorted(set(k for k, w in opts["cues"].items() if w) - set(per_layer))
+    missing = sorted(set(k for k, w in opts["cues"].items() if w) - set(per_layer) - {"centrality"})
     if missing:
         raise ValueError(f"recovery.tree.cues {missing} need recovery.direction.cues=true (per-layer cue values); "
                          f"available: {sorted(per_layer)}")
@@ -119,7 +119,10 @@ def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[
             edges = [(int(min(j, p)), int(max(j, p))) for j, p in enumerate(local) if p >= 0]
         else:
             edges = spanning_edges(d[sub])
-        v_stage, v_free = cue_matrices({k: v[idx] for k, v in per_layer.items()}, opts["cues"], opts["cue_reduce"])
+        values = {k: v[idx] for k, v in per_layer.items()}
+        if opts["cues"].get("centrality"):
+            values["centrality"] = centrality(np.asarray(sq)[sub])   # within this tree only
+        v_stage, v_free = cue_matrices(values, opts["cues"], opts["cue_reduce"])
         sign = None if opts["stage"] == "auto" else np.where(gen[idx], -1.0, 1.0)
         local, _, ev = best_rooting(edges, len(idx), v_stage, v_free, sign, opts["max_hops"])
         if opts["siblings"]:

@@ -192,6 +192,18 @@ def test_recover_with_tree_consistent_orientation_and_cues(tmp_path):
     assert all(t["orientation"]["margin"] > 0 for t in trees) and res["tree"]["missing_parents"] == []
 
 
+def test_recover_with_centrality_alone(tmp_path):
+    """The centrality cue needs no per-layer values: direction.cues may stay off."""
+    from recovery.stage import recover
+    from tests.test_recovery_stage import synthetic_forest, write_flat, write_truth
+
+    models, edges = synthetic_forest(seed=3)
+    res = recover(write_flat(tmp_path / "flat", models), ground_truth=write_truth(tmp_path / "t.json", models, edges),
+                  quiet=True, plot=False, cluster={"n_trees": "truth"},
+                  tree={"orient": "root", "cues": {"centrality": 1.0}, "cue_reduce": "votes", "max_hops": 1})
+    assert res["metrics"]["edge_accuracy"] == 1.0
+
+
 def test_recover_reports_a_missing_parent(tmp_path):
     """Drop one internal model: its children hang on the grandparent, and the report names them."""
     from recovery.stage import recover
@@ -239,3 +251,28 @@ def test_missing_parents_min_shared_and_chained_orphans():
     assert missing_parents(chained, sq) == []
     found = missing_parents(chained, sq, tau=0.5, min_shared=0.25)
     assert [f["models"] for f in found] == [[1, 2]] and found[0]["attached_to"] == 0
+
+
+def test_centrality_roots_a_bushy_family_at_its_base_and_a_chain_in_its_middle():
+    """S(x) = sum of squared distances to the tree's models is lowest at the tree's weighted median: the base
+    model of a bushy family, but the middle of a chain (why it is one cue among others)."""
+    from recovery.cues import centrality, cue_matrices
+
+    rng = np.random.default_rng(3)
+    dim = 4000
+    vec = {0: rng.standard_normal(dim)}
+    for c in range(3):
+        vec[1 + c] = vec[0] + rng.standard_normal(dim)
+        for g in range(3):
+            vec[4 + 3 * c + g] = vec[1 + c] + rng.standard_normal(dim)
+    sq = _geometry(vec)
+    edges = spanning_edges(np.sqrt(sq))
+    _, v_free = cue_matrices({"centrality": centrality(sq)}, {"centrality": 1.0})
+    parent, _, _ = best_rooting(edges, len(vec), np.zeros_like(v_free), v_free, np.ones(len(vec)), max_hops=1)
+    truth = [-1, 0, 0, 0] + [1 + i // 3 for i in range(9)]
+    assert parent.tolist() == truth
+    chain = {0: rng.standard_normal(dim)}
+    for i in range(1, 5):
+        chain[i] = chain[i - 1] + rng.standard_normal(dim)
+    sq = _geometry(chain)
+    assert int(np.argmin(centrality(sq))) == 2
