@@ -31,7 +31,7 @@ def compute(cfg: DictConfig) -> dict:
 
     k = get_knobs(cfg, NAME)
     variants = OmegaConf.to_container(k.variants, resolve=True)
-    rows, missing, evaluated = [], [], []
+    rows, missing, grid, evaluated = [], [], [], []
     for split in ("dev", "eval"):
         for label, sub in (k.get(split) or {}).items():
             graph_dir = resolve_graph(cfg, sub.graph)
@@ -52,7 +52,7 @@ def compute(cfg: DictConfig) -> dict:
     if k.get("missing"):
         missing, grid = missing_parents_study(k.missing, evaluated, variants[str(k.missing.get("variant") or chosen)])
     return {"rows": rows, "chosen": chosen, "variants": variants, "select_stages": str(k.select_stages),
-            "missing": missing, "missing_grid": grid if k.get("missing") else []}
+            "missing": missing, "missing_grid": grid}
 
 
 def subset(wa, keep: list[str]):
