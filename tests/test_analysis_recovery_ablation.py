@@ -16,6 +16,7 @@ def test_recovery_ablation_toy(cfg_factory, tmp_path):
     rows = res["rows"]
     variants = list(res["variants"])
     assert variants[0] == "paper" and res["chosen"] in variants
+    assert res["chosen_by_stages"]["none"] == res["chosen"] and res["chosen_by_stages"]["given"] in variants
     assert {(r["split"], r["graph"]) for r in rows} == {("dev", "FT"), ("eval", "FT"), ("eval", "LoRA-V")}
     assert len(rows) == 3 * 2 * len(variants)          # graphs x stage settings x variants
     for r in rows:
