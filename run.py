@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig
 
+from common.errors import EXIT_USER_ERROR, UserError
 from common.paths import register_resolvers
 
 register_resolvers()
@@ -52,9 +55,21 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def full_errors(cfg: DictConfig) -> bool:
+    """True when user errors should keep their traceback (`debug=true` or HYDRA_FULL_ERROR=1)."""
+    return bool(cfg.get("debug")) or os.environ.get("HYDRA_FULL_ERROR", "").strip() == "1"
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_stages(cfg)
+    """Run the configured stages; a user error (bad input or option) ends in one message and exit status 2."""
+    try:
+        run_stages(cfg)
+    except UserError as e:
+        if full_errors(cfg):
+            raise
+        print(f"error: {e} [debug=true or HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

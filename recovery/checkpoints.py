@@ -6,6 +6,13 @@ Layouts understood (the model id is in brackets):
   * ``<dir>/<id>/model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``  [folder name]
   * ``<dir>/<id>/pytorch_model.bin`` (read with ``torch.load(weights_only=True)``)       [folder name]
   * a data_gen graph folder: ``<dir>/graph.json`` + ``<dir>/models/<id>.safetensors``, stages from graph.json
+  * a Hugging Face cache: ``<dir>/models--ORG--NAME/snapshots/REV/...``            [ORG/NAME] (recovery.hf)
+  * a PEFT adapter folder ``<dir>/<id>/adapter_model.safetensors`` + ``adapter_config.json``: read as its base
+    model (named in the config, found among the other models) with the LoRA update merged in    [folder name]
+  * a text file of Hugging Face repo ids, one a line (``ids.txt``): the weight files are downloaded (recovery.hub)
+
+A model that cannot be used (unreadable or truncated file, adapter without its base) is left out and listed in
+``Catalog.excluded`` with the reason; with ``strict=True`` it is an error instead.
 
 Safetensors files are read with our own small header parser and ``pread``-style reads instead of
 ``safetensors.safe_open``: ``safe_open`` memory-maps the file, and every page touched stays in the process's
@@ -23,10 +30,11 @@ import struct
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+from common.errors import InputError
 from common.io import read_json
 
 STAGES = ("generalization", "specialization")
@@ -43,8 +51,12 @@ _SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 _MAX_HEADER = 100 * 2**20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A model file or folder that cannot be used; the message names the file and the problem."""
+
+
+STRICT_HINT = ("recovery.strict=true makes this fatal: fix or remove the file, or run without recovery.strict=true "
+               "to leave the model out and recover the others")
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,8 @@ class ModelSource:
     path: Path                      # the file or folder the model came from (used in messages)
     files: list[Path]
     tensors: dict[str, TensorInfo]
-    fmt: str                        # "safetensors" | "torch"
+    fmt: str                        # "safetensors" | "torch" | "peft" (base model + merged LoRA, recovery.hf)
+    adapter: object | None = None   # recovery.hf.Adapter for fmt "peft"
 
 
 @dataclass
@@ -89,7 +102,8 @@ class Catalog:
     models: list[ModelSource]
     stages: dict[str, str]
     warnings: list[str] = field(default_factory=list)
-    layout: str = "files"           # "files" | "graph"
+    layout: str = "files"           # "files" | "graph" | "hub ids"
+    excluded: dict[str, str] = field(default_factory=dict)   # id -> why it cannot be used (names the file)
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -159,13 +173,19 @@ def _torch_load(path: Path) -> dict:
     return sd
 
 
-def _model_from_folder(d: Path) -> ModelSource | None:
-    """A Hugging Face-style model folder, or None when `d` holds no known weight file."""
+def model_from_folder(d: Path, mid: str | None = None) -> "ModelSource | object | None":
+    """A Hugging Face-style model folder (id `mid`, default the folder name), a PEFT adapter folder (returned as a
+    recovery.hf.AdapterFolder, resolved against its base later), or None when `d` holds no known weight file."""
+    mid = mid or d.name
     index = d / "model.safetensors.index.json"
     if (d / "model.safetensors").is_file():
         files = [d / "model.safetensors"]
     elif index.is_file():
-        wm = read_json(index).get("weight_map")
+        try:
+            wm = read_json(index)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(str(e)) from None
+        wm = wm.get("weight_map") if isinstance(wm, dict) else None
         if not isinstance(wm, dict) or not wm:
             raise CheckpointError(f"{index}: no 'weight_map' in the shard index")
         files = sorted({d / f for f in wm.values()})
@@ -174,16 +194,17 @@ def _model_from_folder(d: Path) -> ModelSource | None:
             raise CheckpointError(f"{index}: shard files listed in the index are missing: {missing}")
     elif (d / "pytorch_model.bin").is_file():
         f = d / "pytorch_model.bin"
-        return ModelSource(d.name, d, [f], _torch_header(f), "torch")
+        return ModelSource(mid, d, [f], _torch_header(f), "torch")
     else:
-        return None
+        from recovery.hf import adapter_folder  # PEFT adapters: resolved once every base model is known
+        return adapter_folder(d, mid)
     tensors: dict[str, TensorInfo] = {}
     for f in files:
         for k, v in read_safetensors_header(f).items():
             if k in tensors:
                 raise CheckpointError(f"{d}: tensor {k!r} appears in both {tensors[k].file.name} and {f.name}")
             tensors[k] = v
-    return ModelSource(d.name, d, files, tensors, "safetensors")
+    return ModelSource(mid, d, files, tensors, "safetensors")
 
 
 def _check_stage(value, source: str, mid: str) -> str:
@@ -193,59 +214,134 @@ def _check_stage(value, source: str, mid: str) -> str:
     return s
 
 
-def discover(path: str | os.PathLike, stages_file: str | os.PathLike | None = None) -> Catalog:
-    """Find every model in `path` (see module doc), validate each file's header and resolve each model's stage."""
+# One candidate model: (id, where it is, a loader returning the model, an adapter folder, or None for "not a model")
+Entry = tuple[str, Path, Callable[[], object]]
+
+
+def _folder_entries(search: Path, notes: list[str]) -> list[Entry]:
+    """The candidate models in a folder: flat safetensors files, model folders, adapter folders, HF cache repos."""
+    from recovery.hf import cache_entry, cache_repo_id
+
+    entries: list[Entry] = []
+    for p in sorted(search.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix == ".safetensors" and not _SHARD.match(p.name):
+            entries.append((p.stem, p, lambda p=p: ModelSource(p.stem, p, [p], read_safetensors_header(p),
+                                                               "safetensors")))
+        elif p.is_dir() and cache_repo_id(p) is not None:
+            entries.append((cache_repo_id(p), p, lambda p=p: cache_entry(p, notes)))
+        elif p.is_dir():
+            entries.append((p.name, p, lambda p=p: model_from_folder(p)))
+    return entries
+
+
+def _is_single_model(root: Path) -> bool:
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json")
+    return any((root / n).is_file() for n in names)
+
+
+def discover(path: str | os.PathLike, stages_file: str | os.PathLike | None = None, strict: bool = False) -> Catalog:
+    """Find every model in `path` (see module doc), validate each file's header and resolve each model's stage.
+
+    A model that cannot be used is listed in `Catalog.excluded` (or, with `strict`, raises CheckpointError).
+    Fewer than two usable models is an error.
+    """
     root = Path(path)
     if not root.exists():
-        raise CheckpointError(f"{root}: folder not found")
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: not a folder (point recovery at a folder holding two or more models)")
-    warnings: list[str] = []
+        raise CheckpointError(f"{root}: folder not found (input= must be a folder of models or a file of "
+                              f"Hugging Face repo ids)")
+    notes: list[str] = []
     graph_stages: dict[str, str] = {}
     layout = "files"
-    if (root / "graph.json").is_file() and (root / "models").is_dir():
+    if root.is_file():
+        if root.suffix.lower() not in (".txt", ".list", ".ids"):
+            raise CheckpointError(f"{root}: not a folder (point recovery at a folder holding two or more models, "
+                                  f"or at a .txt file of Hugging Face repo ids, one a line)")
+        from recovery.hub import hub_entries
+        layout, search, entries = "hub ids", root, hub_entries(root, notes)
+    elif (root / "graph.json").is_file() and (root / "models").is_dir():
         layout, search = "graph", root / "models"
         graph = read_json(root / "graph.json")
         for mid, st in (graph.get("stage") or {}).items():
             graph_stages[mid] = _check_stage(st, str(root / "graph.json"), mid)
+        entries = _folder_entries(search, notes)
     else:
         search = root
-        if (root / "model.safetensors").is_file() or (root / "model.safetensors.index.json").is_file() \
-                or (root / "pytorch_model.bin").is_file():
-            raise CheckpointError(f"{root}: this folder is a single model; recovery needs a folder of two or more models")
-    models: dict[str, ModelSource] = {}
-    for p in sorted(search.iterdir()):
-        m = None
-        if p.is_file() and p.suffix == ".safetensors" and not _SHARD.match(p.name):
-            m = ModelSource(p.stem, p, [p], read_safetensors_header(p), "safetensors")
-        elif p.is_dir():
-            m = _model_from_folder(p)
-        if m is None:
-            continue
-        if m.id in models:
-            raise CheckpointError(f"{root}: two models share the id {m.id!r} ({models[m.id].path.name} and {p.name})")
-        models[m.id] = m
-    if not models:
-        raise CheckpointError(f"{search}: no models found (expected *.safetensors files or model folders "
-                              f"with model.safetensors / sharded safetensors / pytorch_model.bin)")
+        if _is_single_model(root):
+            raise CheckpointError(f"{root}: this folder is a single model; recovery needs a folder of two or more "
+                                  f"models (point input= at the folder that holds it and its relatives)")
+        entries = _folder_entries(search, notes)
+    models, excluded, adapters = _load_entries(entries, root, strict)
+    if adapters:
+        from recovery.hf import resolve_adapter
+        for a in adapters:
+            try:
+                models[a.id] = resolve_adapter(a, {k: m for k, m in models.items() if m.adapter is None})
+            except CheckpointError as e:
+                _exclude(excluded, a.id, str(e), strict)
+    if not models and not excluded:
+        raise CheckpointError(f"{search}: no models found (expected *.safetensors files, model folders with "
+                              f"model.safetensors / sharded safetensors / pytorch_model.bin, PEFT adapter folders, "
+                              f"or a Hugging Face cache folder holding models--ORG--NAME)")
     if len(models) < 2:
-        only = next(iter(models.values()))
-        raise CheckpointError(f"{search}: only one model found ({only.path}); recovery needs two or more")
+        if not excluded:
+            only = next(iter(models.values()))
+            raise CheckpointError(f"{search}: only one model found ({only.path}); recovery needs two or more")
+        raise CheckpointError(f"{search}: fewer than two usable models ({len(models)} usable: {sorted(models)}); "
+                              f"left out: " + "; ".join(f"{k}: {v}" for k, v in excluded.items()))
     stages = {mid: graph_stages.get(mid, DEFAULT_STAGE) for mid in models}
     if stages_file is not None:
         sf = Path(stages_file)
-        given = read_json(sf)
+        try:
+            given = read_json(sf)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"stages_file={sf}: {e}") from None
         if not isinstance(given, dict):
             raise CheckpointError(f"{sf}: a stages file must be a JSON object {{model id: stage}}")
         unknown = sorted(set(given) - set(models))
         if unknown:
-            warnings.append(f"{sf}: ids not among the models in {search} were ignored: {unknown[:10]}"
-                            + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
+            notes.append(f"{sf}: ids not among the models in {search} were ignored: {unknown[:10]}"
+                         + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
         for mid, st in given.items():
             if mid in models:
                 stages[mid] = _check_stage(st, str(sf), mid)
     ordered = [models[k] for k in sorted(models)]
-    return Catalog(root, ordered, stages, warnings, layout)
+    return Catalog(root, ordered, stages, notes, layout, excluded)
+
+
+def _exclude(excluded: dict[str, str], mid: str, reason: str, strict: bool) -> None:
+    """Record why model `mid` is left out, or raise with `strict`."""
+    if strict:
+        raise CheckpointError(f"{reason}; {STRICT_HINT}")
+    excluded[mid] = reason
+
+
+def _load_entries(entries: list[Entry], root: Path, strict: bool
+                  ) -> tuple[dict[str, ModelSource], dict[str, str], list]:
+    """Load each candidate; unusable ones go to `excluded` (id -> reason), adapter folders are returned apart."""
+    models: dict[str, ModelSource] = {}
+    excluded: dict[str, str] = {}
+    adapters: list = []
+    seen: dict[str, Path] = {}
+    for mid, where, load in entries:
+        if mid in seen:
+            raise CheckpointError(f"{root}: two models share the id {mid!r} ({seen[mid].name} and {where.name}); "
+                                  f"rename one of them")
+        try:
+            m = load()
+        except CheckpointError as e:
+            seen[mid] = where
+            _exclude(excluded, mid, str(e), strict)
+            continue
+        if m is None:
+            continue
+        seen[mid] = where
+        if isinstance(m, ModelSource):
+            models[mid] = m
+        else:
+            adapters.append(m)
+    return models, excluded, adapters
 
 
 class ModelReader:
@@ -256,9 +352,18 @@ class ModelReader:
         self._stack = ExitStack()
         self._files: dict[Path, object] = {}
         self._sd: dict | None = None
+        self._base: ModelReader | None = None
+        self._patches: dict = {}
 
     def __enter__(self) -> "ModelReader":
-        if self.model.fmt == "torch":
+        if self.model.adapter is not None:   # base model's tensors + the adapter's update (recovery.hf)
+            try:
+                self._base = self._stack.enter_context(ModelReader(self.model.adapter.base))
+                self._patches = self.model.adapter.load()
+            except BaseException:
+                self._stack.close()
+                raise
+        elif self.model.fmt == "torch":
             self._sd = _torch_load(self.model.files[0])
         else:
             for f in self.model.files:
@@ -271,10 +376,16 @@ class ModelReader:
     def __exit__(self, *exc) -> None:
         self._stack.close()
         self._sd = None
+        self._base, self._patches = None, {}
 
     def get(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         """Tensor `name` as float32 (float64 stays float64), into `out` (flat, right size) when given."""
         info = self.model.tensors[name]
+        if self._base is not None:
+            arr = self._base.get(name, out)
+            if name in self._patches:
+                arr[...] = self._patches[name].apply(arr)
+            return arr
         if self._sd is not None:
             t = self._sd[name].detach()
             arr = (t.double() if t.dtype.is_floating_point and t.element_size() == 8 else t.float()).numpy().reshape(-1)

@@ -14,6 +14,8 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from common.errors import ConfigError
+
 LINKAGES = ("single", "complete", "average", "weighted", "centroid", "median", "ward")
 
 
@@ -42,7 +44,7 @@ def cluster_trees(distance: np.ndarray, n_trees: int | str = "auto", linkage: st
     d = _check_distance(distance)
     n = d.shape[0]
     if linkage not in LINKAGES:
-        raise ValueError(f"unknown linkage {linkage!r}; choose one of {LINKAGES}")
+        raise ConfigError(f"unknown linkage {linkage!r}; choose one of {LINKAGES}")
     if n == 1:
         return Clustering(np.zeros(1, dtype=int), 1, {"rule": "one model", "heights": []})
     z = hierarchy.linkage(squareform(d, checks=False), method=linkage)
@@ -85,9 +87,9 @@ def _known_k(n_trees: int | str, n: int) -> int:
     try:
         k = int(n_trees)
     except (TypeError, ValueError):
-        raise ValueError(f"n_trees must be a positive integer or 'auto', got {n_trees!r}") from None
+        raise ConfigError(f"n_trees must be a positive integer or 'auto', got {n_trees!r}") from None
     if not 1 <= k <= n:
-        raise ValueError(f"n_trees={k} is impossible with {n} models")
+        raise ConfigError(f"n_trees={k} is impossible with {n} models")
     return k
 
 

@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from common.errors import InputError
 from common.io import read_json
+
+
+class GraphError(InputError):
+    """A ground-truth graph file that cannot be used; the message names the file and the problem."""
 
 
 @dataclass
@@ -38,43 +43,46 @@ def load_graph(path: str | Path) -> Graph:
     """Read and check a graph JSON: data_gen's graph.json, or a tree.json (edges as {"parent", "child"} dicts).
 
     Raises:
-        ValueError: naming the file, when the schema is wrong or the edges do not form a forest.
+        GraphError: naming the file, when it is missing, the schema is wrong or the edges do not form a forest.
     """
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise GraphError(f"ground truth: {e}") from None
     return parse_graph(data, source=str(path))
 
 
 def parse_graph(data: dict, source: str = "ground truth") -> Graph:
     """Build a Graph from already-loaded JSON, checking it is a forest over its node list."""
     if not isinstance(data, dict) or "nodes" not in data or "edges" not in data:
-        raise ValueError(f"{source}: expected a JSON object with 'nodes' and 'edges'")
+        raise GraphError(f"{source}: expected a JSON object with 'nodes' and 'edges'")
     nodes = [n["id"] if isinstance(n, dict) else n for n in data["nodes"]]
     if not all(isinstance(n, str) for n in nodes):
-        raise ValueError(f"{source}: 'nodes' must be id strings (or objects with an 'id')")
+        raise GraphError(f"{source}: 'nodes' must be id strings (or objects with an 'id')")
     if len(set(nodes)) != len(nodes):
         dup = sorted({n for n in nodes if nodes.count(n) > 1})
-        raise ValueError(f"{source}: duplicate node ids {dup[:5]}")
+        raise GraphError(f"{source}: duplicate node ids {dup[:5]}")
     edges = []
     for e in data["edges"]:
         pair = (e.get("parent"), e.get("child")) if isinstance(e, dict) else tuple(e)
         if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
-            raise ValueError(f"{source}: bad edge {e!r}; expected [parent, child]")
+            raise GraphError(f"{source}: bad edge {e!r}; expected [parent, child]")
         edges.append(pair)
     known = set(nodes)
     unknown = sorted({x for e in edges for x in e} - known)
     if unknown:
-        raise ValueError(f"{source}: edges name ids missing from 'nodes': {unknown[:5]}")
+        raise GraphError(f"{source}: edges name ids missing from 'nodes': {unknown[:5]}")
     children = [c for _, c in edges]
     twice = sorted({c for c in children if children.count(c) > 1})
     if twice:
-        raise ValueError(f"{source}: not a forest, nodes with more than one parent: {twice[:5]}")
+        raise GraphError(f"{source}: not a forest, nodes with more than one parent: {twice[:5]}")
     graph = Graph(nodes, edges, source)
     parent = dict((c, p) for p, c in edges)
     for node in nodes:
         seen, x = set(), node
         while x in parent:
             if x in seen:
-                raise ValueError(f"{source}: edges form a cycle through {x!r}")
+                raise GraphError(f"{source}: edges form a cycle through {x!r}")
             seen.add(x)
             x = parent[x]
     return graph
@@ -95,13 +103,13 @@ def evaluate(ids: list[str], edges: list[tuple[str, str]], clusters: list[int],
         (the score stays over all ground-truth edges); ids absent from the ground truth are warned about.
 
     Raises:
-        ValueError: when no id is shared, which means the wrong ground truth file or folder.
+        GraphError: when no id is shared, which means the wrong ground truth file or folder.
     """
     present, known = set(ids), set(truth.nodes)
     missing = sorted(known - present)
     extra = sorted(present - known)
     if not present & known:
-        raise ValueError(f"{truth.source}: none of its {len(known)} node ids appear among the {len(present)} "
+        raise GraphError(f"{truth.source}: none of its {len(known)} node ids appear among the {len(present)} "
                          f"recovered models (e.g. {sorted(known)[:3]} vs {sorted(present)[:3]}); "
                          "wrong ground-truth file for this input?")
     warnings = []

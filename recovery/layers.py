@@ -11,6 +11,10 @@ Kinds (for 2-D ``weight`` matrices unless said otherwise):
   all                 every floating tensor (biases, norms and embeddings included)
 A ``regex`` further restricts the chosen kinds to tensor names it matches (``re.search``); use ``kinds: [all]``
 to select by regex alone.
+
+Fallback (``choose_layers``): the named kinds follow timm / Hugging Face naming. When the preferred kinds match no
+tensor of the models at hand (a plain MLP's ``layers.0.weight``, a transformer with its own names), the widest
+sensible set is used instead: every 2-D weight (heads excluded), then every weight matrix or kernel (``conv`` too).
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from common.errors import ConfigError
 from recovery.checkpoints import CheckpointError, ModelSource
 
 KINDS = ("query", "key", "value", "attn_out", "mlp", "dense", "square_2d", "all_2d", "conv", "all")
 HEAD_PATTERN = r"(^|\.)(head|heads|fc|classifier|lm_head|logits|score)(\.|$)"
+FALLBACK_KINDS: tuple[tuple[str, ...], ...] = (("all_2d",), ("all_2d", "conv"))
 
 _NAMED = {
     "query": re.compile(r"(^|\.)(query|q_proj|q|to_q|wq|q_lin)$"),
@@ -36,6 +42,10 @@ _NAMED = {
                       r"|(^|\.)(fc1|fc2|lin1|lin2|w1|w2|w3|gate_proj|up_proj|down_proj))$"),
 }
 _FUSED = re.compile(r"(^|\.)(qkv\.weight|in_proj_weight)$")
+
+
+class NoLayerError(CheckpointError):
+    """No tensor matches the chosen kinds / regex in every model."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,21 @@ def split_architectures(models: list[ModelSource]) -> tuple[list[ModelSource], d
             kept.append(m)
         else:
             excluded[m.id] = (f"{m.path}: different architecture (holds {share:.0%} of the parameters shared by the "
-                              f"other models)")
+                              f"other models{_first_difference(m, core)})")
     if len(kept) < 2:
         raise CheckpointError("fewer than two models share an architecture: " + "; ".join(excluded.values()))
     return kept, excluded
+
+
+def _first_difference(model: ModelSource, core: set[tuple[str, tuple[int, ...]]]) -> str:
+    """"; e.g. x.weight is [8, 4] here, [16, 4] in the others" for the first core tensor `model` lacks or reshapes."""
+    for name, shape in sorted(core, key=lambda k: _natural(k[0])):
+        info = model.tensors.get(name)
+        if info is None:
+            return f"; e.g. it has no {name}"
+        if info.shape != shape:
+            return f"; e.g. {name} is {list(info.shape)} here, {list(shape)} in the others"
+    return ""
 
 
 def _natural(name: str):
@@ -127,7 +148,7 @@ def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",),
     kinds = list(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
-        raise ValueError(f"unknown layer kind(s) {bad}; choose from {list(KINDS)}")
+        raise ConfigError(f"unknown layer kind(s) {bad}; choose from {list(KINDS)}")
     rx = re.compile(regex) if regex else None
     wanted = set(kinds)
     if "dense" in wanted:
@@ -162,7 +183,7 @@ def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",),
         else:
             layers.extend(Layer(f"{name}[{k[0]}]", name, rows) for k, rows in parts)
     if not layers:
-        raise CheckpointError(f"no layer matches kinds={kinds} regex={regex!r} in all {len(models)} models "
+        raise NoLayerError(f"no layer matches kinds={kinds} regex={regex!r} in all {len(models)} models "
                               f"({len(dropped)} candidates dropped: {dict(list(dropped.items())[:5])})")
     return layers, dropped
 
@@ -172,3 +193,28 @@ def numel(layer: Layer, models: list[ModelSource]) -> int:
     shape = models[0].tensors[layer.tensor].shape
     n = int(np.prod(shape, dtype=np.int64))
     return n if layer.rows is None else n // shape[0] * (layer.rows[1] - layer.rows[0])
+
+
+def choose_layers(models: list[ModelSource], kinds: Iterable[str], regex: str | None = None,
+                  exclude_heads: bool = True, fallback: bool = True
+                  ) -> tuple[list[Layer], dict[str, str], list[str] | None]:
+    """select_layers, falling back to FALLBACK_KINDS when the preferred kinds match nothing.
+
+    Returns (layers, dropped, the kinds used when it fell back, else None). A regex that matches nothing, or
+    `fallback=False`, keeps the error: the user asked for those tensors by name.
+    """
+    try:
+        layers, dropped = select_layers(models, kinds, regex, exclude_heads)
+        return layers, dropped, None
+    except NoLayerError as e:
+        if not fallback or regex:
+            raise NoLayerError(f"{e}; choose other layers (recovery.layers / recovery.direction kinds or regex)"
+                               + ("" if regex else " or drop +recovery.layers.fallback=false")) from None
+    for wider in FALLBACK_KINDS:
+        try:
+            layers, dropped = select_layers(models, wider, None, exclude_heads)
+            return layers, dropped, list(wider)
+        except NoLayerError:
+            continue
+    raise NoLayerError(f"no weight matrix or kernel (kinds {list(FALLBACK_KINDS[-1])}) has the same name and shape "
+                       f"in all {len(models)} models ({models[0].path} ...); the models share no comparable layer")

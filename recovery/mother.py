@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.errors import ConfigError
 from recovery.mdst import min_arborescence
 
 
@@ -82,13 +83,13 @@ def tree_options(given: dict | None) -> dict:
     given = dict(given or {})
     unknown = sorted(set(given) - set(TREE_DEFAULTS))
     if unknown:
-        raise ValueError(f"recovery.tree: unknown option(s) {unknown}; known: {sorted(TREE_DEFAULTS)}")
+        raise ConfigError(f"recovery.tree: unknown option(s) {unknown}; known: {sorted(TREE_DEFAULTS)}")
     t = {**TREE_DEFAULTS, **given}
     allowed = {"orient": ("edges", "root"), "structure": ("mst", "mdst"), "stage": ("given", "auto"),
                "cue_reduce": ("sum", "votes")}
     for key, values in allowed.items():
         if t[key] not in values:
-            raise ValueError(f"recovery.tree.{key} must be one of {values}, got {t[key]!r}")
+            raise ConfigError(f"recovery.tree.{key} must be one of {values}, got {t[key]!r}")
     t["cues"] = {str(k): float(v) for k, v in dict(t["cues"]).items()}
     return t
 
@@ -105,7 +106,7 @@ def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[
 
     missing = sorted(set(k for k, w in opts["cues"].items() if w) - set(per_layer) - {"centrality"})
     if missing:
-        raise ValueError(f"recovery.tree.cues {missing} need recovery.direction.cues=true (per-layer cue values); "
+        raise ConfigError(f"recovery.tree.cues {missing} need recovery.direction.cues=true (per-layer cue values); "
                          f"available: {sorted(per_layer)}")
     d = np.asarray(distance, dtype=np.float64)
     gen = np.asarray(generalization, dtype=bool)

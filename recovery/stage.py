@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from common.errors import ConfigError, InputError
 from common.io import write_json
 from recovery.cluster import cluster_trees
 from recovery.evaluate import evaluate, load_graph
@@ -27,10 +28,11 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Stage entry: recover the forest of `cfg.input` into `cfg.output_dir` with the options in `cfg.recovery`."""
     if "input" not in cfg or OmegaConf.is_missing(cfg, "input") or not cfg.input:
-        raise ValueError("recovery: no input folder given; run `python run.py +experiment=recover input=PATH` "
-                         "with PATH a folder of *.safetensors models, Hugging Face model folders or a data_gen graph")
+        raise ConfigError("recovery: no input folder given; run `python run.py +experiment=recover input=PATH` "
+                          "with PATH a folder of *.safetensors models, Hugging Face model folders or a Hugging Face "
+                          "cache, a data_gen graph, or a .txt file of Hugging Face repo ids")
     if "recovery" not in cfg:
-        raise ValueError("recovery: config has no 'recovery' options group (conf/recovery/paper.yaml)")
+        raise ConfigError("recovery: config has no 'recovery' options group (conf/recovery/paper.yaml)")
     options = OmegaConf.to_container(cfg.recovery, resolve=True)
     output_dir = cfg.get("output_dir") or cfg.paths.output_dir
     return recover(cfg.input, ground_truth=cfg.get("ground_truth"), output_dir=output_dir,
@@ -40,7 +42,7 @@ def run(cfg: DictConfig) -> dict:
 def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_dir: str | Path | None = None,
             stages_file: str | Path | None = None, layers: Mapping | None = None, distance: Mapping | None = None,
             direction: Mapping | None = None, cluster: Mapping | None = None, tree: Mapping | None = None,
-            plot: bool = True, seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+            plot: bool = True, seed: int = 0, quiet: bool = False, strict: bool = False) -> dict[str, Any]:
     """Recover the Model Graph of the models in `path`.
 
     Args:
@@ -55,6 +57,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         plot: draw tree.png when writing output.
         seed: the run's seed, recorded (recovery itself is deterministic).
         quiet: do not print the summary.
+        strict: any model that cannot be used (unreadable, NaN/Inf, another architecture, a duplicate) is an error;
+            by default it is left out with a warning and listed under `excluded` in tree.json.
 
     Returns:
         {"tree": tree.json dict, "metrics": metrics dict or None, "paths": {name: file}, "warnings": [...]}.
@@ -66,10 +70,11 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     tree = tree_options(tree)
     truth = load_graph(ground_truth) if ground_truth else None  # fail on a bad ground truth before any reading
     if cluster["n_trees"] == "truth" and truth is None:
-        raise ValueError("recovery.cluster.n_trees=truth (recover each known tree, the paper's Table 1 protocol) "
-                         "needs ground_truth=FILE")
+        raise ConfigError("recovery.cluster.n_trees=truth (recover each known tree, the paper's Table 1 protocol) "
+                          "needs ground_truth=FILE")
     t0 = time.perf_counter()
-    wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction)
+    wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction,
+                        strict=strict)
     t_weights = time.perf_counter() - t0
 
     clustering, parent, lambdas, tree_evidence, missing = solve(wa, cluster=cluster, tree=tree, truth=truth,
@@ -77,7 +82,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     ids = wa.ids
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
     rank_tol = {"rank_tol": distance["rank_tol"]} if "rank_tol" in distance else {}
-    relations = edge_relations(path, edges, layers=layers, **rank_tol) if edges else {}
+    relations = edge_relations(path, edges, layers=layers, sources=wa.sources, selected=wa.selected,
+                               **rank_tol) if edges else {}
     warnings = list(wa.warnings) + ([clustering.evidence["warning"]] if "warning" in clustering.evidence else [])
     warnings += [f"models {m['models']} share a change that {m['attached_to']} lacks: their true parent is probably "
                  f"missing from the folder (or they are same-recipe siblings); missing edge ~{m['missing_edge_l2']:.3g} "
@@ -88,7 +94,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     doc.update(input=str(path), seed=seed, warnings=warnings, timings={"weights_s": t_weights,
                "total_s": time.perf_counter() - t0},
                options={"layers": layers, "distance": distance, "direction": direction, "cluster": cluster,
-                        "tree": tree, "stages_file": str(stages_file) if stages_file else None})
+                        "tree": tree, "stages_file": str(stages_file) if stages_file else None, "strict": strict})
     metrics = None
     if truth is not None:
         metrics, eval_warnings = evaluate(ids, edges, clustering.labels.tolist(), truth)
@@ -106,6 +112,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     if output_dir is not None:
         out = Path(output_dir)
         paths["tree"] = str(write_json(out / "tree.json", _jsonable(doc)))
+        from recovery.export import write_exports
+        paths.update(write_exports(_jsonable(doc), out))
         if metrics is not None:
             paths["metrics"] = str(write_json(out / "metrics.json", _jsonable(metrics)))
         if plot:
@@ -160,7 +168,7 @@ def truth_clusters(ids: list[str], truth: Any, source: Any) -> Any:
     root_of = truth.roots()
     missing = [i for i in ids if i not in root_of]
     if missing:
-        raise ValueError(f"{source}: n_trees=truth, but models {missing[:5]} are not in the ground truth")
+        raise InputError(f"{source}: n_trees=truth, but models {missing[:5]} are not in the ground truth")
     order: dict[str, int] = {}
     labels = np.array([order.setdefault(root_of[i], len(order)) for i in ids])
     return Clustering(labels, len(order), {"rule": "n_trees=truth: the ground truth's trees (paper protocol)",
@@ -170,18 +178,21 @@ def truth_clusters(ids: list[str], truth: Any, source: Any) -> Any:
 def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, float],
               relations: Mapping[tuple[str, str], str], tree_evidence: Mapping[int, dict] | None = None) -> dict:
     """The tree.json dict (see docs/DESIGN.md) from the analysis and the recovered parent array."""
+    from recovery.export import SCHEMA_VERSION, model_card_lines
+
     ids = wa.ids
     depth = depths(parent)
     nodes, edges = [], []
     for j, node in enumerate(ids):
-        entry = {"id": node, "cluster": int(clustering.labels[j]), "direction_score": float(wa.direction[j]),
-                 "stage": wa.stages[node], "root": bool(parent[j] < 0), "depth": int(depth[j]),
-                 "direction_per_layer": np.asarray(wa.direction_per_layer[j]).tolist()}
+        entry = {"id": node, "ids": [node, *wa.aliases.get(node, [])], "cluster": int(clustering.labels[j]),
+                 "direction_score": float(wa.direction[j]), "stage": wa.stages[node], "root": bool(parent[j] < 0),
+                 "depth": int(depth[j]), "direction_per_layer": np.asarray(wa.direction_per_layer[j]).tolist()}
         if parent[j] >= 0:
             edge = (ids[parent[j]], node)
             entry.update(base_model=edge[0], base_model_relation=relations.get(edge, "finetune"))
             edges.append({"parent": edge[0], "child": node, "distance": float(wa.distance[parent[j], j]),
                           "l2": float(wa.l2[parent[j], j]), "base_model_relation": entry["base_model_relation"]})
+        entry["model_card"] = model_card_lines(entry)
         nodes.append(entry)
     trees = []
     for k in range(clustering.n_clusters):
@@ -195,10 +206,11 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
                 move.update({key: ids[move[key]] for key in ("node", "from", "to")})
             entry["orientation"] = ev
         trees.append(entry)
-    return {"nodes": nodes, "edges": edges, "trees": trees, "distance_metric": wa.distance_metric,
-            "direction_stat": wa.direction_stat, "direction_layers": list(wa.direction_layers),
-            "layers": list(wa.layers), "dropped": dict(wa.dropped), "excluded": dict(wa.excluded),
-            "clustering": clustering.evidence, "info": wa.info}
+    return {"schema_version": SCHEMA_VERSION, "nodes": nodes, "edges": edges, "trees": trees,
+            "distance_metric": wa.distance_metric, "direction_stat": wa.direction_stat,
+            "direction_layers": list(wa.direction_layers), "layers": list(wa.layers),
+            "layer_selection": dict(wa.layer_selection), "dropped": dict(wa.dropped), "excluded": dict(wa.excluded),
+            "aliases": dict(wa.aliases), "clustering": clustering.evidence, "info": wa.info}
 
 
 def summary(doc: dict, metrics: dict | None, paths: Mapping[str, str]) -> str:

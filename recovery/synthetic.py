@@ -37,6 +37,27 @@ def vit_shapes(dim: int = 768, depth: int = 12, mlp_ratio: int = 4, num_classes:
     return s
 
 
+def mlp_shapes(widths: tuple[int, ...] = (16, 32, 32, 10)) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a plain ``nn.Sequential`` MLP of Linear layers: ``layers.K.weight`` / ``layers.K.bias``."""
+    s: dict[str, tuple[int, ...]] = {}
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        s[f"layers.{2 * k}.weight"] = (b, a)
+        s[f"layers.{2 * k}.bias"] = (b,)
+    return s
+
+
+def tiny_transformer_shapes(dim: int = 16, depth: int = 2, vocab: int = 50) -> dict[str, tuple[int, ...]]:
+    """A transformer with its own names (``blocks.0.attn.q.weight``, ``blocks.0.ff.0.weight`` ...), unlike timm's."""
+    s: dict[str, tuple[int, ...]] = {"embed.weight": (vocab, dim)}
+    for b in range(depth):
+        p = f"blocks.{b}."
+        for q in ("q", "k", "v", "o"):
+            s[p + f"attn.{q}.weight"] = (dim, dim)
+        s.update({p + "ln.weight": (dim,), p + "ff.0.weight": (2 * dim, dim), p + "ff.2.weight": (dim, 2 * dim)})
+    s["out.weight"] = (vocab, dim)
+    return s
+
+
 def random_weights(shapes: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Heavy-tailed random weights (Student t), float32, like a pre-trained model's."""
     return {k: (0.02 * rng.standard_t(5, size=v)).astype(np.float32) for k, v in shapes.items()}

@@ -15,15 +15,16 @@ from typing import Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.errors import ConfigError
 from common.io import sha256_file
-from recovery.checkpoints import CheckpointError, discover, iter_stacked, open_all
+from recovery.checkpoints import STRICT_HINT, CheckpointError, ModelSource, discover, iter_stacked, open_all
 from recovery.cues import init_distance, layer_moments, stats_from_moments
 from recovery.direction import STATS, stack_stat
 from recovery.distances import as_matrix, direct_ranks, layer_ranks, pairwise_sq_dists, reduce_ranks
-from recovery.layers import Layer, numel, select_layers, split_architectures
+from recovery.layers import Layer, choose_layers, numel, split_architectures
 
 METRICS = ("l2", "rms", "lora_rank", "auto")
-LAYER_DEFAULTS = {"kinds": ["all_2d"], "regex": None, "exclude_heads": True}
+LAYER_DEFAULTS = {"kinds": ["all_2d"], "regex": None, "exclude_heads": True, "fallback": True}
 DISTANCE_DEFAULTS = {"metric": "auto", "rank_tol": "weight", "rank_reduce": "max", "low_rank_share": 0.5, "seed": 0}
 DIRECTION_DEFAULTS = {"stat": "kurtosis", "kinds": ["dense"], "regex": None, "cues": False, "seed": 0}
 
@@ -47,13 +48,17 @@ class WeightAnalysis:
     info: dict = field(default_factory=dict)
     sq_l2: np.ndarray | None = None          # squared Euclidean distance over all distance tensors
     cues: dict[str, np.ndarray] = field(default_factory=dict)   # cue -> (n, direction layers), recovery.cues
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # kept id -> ids of its byte/weight duplicates
+    layer_selection: dict = field(default_factory=dict)          # per role: kinds asked, kinds used, fallback
+    sources: list[ModelSource] = field(default_factory=list)     # the models kept, in `ids` order
+    selected: list[Layer] = field(default_factory=list)          # the distance layers (edge_relations reuses them)
 
 
 def _options(given: Mapping, defaults: dict, what: str) -> dict:
     given = dict(given or {})
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ValueError(f"recovery.{what}: unknown option(s) {unknown}; known: {sorted(defaults)}")
+        raise ConfigError(f"recovery.{what}: unknown option(s) {unknown}; known: {sorted(defaults)}")
     return {**defaults, **given}
 
 
@@ -67,23 +72,43 @@ def _rank_tol(value):
 
 
 def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, layers: Mapping = {},
-                   distance: Mapping = {}, direction: Mapping = {}, progress: bool = True) -> WeightAnalysis:
-    """Distances (l2 always, plus the configured metric) and direction scores of every model in `path`."""
+                   distance: Mapping = {}, direction: Mapping = {}, progress: bool = True,
+                   strict: bool = False) -> WeightAnalysis:
+    """Distances (l2 always, plus the configured metric) and direction scores of every model in `path`.
+
+    Models that cannot be used (unreadable file, another architecture, NaN/Inf weights, duplicates) are left out
+    with a warning and listed in `excluded`; with `strict` any of them is an error. A duplicate is kept as an alias
+    of the model it copies (`aliases`).
+    """
     t0 = time.perf_counter()
     lo = _options(layers, LAYER_DEFAULTS, "layers")
     do = _options(distance, DISTANCE_DEFAULTS, "distance")
     ro = _options(direction, DIRECTION_DEFAULTS, "direction")
     if do["metric"] not in METRICS:
-        raise ValueError(f"recovery.distance.metric must be one of {list(METRICS)}, got {do['metric']!r}")
+        raise ConfigError(f"recovery.distance.metric must be one of {list(METRICS)}, got {do['metric']!r}")
     if ro["stat"] not in STATS:
-        raise ValueError(f"recovery.direction.stat must be one of {list(STATS)}, got {ro['stat']!r}")
+        raise ConfigError(f"recovery.direction.stat must be one of {list(STATS)}, got {ro['stat']!r}")
     rank_tol = _rank_tol(do["rank_tol"])
-    catalog = discover(path, stages_file)
+    catalog = discover(path, stages_file, strict=strict)
     warnings = list(catalog.warnings)
-    models, excluded = split_architectures(catalog.models)
+    models, other_arch = split_architectures(catalog.models)
+    if strict and other_arch:
+        raise CheckpointError(f"{next(iter(other_arch.values()))}; {STRICT_HINT}")
+    excluded = {**catalog.excluded, **other_arch}
     warnings += [f"excluded model {k}: {v}" for k, v in excluded.items()]
-    dist_layers, dropped = select_layers(models, lo["kinds"], lo["regex"], lo["exclude_heads"])
-    dir_layers, _ = select_layers(models, ro["kinds"], ro["regex"], lo["exclude_heads"])
+    dist_layers, dropped, dist_fb = choose_layers(models, lo["kinds"], lo["regex"], lo["exclude_heads"], lo["fallback"])
+    dir_layers, _, dir_fb = choose_layers(models, ro["kinds"], ro["regex"], lo["exclude_heads"], lo["fallback"])
+    selection = {"distance": {"kinds": list(lo["kinds"]), "regex": lo["regex"], "used_kinds": dist_fb or list(lo["kinds"]),
+                              "fallback": dist_fb is not None, "n_layers": len(dist_layers)},
+                 "direction": {"kinds": list(ro["kinds"]), "regex": ro["regex"], "used_kinds": dir_fb or list(ro["kinds"]),
+                               "fallback": dir_fb is not None, "n_layers": len(dir_layers)}}
+    fell = [(role, sel) for role, sel in selection.items() if sel["fallback"]]
+    if fell:
+        warnings.append("layers: " + "; ".join(f"{role} kinds {sel['kinds']} match no tensor of these models, used "
+                                                f"{sel['n_layers']} tensors of kinds {sel['used_kinds']} instead"
+                                                for role, sel in fell)
+                        + " (heads excluded; tree.json lists them under layers / direction_layers; choose with "
+                          "recovery.layers.kinds / recovery.direction.kinds or a regex)")
     need_ranks = do["metric"] in ("lora_rank", "auto")
     n = len(models)
     by_tensor: dict[str, list[tuple[str, Layer]]] = {}
@@ -148,11 +173,15 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                     rank_stats["fast_pairs"] += res.n_fast
                     rank_stats["direct_pairs"] += res.n_direct
                     rank_stats["seconds"] += time.perf_counter() - t_rank
-    # -------- exclusions: non-finite weights, then duplicates
+    # -------- exclusions: non-finite weights, then duplicates (kept as aliases of the model they copy)
     for i, tname in sorted(bad.items()):
-        excluded[models[i].id] = f"{models[i].path}: NaN or Inf weights (first in tensor {tname!r})"
-        warnings.append(f"excluded model {models[i].id}: {excluded[models[i].id]}")
+        reason = f"{models[i].path}: NaN or Inf weights (first in tensor {tname!r})"
+        if strict:
+            raise CheckpointError(f"{reason}; {STRICT_HINT}")
+        excluded[models[i].id] = reason
+        warnings.append(f"excluded model {models[i].id}: {reason}")
     keep = [i for i in range(n) if i not in bad]
+    aliases: dict[str, list[str]] = {}
     for a_pos, i in enumerate(keep):
         if models[i].id in excluded:
             continue
@@ -161,11 +190,17 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                 byte = (len(models[i].files) == 1 and len(models[j].files) == 1
                         and sha256_file(models[i].files[0]) == sha256_file(models[j].files[0]))
                 why = "byte-identical file" if byte else "identical weights on every compared layer"
-                excluded[models[j].id] = f"{models[j].path}: duplicate of {models[i].id} ({why}); kept {models[i].id}"
-                warnings.append(f"excluded model {models[j].id}: {excluded[models[j].id]}")
+                reason = (f"{models[j].path}: duplicate of {models[i].id} ({why}); reported as model {models[i].id}, "
+                          f"whose node in tree.json lists both ids")
+                if strict:
+                    raise CheckpointError(f"{reason}; {STRICT_HINT}")
+                excluded[models[j].id] = reason
+                aliases.setdefault(models[i].id, []).append(models[j].id)
+                warnings.append(f"excluded model {models[j].id}: {reason}")
     keep = [i for i in keep if models[i].id not in excluded]
     if len(keep) < 2:
-        raise CheckpointError(f"{catalog.root}: fewer than two usable models remain after exclusions: {excluded}")
+        raise CheckpointError(f"{catalog.root}: fewer than two usable models remain after exclusions "
+                              f"({len(keep)} usable); left out: " + "; ".join(f"{k}: {v}" for k, v in excluded.items()))
     kx = np.ix_(keep, keep)
     n_layers = len(dist_layers)
     l2 = l2_sum[kx] / n_layers
@@ -211,25 +246,33 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
         distance_metric=metric, l2=l2, direction=dvals.sum(axis=1), direction_per_layer=dvals,
         direction_layers=[l.name for l, g in zip(dir_layers, good) if g], direction_stat=ro["stat"],
         layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info,
-        sq_l2=sq_sum[kx], cues=cues)
+        sq_l2=sq_sum[kx], cues=cues, aliases=aliases, layer_selection=selection,
+        sources=[models[i] for i in keep], selected=list(dist_layers))
 
 
 def edge_relations(path, edges: list[tuple[str, str]], *, layers: Mapping = {}, rank_tol="weight",
-                   low_rank_frac: float = 0.25) -> dict[tuple[str, str], str]:
+                   low_rank_frac: float = 0.25, sources: list[ModelSource] | None = None,
+                   selected: list[Layer] | None = None) -> dict[tuple[str, str], str]:
     """"adapter" when the child differs from its parent by a low-rank matrix (rank <= low_rank_frac x min(shape))
-    on every changed 2-D layer, else "finetune" (Hugging Face model-card vocabulary)."""
+    on every changed 2-D layer, else "finetune" (Hugging Face model-card vocabulary).
+
+    `sources` / `selected` (a WeightAnalysis's) skip reading the folder again and reuse its layers.
+    """
     lo = _options(layers, LAYER_DEFAULTS, "layers")
-    catalog = discover(path)
-    by_id = {m.id: m for m in catalog.models}
+    if sources is None:
+        catalog = discover(path)
+        sources = catalog.models
+    by_id = {m.id: m for m in sources}
     missing = sorted({x for e in edges for x in e} - set(by_id))
     if missing:
-        raise CheckpointError(f"{catalog.root}: edge ids not among the models: {missing}")
+        raise CheckpointError(f"{path}: edge ids not among the models: {missing}")
     ids = sorted({x for e in edges for x in e})
     models = [by_id[i] for i in ids]
     if not edges:
         return {}
     pos = {m: k for k, m in enumerate(ids)}
-    sel, _ = select_layers(models, lo["kinds"], lo["regex"], lo["exclude_heads"])
+    sel = selected if selected is not None else choose_layers(models, lo["kinds"], lo["regex"], lo["exclude_heads"],
+                                                              lo["fallback"])[0]
     sel = [l for l in sel if len(models[0].tensors[l.tensor].shape) >= 2]
     low = {tuple(e): True for e in edges}
     changed = {tuple(e): False for e in edges}

@@ -1,4 +1,5 @@
 """Bad input gets a clear message naming the file and the problem (synthetic checkpoints, no network)."""
+import re
 import shutil
 
 import numpy as np
@@ -44,7 +45,13 @@ def test_truncated_or_corrupt_file(tmp_path, damage):
     data = p.read_bytes()
     p.write_bytes({"truncate": data[: len(data) - 100], "garbage": b"\x10\0\0\0\0\0\0\0not json at all!" + data[24:],
                    "tiny": b"\x01\x02"}[damage])
-    with pytest.raises(CheckpointError, match=r"a\.safetensors: (truncated|corrupt)"):
+    res = analyze_folder(tmp_path, progress=False)   # default: left out with the reason, the others recovered
+    assert res.ids == ["b", "r"] and re.search(r"a\.safetensors: (truncated|corrupt)", res.excluded["a"])
+    assert any(w.startswith("excluded model a: ") and "a.safetensors" in w for w in res.warnings)
+    with pytest.raises(CheckpointError, match=r"a\.safetensors: (truncated|corrupt).*recovery\.strict=true"):
+        analyze_folder(tmp_path, progress=False, strict=True)
+    (tmp_path / "b.safetensors").unlink()   # one usable model left: an error listing what was left out
+    with pytest.raises(CheckpointError, match=r"fewer than two usable models .*a: .*a\.safetensors"):
         analyze_folder(tmp_path, progress=False)
 
 
@@ -52,8 +59,9 @@ def test_corrupt_pytorch_bin(tmp_path):
     _tree(tmp_path)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"not a zip")
+    assert "pytorch_model.bin: cannot load" in discover(tmp_path).excluded["m"]
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: cannot load"):
-        discover(tmp_path)
+        discover(tmp_path, strict=True)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -66,6 +74,8 @@ def test_nan_inf_model_excluded_with_warning(tmp_path, value):
     res = analyze_folder(tmp_path, progress=False)
     assert res.ids == ["a", "r"] and "NaN or Inf" in res.excluded["b"] and "b.safetensors" in res.excluded["b"]
     assert np.isfinite(res.distance).all() and any("b.safetensors" in w for w in res.warnings)
+    with pytest.raises(CheckpointError, match=r"b\.safetensors: NaN or Inf weights.*recovery\.strict=true"):
+        analyze_folder(tmp_path, progress=False, strict=True)
 
 
 def test_different_architecture_excluded(tmp_path):
@@ -73,6 +83,8 @@ def test_different_architecture_excluded(tmp_path):
     save_file({"conv1.weight": np.ones((4, 3, 3, 3), np.float32)}, str(tmp_path / "resnet.safetensors"))
     res = analyze_folder(tmp_path, progress=False)
     assert "resnet" not in res.ids and "different architecture" in res.excluded["resnet"]
+    with pytest.raises(CheckpointError, match=r"resnet\.safetensors: different architecture"):
+        analyze_folder(tmp_path, progress=False, strict=True)
 
 
 def test_no_majority_architecture(tmp_path):
@@ -83,12 +95,14 @@ def test_no_majority_architecture(tmp_path):
 
 
 def test_byte_identical_duplicates_keep_first(tmp_path):
-    """Duplicates: the first id (sorted) is kept, later copies are excluded with a warning naming both."""
+    """Duplicates: the first id (sorted) is kept and reported with both ids; later copies are listed as excluded."""
     _tree(tmp_path)
     shutil.copy(tmp_path / "a.safetensors", tmp_path / "a_copy.safetensors")
     res = analyze_folder(tmp_path, progress=False)
     assert "a_copy" not in res.ids and "duplicate of a (byte-identical file)" in res.excluded["a_copy"]
-    assert any("a_copy" in w for w in res.warnings)
+    assert res.aliases == {"a": ["a_copy"]} and any("a_copy" in w for w in res.warnings)
+    with pytest.raises(CheckpointError, match=r"a_copy\.safetensors: duplicate of a"):
+        analyze_folder(tmp_path, progress=False, strict=True)
 
 
 def test_unknown_stage_values(tmp_path):
@@ -106,8 +120,9 @@ def test_missing_shard_and_duplicate_ids(tmp_path):
     d = tmp_path / "s"
     d.mkdir()
     write_json(d / "model.safetensors.index.json", {"weight_map": {"x": "model-00001-of-00002.safetensors"}})
+    assert "shard files listed in the index are missing" in discover(tmp_path).excluded["s"]
     with pytest.raises(CheckpointError, match="shard files listed in the index are missing"):
-        discover(tmp_path)
+        discover(tmp_path, strict=True)
     shutil.rmtree(d)
     (tmp_path / "a").mkdir()
     shutil.copy(tmp_path / "r.safetensors", tmp_path / "a" / "model.safetensors")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from recovery.evaluate import Graph, clustering_accuracy, evaluate, load_graph, parse_graph
+from recovery.evaluate import Graph, GraphError, clustering_accuracy, evaluate, load_graph, parse_graph
 from recovery.plot import layout, plot_tree
 
 # two true trees: a -> b, a -> c, c -> d   and   x -> y
@@ -77,7 +77,7 @@ def test_load_graph_schemas_and_errors(tmp_path):
         with pytest.raises(ValueError, match=messages[name]) as err:
             load_graph(path)
         assert path.name in str(err.value)
-    with pytest.raises(FileNotFoundError, match="nothere.json"):
+    with pytest.raises(GraphError, match="nothere.json: file not found"):   # a user error: no traceback in run.py
         load_graph(tmp_path / "nothere.json")
 
 

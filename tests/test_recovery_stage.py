@@ -199,4 +199,4 @@ def test_lora_forest_uses_ranks_and_names_adapters(tmp_path):
     assert result["metrics"]["edge_accuracy"] == 1.0 and result["metrics"]["clustering_accuracy"] == 1.0
     assert {e["base_model_relation"] for e in result["tree"]["edges"]} == {"adapter"}
     assert all(n.get("base_model_relation", "adapter") == "adapter" for n in result["tree"]["nodes"])
-    assert set(result["paths"]) == {"tree", "metrics"}
+    assert set(result["paths"]) == {"tree", "metrics", "graphml", "dot", "model_cards"}
