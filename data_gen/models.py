@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -32,10 +33,27 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
 # Built-in tiny architectures: sized so a fine-tune of a few hundred steps takes seconds on 2 CPU cores.
+# "vit_mini_d<W>" is vit_mini at width W (embed_dim; heads, depth and patch unchanged): the scale ladder's rungs.
 BUILTIN_ARCHS: dict[str, dict[str, Any]] = {
     "vit_mini": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0),
     "resnet_mini": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
 }
+_VIT_WIDTH = re.compile(r"^vit_mini_d(?P<width>[1-9][0-9]*)$")
+
+
+def builtin_arch(arch: str) -> tuple[str, dict[str, Any]] | None:
+    """(family "vit" | "resnet", constructor kwargs) of a built-in arch name, None for any other name."""
+    if arch == "resnet_mini":
+        return "resnet", dict(BUILTIN_ARCHS[arch])
+    if arch == "vit_mini":
+        return "vit", dict(BUILTIN_ARCHS[arch])
+    m = _VIT_WIDTH.match(arch)
+    if m:
+        width = int(m["width"])
+        if width % BUILTIN_ARCHS["vit_mini"]["num_heads"]:
+            raise ValueError(f"arch {arch!r}: width must be a multiple of {BUILTIN_ARCHS['vit_mini']['num_heads']}")
+        return "vit", {**BUILTIN_ARCHS["vit_mini"], "embed_dim": width}
+    return None
 # Inputs of the built-in archs: 32x32 RGB scaled to [-1, 1] (mean = std = 0.5, as timm's ViTs use).
 BUILTIN_INPUT = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -46,17 +64,18 @@ class RootUnavailableError(RuntimeError):
 
 
 def create_model(arch: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
-    """Create an untrained model: a built-in tiny arch ("vit_mini", "resnet_mini") or any timm name.
+    """Create an untrained model: a built-in tiny arch ("vit_mini", "vit_mini_d128", "resnet_mini") or any timm name.
 
     Args:
         arch: architecture name.
         num_classes: size of the classification head.
         **kwargs: passed to the constructor (override the built-in sizes, e.g. depth=2).
     """
-    if arch == "vit_mini":
-        model = VisionTransformer(num_classes=num_classes, **{**BUILTIN_ARCHS[arch], **kwargs})
-    elif arch == "resnet_mini":
-        model = ResNet(block=BasicBlock, num_classes=num_classes, **{**BUILTIN_ARCHS[arch], **kwargs})
+    builtin = builtin_arch(arch)
+    if builtin is not None and builtin[0] == "vit":
+        model = VisionTransformer(num_classes=num_classes, **{**builtin[1], **kwargs})
+    elif builtin is not None:
+        model = ResNet(block=BasicBlock, num_classes=num_classes, **{**builtin[1], **kwargs})
     else:
         try:
             return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
@@ -65,7 +84,7 @@ def create_model(arch: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
                 raise ValueError(f"unknown arch {arch!r}: not built-in ({sorted(BUILTIN_ARCHS)}) "
                                  f"and not a timm model name") from None
             raise
-    classifier = "head" if arch == "vit_mini" else "fc"
+    classifier = "head" if builtin[0] == "vit" else "fc"
     model.pretrained_cfg = {**BUILTIN_INPUT, "architecture": arch, "classifier": classifier, "num_classes": num_classes}
     return model
 

@@ -1,0 +1,58 @@
+"""Calibration experiment: its weight-only measures on hand-made trees with known answers, and a toy run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis import stage
+from analysis.experiments.calibration import pearson, tree_measures, trees_of
+
+
+def test_trees_of_groups_by_root():
+    graph = {"nodes": ["r", "a", "b", "s", "c"], "edges": [["r", "a"], ["a", "b"], ["s", "c"]]}
+    assert trees_of(graph) == {"r": ["r", "a", "b"], "s": ["s", "c"]}
+
+
+def test_tree_measures_on_additive_orthogonal_edges():
+    # r -> a, r -> b, a -> c with orthogonal unit edges: distance = sqrt(hops), every nearest model is a neighbour
+    pos = {"r": np.zeros(3), "a": np.eye(3)[0], "b": np.eye(3)[1], "c": np.eye(3)[0] + np.eye(3)[2]}
+    ids = list(pos)
+    dist = np.array([[np.linalg.norm(pos[u] - pos[v]) for v in ids] for u in ids])
+    edges = [["r", "a"], ["r", "b"], ["a", "c"]]
+    m = tree_measures(ids, edges, dist, {n: i for i, n in enumerate(ids)}, {"a": "t1", "b": "t2", "c": "t1"})
+    hops = [1, 1, 2, 2, 1, 3]  # pairs in order (r,a) (r,b) (r,c) (a,b) (a,c) (b,c)
+    d = [1, 1, np.sqrt(2), np.sqrt(2), 1, np.sqrt(3)]
+    assert m["rho"] == pytest.approx(np.corrcoef(hops, d)[0, 1])
+    assert m["nearest_is_neighbour"] == 1.0 and m["pairs"] == 6
+    assert m["same_task_pairs"] == 0 and m["other_task_pairs"] == 2  # non-neighbours with tasks: (a,b), (b,c)
+    assert m["other_task_closer"] == 0.0
+
+
+def test_tree_measures_detect_same_task_attraction():
+    # siblings a, b of the same task that sit almost on top of each other: closer than the median edge
+    pos = {"r": np.zeros(2), "a": np.array([1.0, 0.0]), "b": np.array([1.0, 0.1])}
+    ids = list(pos)
+    dist = np.array([[np.linalg.norm(pos[u] - pos[v]) for v in ids] for u in ids])
+    m = tree_measures(ids, [["r", "a"], ["r", "b"]], dist, {n: i for i, n in enumerate(ids)},
+                      {"a": "t", "b": "t"})
+    assert m["same_task_pairs"] == 1 and m["same_task_closer"] == 1.0
+    assert m["nearest_is_neighbour"] == pytest.approx(1 / 3)  # a's and b's nearest model is each other
+
+
+def test_pearson_constant_is_nan():
+    assert np.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def test_calibration_toy(cfg_factory, tmp_path):
+    stage.run(cfg_factory(["+experiment=calibration", "analysis.scale=toy"]))
+    res = json.loads((tmp_path / "results" / "calibration" / "results.json").read_text())
+    assert set(res["graphs"]) == {"FT", "LoRA-V"}
+    ft = res["graphs"]["FT"]
+    # synthetic FT trees: independent dense deltas of one size, so l2 grows with hops and edges are of one size
+    assert ft["n_models"] == 14 and ft["metric"] == "l2"
+    assert ft["rho"] > 0.8 and ft["nearest_is_neighbour"] == 1.0 and ft["edge_spread"] < 2.0
+    assert res["graphs"]["LoRA-V"]["metric"] == "lora_rank"
+    assert [r["root"] for r in res["roots"]] == ["vit_a1", "vit_b1"]
+    assert (tmp_path / "results" / "calibration" / "calibration.png").is_file()
