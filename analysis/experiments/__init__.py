@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# In the paper's order (results/README.md follows it).
+# Calibration first (is the miniature in the paper's regime?), then the paper's order (results/README.md follows it).
 EXPERIMENTS: dict[str, str] = {
+    "calibration": "analysis.experiments.calibration",
     "table1": "analysis.experiments.table1",
     "lora_ablation": "analysis.experiments.lora_ablation",
     "resnet": "analysis.experiments.resnet",
