@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from analysis import experiments
-from analysis.report import build_results_readme
+from analysis.report import build_results_readme, experiment_dir
 
 log = logging.getLogger("mother.analysis")
 
@@ -41,6 +41,8 @@ def run(cfg: DictConfig) -> dict:
         log.info("analysis experiment %s done in %.1f s", name, time.perf_counter() - start)
     results_dir = Path(cfg.analysis.get("out_dir") or cfg.paths.results_dir)
     out["readme"] = str(build_results_readme(results_dir))
+    from common.tracking import log_analysis
+    log_analysis(cfg, {name: experiment_dir(cfg, name) for name in out if name in modules})
     if failed:
         raise RuntimeError(f"{len(failed)} analysis experiment(s) failed (the others finished and results/README.md "
                            "was rebuilt): " + "; ".join(f"{k}: {v}" for k, v in failed.items()))

@@ -35,8 +35,11 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError("recovery: config has no 'recovery' options group (conf/recovery/paper.yaml)")
     options = OmegaConf.to_container(cfg.recovery, resolve=True)
     output_dir = cfg.get("output_dir") or cfg.paths.output_dir
-    return recover(cfg.input, ground_truth=cfg.get("ground_truth"), output_dir=output_dir,
-                   stages_file=cfg.get("stages_file"), seed=int(cfg.get("seed", 0)), **options)
+    result = recover(cfg.input, ground_truth=cfg.get("ground_truth"), output_dir=output_dir,
+                     stages_file=cfg.get("stages_file"), seed=int(cfg.get("seed", 0)), **options)
+    from common.tracking import log_recovery
+    log_recovery(cfg, result)  # metrics, tables and tree.png to the chosen logger (logger=csv|wandb)
+    return result
 
 
 def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_dir: str | Path | None = None,
