@@ -125,7 +125,7 @@ def split_architectures(models: list[ModelSource]) -> tuple[list[ModelSource], d
 
 def _first_difference(model: ModelSource, core: set[tuple[str, tuple[int, ...]]]) -> str:
     """"; e.g. x.weight is [8, 4] here, [16, 4] in the others" for the first core tensor `model` lacks or reshapes."""
-    for name, shape in sorted(core, key=lambda k: _natural(k[0])):
+    for name, shape in sorted(core, key=lambda k: (-len(k[1]), _natural(k[0]))):   # weight matrices first
         info = model.tensors.get(name)
         if info is None:
             return f"; e.g. it has no {name}"
