@@ -14,11 +14,16 @@ to the recorded sha256, and it was trained from the parent's current weights (re
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import multiprocessing
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -90,7 +95,8 @@ def _default_finetune(**kwargs: Any) -> dict:
 
 
 def _default_load_task(name: str, **kwargs: Any):
-    import data_gen.finetune  # noqa: F401  (torch/lightning before TensorFlow: see environment.md pitfall 1)
+    # torch/lightning before TensorFlow: with TensorFlow loaded first, training segfaults at the first optimizer step
+    import data_gen.finetune  # noqa: F401
     from data_gen.tasks import load_task
     return load_task(name, **kwargs)
 
@@ -265,7 +271,12 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     if doubles:
         workers = 1
     bar = tqdm(total=len(jobs), desc=f"graph {dg['name']}", unit="node", disable=not show)
+    before = {p.pid for p in multiprocessing.active_children()}
     pool = _node_pool(workers, threads) if workers > 1 else None
+    stack = contextlib.ExitStack()
+    if pool is not None:
+        stack.enter_context(_sigterm_exits())
+    interrupted = False
     try:
         for level in sorted({j["level"] for j in jobs}):
             todo = []
@@ -291,9 +302,17 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
                 write_graph(graph_dir, jobs, extra, records)
                 bar.set_postfix_str(job["id"])
                 bar.update(1)
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        raise
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            if interrupted:  # stopped (SIGTERM, Ctrl-C): end the running nodes now, resume rebuilds them
+                _kill_workers(before)
+                pool.shutdown(wait=False, cancel_futures=True)
+            else:  # done, or a node failed: let the other running nodes finish and save their weights
+                pool.shutdown(cancel_futures=True)
+        stack.close()
         bar.close()
     for job in jobs:
         meta = records[job["id"]]["meta"]
@@ -317,12 +336,73 @@ def resolve_workers(value: Any, threads: int) -> int:
 
 
 def _node_pool(workers: int, threads: int):
-    """Worker processes for one graph build (spawned: no inherited torch state), each pinned to `threads`."""
-    import multiprocessing
+    """Worker processes for one graph build (spawned: no inherited torch state), each pinned to `threads` and
+    tied to this process's life (`_init_worker`)."""
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=torch.set_num_threads, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
+
+
+# linux/prctl.h: deliver a signal to this process when its parent thread dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    """Pool worker set-up: die with the building process, then pin torch to `threads`.
+
+    A worker whose parent is killed (SIGKILL gives it no chance to clean up) would otherwise go on training as an
+    orphan. On Linux the kernel sends the worker SIGKILL when its parent dies (PR_SET_PDEATHSIG; the pool starts
+    its workers from the thread that submits, the build's own thread, which lives as long as the pool); elsewhere
+    a daemon thread polls the parent id. A parent that died before this ran is caught by the pid check.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            log.warning("worker %d: prctl(PR_SET_PDEATHSIG) failed (errno %d); it may outlive its parent",
+                        os.getpid(), ctypes.get_errno())
+    else:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    torch.set_num_threads(threads)
+
+
+def _exit_when_orphaned(parent_pid: int, every_s: float = 1.0) -> None:
+    """End this process once its parent is gone (the portable fallback of PR_SET_PDEATHSIG)."""
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """While a pool builds: SIGTERM raises SystemExit in this (main) thread, so `build_graph` stops its workers
+    before the process ends. Python's default SIGTERM ends the process at once, and at exit the pool would wait
+    for the running nodes. Outside the main thread signals cannot be handled; the workers still die with the
+    process (`_init_worker`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_workers(before: set[int]) -> None:
+    """SIGKILL the worker processes started since `before` (child pids that existed already) and reap them."""
+    for proc in multiprocessing.active_children():
+        if proc.pid not in before:
+            proc.kill()
+            proc.join(timeout=10)
 
 
 def _parallel(pool, graph_dir: Path, todo: list[dict], node_kwargs: Mapping):
