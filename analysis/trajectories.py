@@ -249,7 +249,7 @@ def save_state(path: str | Path, state: Mapping, arch: str) -> Path:
 
 
 def load_task_data(cfg: Any, name: str, *, image_size: int, seed: int) -> Any:
-    """data_gen's task loader (torch/Lightning imported first: environment.md, pitfall 1)."""
+    """data_gen's task loader (torch/Lightning imported first: with TensorFlow first, training segfaults)."""
     import data_gen.finetune  # noqa: F401
     from data_gen.tasks import load_task
 

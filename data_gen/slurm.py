@@ -15,8 +15,9 @@ Failures, and what happens:
   that submitit does not record as an error: the task ends without a result and counts as killed (above).
 - a Python error inside a task: raised at once with the task's traceback (rerunning would fail the same way).
 Either way a rerun task skips a node whose record and weights are complete (`data_gen.graph.is_done`), and the
-driver itself can be rerun at any time: finished nodes are never retrained. `graph.json` is assembled by D3's
-`write_graph` from the node records, so it is the same as a local `build_graph` of the same config and threads.
+driver itself can be rerun at any time: finished nodes are never retrained. `graph.json` is assembled by
+`data_gen.graph.write_graph` from the node records, so it is the same as a local `build_graph` of the same config
+and threads. A node rebuilt after a requeue or resubmission restarts its fine-tune from its parent's weights.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def make_executor(launcher: Mapping[str, Any], folder: str | Path, name: str) ->
 
 class NodeTask(submitit.helpers.Checkpointable):
     """One graph node as a submitit task. Requeued with the same arguments when preempted or timed out; a
-    rerun skips a node already finished and otherwise rebuilds it (finetune resumes from its own checkpoints)."""
+    rerun skips a node already finished and otherwise rebuilds it: the fine-tune restarts from its parent's weights
+    with the same seed (data_gen.finetune saves step checkpoints but does not resume from them)."""
 
     def __init__(self, graph_dir: str | Path, node_kwargs: Mapping[str, Any], force: bool = False) -> None:
         self.graph_dir = Path(graph_dir)

@@ -9,10 +9,10 @@ reference script's final runs train on trainval[:1000] instead; we keep val200 h
 Images are resized to image_size x image_size directly (bilinear, antialiased; no aspect-preserving crop, like
 the reference), grey / binary images become RGB uint8.
 
-TensorFlow must load after torch (environment.md pitfall 1), so tensorflow_datasets is imported lazily, after
-torch._dynamo. Prepared data is looked up in $TFDS_DATA_DIR if set, else data_dir/tensorflow_datasets, else
-tfds' default (~/tensorflow_datasets). A dataset that is not prepared fails at once with the `tfds build` command
-to run, unless allow_download=True.
+TensorFlow must load after torch (loaded first, it segfaults at the first optimizer step), so tensorflow_datasets is
+imported lazily, after torch._dynamo. Prepared data is looked up in $TFDS_DATA_DIR if set, else
+data_dir/tensorflow_datasets, else tfds' default (~/tensorflow_datasets). A dataset that is not prepared fails at
+once with the `tfds build` command to run, unless allow_download=True.
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def tfds_dir(data_dir: str | Path | None) -> str | None:
 
 def import_tfds() -> Any:
     """Import tensorflow_datasets after torch's dynamo (TensorFlow first segfaults at the first optimizer)."""
-    import torch._dynamo  # noqa: F401  (environment.md pitfall 1: must precede TensorFlow)
+    import torch._dynamo  # noqa: F401  (must precede TensorFlow, see above)
 
     try:
         import tensorflow_datasets as tfds
