@@ -80,8 +80,13 @@ def log_run(cfg: Any, run: str, *, metrics: Mapping[str, float] | None = None,
     """
     configs = logger_configs(cfg)
     metrics, tables, images = dict(metrics or {}), dict(tables or {}), dict(images or {})
-    files = {k: Path(v) for k, v in (files or {}).items() if Path(v).is_file()}
-    images = {k: Path(v) for k, v in images.items() if Path(v).is_file()}
+    files = {k: Path(v) for k, v in (files or {}).items()}
+    images = {k: Path(v) for k, v in images.items()}
+    for key, path in [*files.items(), *images.items()]:
+        if not path.is_file():
+            log.warning("%s run: %s (%s) is not a file; not logged", run, path, key)
+    files = {k: v for k, v in files.items() if v.is_file()}
+    images = {k: v for k, v in images.items() if v.is_file()}
     where = []
     for key, entry in configs.items():
         target = str(entry["_target_"])

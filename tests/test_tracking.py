@@ -97,6 +97,26 @@ def test_no_logger_logs_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_csv_run_folder_holds_metrics_tables_images_and_files(tmp_path, caplog):
+    import pandas as pd
+
+    image, doc = tmp_path / "tree.png", tmp_path / "tree.json"
+    image.write_bytes(PNG + b"rest")
+    doc.write_text('{"nodes": []}')
+    cfg = {"logger": {"csv": {"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": str(tmp_path / "out"),
+                              "name": "csv"}}}
+    (where,) = log_run(cfg, "recovery", metrics={"edge_accuracy": 0.5, "per_tree/a/accuracy": 1.0},
+                       tables={"edges": pd.DataFrame({"parent": ["a"], "child": ["b"]})},
+                       images={"tree": image, "gone": tmp_path / "missing.png"}, files={"tree.json": doc})
+    folder = tmp_path / "out" / "csv" / "recovery"
+    assert Path(where) == folder
+    assert _read_csv(folder / "metrics.csv") == {"edge_accuracy": 0.5, "per_tree/a/accuracy": 1.0}
+    assert (folder / "tables" / "edges.csv").read_text().splitlines() == ["parent,child", "a,b"]
+    assert (folder / "images" / "tree.png").read_bytes() == image.read_bytes()
+    assert (folder / "files" / "tree.json").read_text() == '{"nodes": []}'
+    assert not (folder / "images" / "gone.png").exists() and "missing.png" in caplog.text
+
+
 def test_unknown_logger_shape_is_named(tmp_path):
     with pytest.raises(ValueError, match="logger 'csv' has no _target_"):
         logger_configs({"logger": {"csv": {"save_dir": str(tmp_path)}}})
