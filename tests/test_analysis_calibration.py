@@ -56,3 +56,23 @@ def test_calibration_toy(cfg_factory, tmp_path):
     assert res["graphs"]["LoRA-V"]["metric"] == "lora_rank"
     assert [r["root"] for r in res["roots"]] == ["vit_a1", "vit_b1"]
     assert (tmp_path / "results" / "calibration" / "calibration.png").is_file()
+
+
+def test_scale_ladder_toy(cfg_factory, tmp_path):
+    """A rung of a tiny width: root pretrained, FT and LoRA probe trees built from it, measures reported."""
+    stage.run(cfg_factory(["+experiment=scale_ladder", "analysis.scale=toy", f"paths.data_dir={tmp_path / 'data'}"]))
+    res = json.loads((tmp_path / "results" / "scale_ladder" / "results.json").read_text())
+    assert list(res["rungs"]) == ["d16_s4"]
+    for label, width in (("d16_s4", 16),):
+        rung = res["rungs"][label]
+        assert rung["root"]["arch"] == f"vit_mini_d{width}" and rung["root"]["steps"] == 4
+        assert rung["curve"]["step"] == [2, 4]
+        assert set(rung["probes"]) == {"FT", "LoRA-V"}
+        ft, lora = rung["probes"]["FT"], rung["probes"]["LoRA-V"]
+        assert ft["n_models"] == 4 and ft["metric"] == "l2" and lora["metric"] == "lora_rank"
+        assert ft["edge_min"] > 0 and ft["edge_spread"] >= 1.0
+    # LoRA ranks scale with the width: rank choices [1, 2] x width / 8
+    graph = json.loads((tmp_path / "graphs" / "scale_ladder_d16_s4_LoRA-V" / "graph.json").read_text())
+    ranks = {m["lora_rank"] for n, m in graph["meta"].items() if m.get("parent")}
+    assert ranks <= {2, 4} and ranks
+    assert (tmp_path / "results" / "scale_ladder" / "scale_ladder.png").is_file()

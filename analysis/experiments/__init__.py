@@ -32,6 +32,7 @@ EXPERIMENTS: dict[str, str] = {
     "runtime": "analysis.experiments.runtime",
     "c_sensitivity": "analysis.experiments.c_sensitivity",
     "recovery_ablation": "analysis.experiments.recovery_ablation",
+    "scale_ladder": "analysis.experiments.scale_ladder",
     "default": "analysis.experiments.default",
 }
 

@@ -145,7 +145,9 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
     per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks)
                 for root, members in trees_of(graph).items()}
     longer = longer_runs(cfg, graph_dir, graph, int(k.longer_nodes), int(k.longer_factor))
-    mean = lambda key: float(np.nanmean([t[key] for t in per_tree.values()]))  # noqa: E731
+    def mean(key: str) -> float:  # over the trees where the measure applies (nan when none)
+        vals = [t[key] for t in per_tree.values() if not math.isnan(t[key])]
+        return float(np.mean(vals)) if vals else math.nan
     return {"label": label, "graph": graph_dir.name, "n_models": len(graph["nodes"]), "metric": wa.distance_metric,
             "median_accuracy": float(np.median(accs)) if accs else math.nan,
             "median_chance": float(np.median(chance)) if chance else math.nan,

@@ -1,0 +1,140 @@
+"""Scale ladder: where does MoTHer's premise appear as the models grow?
+
+Each rung is a built-in ViT width (`vit_mini_d<W>`) and a pretraining length. Per rung: pretrain a root on the
+pretraining mix with the resumable loop (data_gen.pretraining), build the FT and LoRA probe trees from it (the
+mini graph configs with this root; LoRA ranks scaled with the width, as lora_v_mini scales Table 3's), then
+report the calibration measures (analysis.experiments.calibration) and the paper's recovery accuracy per rung.
+Recovery accuracy is reported, never used to choose anything here.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from analysis.experiments.calibration import _num, graph_measures, json_safe
+from analysis.graphs import ensure_graph
+from analysis.recover import accuracy_run
+from analysis.report import knobs, run_experiment, save_figure, write_table
+from common.io import read_json, write_json
+from common.seed import derive_seed
+
+NAME = "scale_ladder"
+log = logging.getLogger("mother.analysis")
+
+
+def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict[str, Any]:
+    """Pretrain (or reuse, or resume) the root of one rung; returns its record with the weights path."""
+    import data_gen.finetune  # noqa: F401  (torch/lightning before any TensorFlow import)
+    from data_gen.pretraining import pretrain
+    from data_gen.tasks import load_task
+
+    arch = f"vit_mini_d{int(rung['width'])}"
+    folder = Path(cfg.analysis.work_dir) / NAME / "roots" / label
+    recipe = {**OmegaConf.to_container(k.pretrain, resolve=True), "max_steps": int(rung["steps"]),
+              "seed": derive_seed(cfg.seed, NAME, "root", int(rung.get("seed", 1)))}
+    record = folder / "root.json"
+    if record.is_file() and read_json(record).get("recipe") == recipe and (folder / "final.safetensors").is_file():
+        return read_json(record)
+    task = load_task(str(k.mix), seed=0, data_dir=str(cfg.paths.data_dir), n_train=int(k.n_train),
+                     n_val=int(k.n_val))
+    res = pretrain(arch=arch, task=task, recipe=recipe, folder=folder, checkpoint_every=int(rung["steps"]),
+                   eval_every=int(k.eval_every), num_threads=cfg.get("num_threads"), progress=True)
+    curve = res["curve"]
+    cut = [i for i, s in enumerate(curve["step"]) if s <= 0.8 * curve["step"][-1]]
+    before = curve["train_loss"][cut[-1]] if cut else curve["train_loss"][0]
+    rec = {"label": label, "arch": arch, "width": int(rung["width"]), "steps": res["steps"], "recipe": recipe,
+           "mix": str(k.mix), "val_accuracy": res["val_accuracy"], "val_loss": res["val_loss"],
+           "plateau_drop": (before - curve["train_loss"][-1]) / before, "train_seconds": res["train_seconds"],
+           "num_threads": res["num_threads"], "weights": str(folder / "final.safetensors"), "curve": curve}
+    write_json(record, rec)
+    return rec
+
+
+def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tuple[str, dict]:
+    """(data_gen config name, overrides) of one probe tree grown from a rung's root."""
+    overrides = OmegaConf.to_container(probe.get("overrides") or {}, resolve=True) if OmegaConf.is_config(
+        probe.get("overrides")) else dict(probe.get("overrides") or {})
+    overrides["name"] = f"{NAME}_{rung_label}_{probe['name']}"
+    overrides["roots"] = [{"id": rung_label, "source": root["weights"], "arch": root["arch"], "task": root["mix"]}]
+    scale = probe.get("rank_scale_width")
+    if scale:  # LoRA ranks / alphas scale with the width (lora_v_mini: Table 3's ranks / 8 at width 64)
+        factor = max(1, width // int(scale))
+        lora = dict(overrides.get("methods", {}).get("lora", {}))
+        for key, base in (("lora_rank", probe["ranks"]), ("lora_alpha", probe["ranks"])):
+            lora[key] = {"choices": [int(r) * factor for r in base]}
+        overrides.setdefault("methods", {})["lora"] = lora
+    return str(probe["data_gen"]), overrides
+
+
+def compute(cfg: DictConfig) -> dict:
+    k = knobs(cfg, NAME)
+    rungs = {}
+    for label, rung in k.rungs.items():
+        root = rung_root(cfg, label, rung, k)
+        probes = {}
+        for probe in k.probes:
+            probe = OmegaConf.to_container(probe, resolve=True)
+            name, overrides = probe_spec(label, root, probe, int(rung["width"]))
+            graph_dir = ensure_graph(cfg, name, **overrides)
+            spec = {"graph": {"path": str(graph_dir)}, "recovery": probe.get("recovery")}
+            measures = graph_measures(cfg, probe["name"], spec, k)
+            measures.pop("root_vectors", None)
+            acc = accuracy_run(cfg, probe["name"], {"path": str(graph_dir)}, probe.get("recovery"))
+            probes[probe["name"]] = {**measures, "edge_accuracy": acc["edge_accuracy"],
+                                     "undirected_accuracy": acc["undirected_accuracy"]}
+        rungs[label] = {"root": {kk: v for kk, v in root.items() if kk != "curve"}, "curve": root["curve"],
+                        "probes": probes}
+    return json_safe({"rungs": rungs})
+
+
+def render(results: dict, out_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for label, r in results["rungs"].items():
+        for probe, p in r["probes"].items():
+            rows.append({"rung": label, "width": r["root"]["width"], "pretrain steps": r["root"]["steps"],
+                         "root val acc": _num(r["root"]["val_accuracy"]), "probe": probe, "distance": p["metric"],
+                         "median val acc": _num(p["median_accuracy"]), "edge max/min": _num(p["edge_spread"]),
+                         "Fig. 1 rho": _num(p["rho"]), "same-task closer": _num(p["same_task_closer"]),
+                         "nearest is parent/child": _num(p["nearest_is_neighbour"]),
+                         "kurtosis falls": _num(p["kurtosis_falls"]), "edge accuracy (paper's method)":
+                         _num(p["edge_accuracy"]), "undirected": _num(p["undirected_accuracy"])})
+    frame = pd.DataFrame(rows)
+    write_table(frame, out_dir, NAME, caption="Scale ladder: regime measures and recovery per rung")
+    probes = sorted(set(frame["probe"])) if len(frame) else []
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for probe in probes:
+        sub = frame[frame["probe"] == probe]
+        x = [f"{w}/{s}" for w, s in zip(sub["width"], sub["pretrain steps"])]
+        axes[0].plot(x, sub["Fig. 1 rho"], "o-", label=probe)
+        axes[1].plot(x, sub["same-task closer"], "o-", label=probe)
+        axes[2].plot(x, sub["edge accuracy (paper's method)"], "o-", label=probe)
+    for ax, title in zip(axes, ("Fig. 1 rho (paper 0.99)", "same-task pairs closer than the median edge",
+                                "edge accuracy, paper's method")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("width / pretraining steps")
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    save_figure(fig, out_dir, NAME)
+
+
+def describe(results: dict) -> dict:
+    parts = []
+    for label, r in results["rungs"].items():
+        ps = ", ".join(f"{p}: rho {_num(v['rho']):.2f}, acc {_num(v['median_accuracy']):.2f}, edges "
+                       f"{_num(v['edge_accuracy']):.2f}" for p, v in r["probes"].items())
+        parts.append(f"{label} (root acc {_num(r['root']['val_accuracy']):.2f}): {ps}")
+    return {"title": "Scale ladder: where MoTHer's premise appears as models grow", "ours": "; ".join(parts),
+            "notes": "Not in the paper. Recovery accuracy is reported per rung and chooses nothing.",
+            "paper": "ViT-B (86M parameters): Fig. 1 rho 0.99"}
+
+
+def run(cfg: DictConfig) -> dict:
+    return run_experiment(cfg, NAME, compute, render, describe)
+
