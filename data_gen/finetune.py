@@ -11,6 +11,12 @@ dotted suffix ("qkv" matches "blocks.0.attn.qkv") or an fnmatch glob ("blocks.*.
 `qkv` Linear is adapted as one module, so its merged delta (the stacked q, k, v update) has rank <= r.
 With LoRA every other parameter stays the parent's; BatchNorm running statistics (buffers, not parameters)
 still follow the new task's data, as the model trains in train mode.
+
+Devices (`resolve_trainer`): `accelerator` cpu | gpu | auto (a GPU when one is visible), one device per fine-tune,
+`precision` 32-true | bf16-mixed | 16-mixed | auto (bf16-mixed on a GPU that has bf16, else 16-mixed; 32-true on
+CPU). Mixed precision keeps float32 master weights, and the saved weights are float32 whatever the precision.
+On CPU, training is deterministic; on a GPU, Lightning warns about ops without a deterministic kernel instead of
+failing on them.
 """
 from __future__ import annotations
 
@@ -52,6 +58,48 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "augment": [],             # any of "flip" (horizontal), "crop" (pad 4 + random 32x32 crop)
 }
+
+
+ACCELERATORS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "mps": "mps"}
+PRECISIONS = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+              "16-mixed": "16-mixed", "16": "16-mixed"}
+
+
+def resolve_trainer(accelerator: str = "auto", devices: int | str = 1, precision: str | None = "auto") -> dict[str, Any]:
+    """Concrete Lightning options for one fine-tune: {"accelerator", "devices", "precision"}.
+
+    Args:
+        accelerator: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "gpu" (or "cuda"), "mps".
+        devices: devices per fine-tune; only 1 (or "auto", meaning 1): graph builds run one node per device and
+            parallelise over nodes (worker processes, SLURM array tasks), never one node over several devices.
+        precision: "auto" / None (bf16-mixed on a GPU with bf16 support, 16-mixed on an older GPU, else 32-true),
+            or one of PRECISIONS.
+
+    Raises:
+        ValueError: an unknown value, a GPU asked for where none is visible, or devices other than 1.
+    """
+    acc = str(accelerator).lower()
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc not in ACCELERATORS:
+        raise ValueError(f"accelerator {accelerator!r}: use auto, cpu, gpu (cuda) or mps")
+    acc = ACCELERATORS[acc]
+    if acc == "gpu" and not torch.cuda.is_available():
+        raise ValueError("accelerator=gpu but torch sees no CUDA GPU here (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use accelerator=auto or cpu")
+    if str(devices) not in ("1", "auto"):
+        raise ValueError(f"devices={devices!r}: one fine-tune trains on one device; a graph build runs nodes side by "
+                         "side instead (data_gen.workers, one GPU each, or one SLURM array task per node)")
+    if precision in (None, "auto"):
+        if acc == "gpu":
+            prec = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            prec = "32-true"
+    elif str(precision) in PRECISIONS:
+        prec = PRECISIONS[str(precision)]
+    else:
+        raise ValueError(f"precision {precision!r}: use auto or one of {sorted(set(PRECISIONS.values()))}")
+    return {"accelerator": acc, "devices": 1, "precision": prec}
 
 
 def resolve_recipe(recipe: Mapping) -> dict[str, Any]:
@@ -213,7 +261,9 @@ class TrainTimer(pl.Callback):
         if self.start is None:
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.strategy.root_device.type == "cuda":  # kernels run asynchronously: time them finished
+            torch.cuda.synchronize(trainer.strategy.root_device)
         self.end = time.perf_counter()
 
     @property
@@ -276,7 +326,8 @@ def _save_adapter(peft_model: torch.nn.Module, folder: Path) -> Path:
 def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, recipe: Mapping,
              out_dir: Path, node_id: str, logger_cfg: Mapping | None = None,
              checkpoint_every: int | None = None, num_threads: int | None = None,
-             progress: bool = True, accelerator: str = "auto", save_adapter: bool = True) -> dict:
+             progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
+             precision: str | None = "auto", save_adapter: bool = True) -> dict:
     """Train `arch` from `init_state` on `task` with `recipe`; save merged weights as out_dir/models/<node_id>.
 
     Args:
@@ -290,15 +341,19 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
         checkpoint_every: also save merged weights every N optimizer steps (and at step 0).
         num_threads: torch threads for this call (restored afterwards); bit-identity holds per thread count.
         progress: show Lightning's progress bar.
-        accelerator: Lightning accelerator ("auto" uses a GPU when present; determinism is promised on CPU).
+        accelerator, devices, precision: Lightning options, see `resolve_trainer` (determinism is promised on CPU,
+            where "auto" gives the Trainer of earlier versions: cpu, 1 device, 32-true).
         save_adapter: for LoRA, also save the peft adapter.
 
     Returns:
         {"val_accuracy", "weights", "sha256", "steps", "seconds", "adapter", "train_seconds", "final_loss",
-         "num_threads", "checkpoints"}.
+         "num_threads", "checkpoints", "accelerator", "devices", "precision", "device_name", "gpu_memory_peak_mb"}
+        (the last two: the GPU's name and its peak allocated memory during the run; None on CPU).
     """
     start = time.perf_counter()
     r = resolve_recipe(recipe)
+    options = resolve_trainer(accelerator, devices, precision)
+    on_gpu = options["accelerator"] == "gpu"
     out_dir = Path(out_dir)
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if num_threads:
@@ -330,15 +385,19 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
             ckpt = StepCheckpoints(int(checkpoint_every), out_dir / "checkpoints" / node_id, r["method"], metadata)
             callbacks.append(ckpt)
         loggers = build_loggers(logger_cfg, node_id)
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         trainer = pl.Trainer(
-            accelerator=accelerator, devices=1, precision="32-true", max_epochs=int(r["epochs"]),
+            **options, max_epochs=int(r["epochs"]),
             max_steps=total, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             check_val_every_n_epoch=None, val_check_interval=total, log_every_n_steps=max(1, min(50, total)),
-            deterministic=True, default_root_dir=str(out_dir))
+            deterministic="warn" if on_gpu else True, default_root_dir=str(out_dir))
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
         if module.val_accuracy is None:  # the end-of-run validation did not fire (e.g. stopped early)
             trainer.validate(module, dataloaders=val, verbose=False)
+        device_name = torch.cuda.get_device_name() if on_gpu else None
+        memory_mb = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
 
         model = module.model.cpu()
         adapter = None
@@ -351,7 +410,8 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
                 "seconds": time.perf_counter() - start, "adapter": adapter,
                 "train_seconds": timer.seconds, "final_loss": module.last_loss,
                 "num_threads": torch.get_num_threads(),
-                "checkpoints": [str(p) for p in ckpt.paths] if ckpt else []}
+                "checkpoints": [str(p) for p in ckpt.paths] if ckpt else [], **options,
+                "device_name": device_name, "gpu_memory_peak_mb": memory_mb}
     finally:
         _finish_loggers(loggers)
         torch.use_deterministic_algorithms(old_det)

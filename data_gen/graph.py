@@ -7,6 +7,11 @@ Layout of `<graphs_dir>/<name>/`::
     nodes/<id>.json         {"job": <the node's job>, "meta": <its meta>}: the record a rerun checks
     adapters/<id>/          LoRA adapters (finetune)
 
+Devices: `data_gen.accelerator` / `devices` / `precision` reach each fine-tune's Lightning Trainer and are recorded,
+resolved, in its meta (weights are float32 either way). When the build trains on GPUs, each local worker process is
+pinned to its own GPU (CUDA_VISIBLE_DEVICES, set before CUDA starts in it) and `workers=auto` is one worker per
+visible GPU; on CPU it is usable cores // num_threads.
+
 A node's job (data_gen.spec) plus its parent's weights file fully determine it, so `build_node` can run as
 one SLURM array task per node of a level; `build_graph` runs the levels in order and rewrites graph.json
 after every node. A node counts as done when its record holds the same job, its weights file still hashes
@@ -38,6 +43,10 @@ from data_gen.spec import build_spec
 log = logging.getLogger("mother.data_gen")
 # Recipe keys every node's meta holds (null where they do not apply: roots, LoRA keys of full fine-tunes).
 RECIPE_META = ("method", "lora_rank", "lora_alpha", "lr", "epochs", "batch_size", "seed")
+# How each fine-tune ran (resolved Lightning options and what it measured); null for roots.
+TRAINER_META = ("accelerator", "devices", "precision", "train_seconds", "device_name", "gpu_memory_peak_mb")
+# data_gen config keys passed to every fine-tune's Trainer, and their defaults.
+TRAINER_KEYS = {"accelerator": "auto", "devices": 1, "precision": "auto"}
 
 
 def weights_path(graph_dir: Path, node_id: str) -> Path:
@@ -85,6 +94,10 @@ def _plain(obj: Any) -> Any:
 
 
 def _default_load_root(root: str | Mapping, **kwargs: Any) -> tuple[str, dict[str, torch.Tensor]]:
+    source = str(root["root"] if isinstance(root, Mapping) else root)
+    if source.startswith("random:"):  # a smoke run's stand-in for a hub root (data_gen.smoke)
+        from data_gen.smoke import random_root
+        return random_root(source)
     from data_gen.models import load_root
     return load_root(root, **kwargs)
 
@@ -94,10 +107,15 @@ def _default_finetune(**kwargs: Any) -> dict:
     return finetune(**kwargs)
 
 
-def _default_load_task(name: str, **kwargs: Any):
+def _default_load_task(name: str, mock: int | None = None, **kwargs: Any):
+    """`data_gen.tasks.load_task`; `mock` (smoke runs): VTAB from tfds' mock data, that many examples a split."""
     # torch/lightning before TensorFlow: with TensorFlow loaded first, training segfaults at the first optimizer step
     import data_gen.finetune  # noqa: F401
     from data_gen.tasks import load_task
+    if mock:
+        from data_gen.smoke import mock_vtab
+        with mock_vtab(int(mock)):
+            return load_task(name, **{**kwargs, "data_dir": None})  # data_dir None: never cache mock arrays
     return load_task(name, **kwargs)
 
 
@@ -118,7 +136,7 @@ def _build_root(graph_dir: Path, job: Mapping, *, cache_dir: Path | None, data_d
 
 def _build_child(graph_dir: Path, job: Mapping, *, data_dir: str | Path | None, num_threads: int | None,
                  logger_cfg: Mapping | None, checkpoint_every: int | None, progress: bool,
-                 finetune_fn: Callable, load_task_fn: Callable) -> dict:
+                 trainer: Mapping[str, Any] | None, finetune_fn: Callable, load_task_fn: Callable) -> dict:
     from safetensors.torch import load_file
 
     root_rec = read_record(graph_dir, job["root"])
@@ -133,10 +151,12 @@ def _build_child(graph_dir: Path, job: Mapping, *, data_dir: str | Path | None, 
     task = load_task_fn(job["task"], data_dir=str(data_dir) if data_dir else None, **job["data"])
     res = finetune_fn(arch=arch, init_state=init_state, task=task, recipe=dict(job["recipe"]),
                       out_dir=Path(graph_dir), node_id=job["id"], logger_cfg=logger_cfg,
-                      checkpoint_every=checkpoint_every, num_threads=num_threads, progress=progress)
+                      checkpoint_every=checkpoint_every, num_threads=num_threads, progress=progress,
+                      **{**TRAINER_KEYS, **(trainer or {})})
     adapter = res.get("adapter")
     return {"arch": arch, "val_accuracy": float(res["val_accuracy"]), "steps": res.get("steps"),
-            "seconds": res.get("seconds"), "num_classes": getattr(task, "num_classes", None),
+            "seconds": res.get("seconds"), **{k: res.get(k) for k in TRAINER_META},
+            "num_classes": getattr(task, "num_classes", None),
             "adapter": os.path.relpath(adapter, graph_dir) if adapter else None,
             "claimed_sha256": res.get("sha256")}
 
@@ -144,8 +164,8 @@ def _build_child(graph_dir: Path, job: Mapping, *, data_dir: str | Path | None, 
 def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | None = None,
                data_dir: str | Path | None = None, num_threads: int | None = None,
                logger_cfg: Mapping | None = None, checkpoint_every: int | None = None, progress: bool = False,
-               finetune_fn: Callable | None = None, load_root_fn: Callable | None = None,
-               load_task_fn: Callable | None = None) -> dict:
+               trainer: Mapping[str, Any] | None = None, finetune_fn: Callable | None = None,
+               load_root_fn: Callable | None = None, load_task_fn: Callable | None = None) -> dict:
     """Build one node (unconditionally): weights into models/, record into nodes/<id>.json; return its meta.
 
     A root is loaded from its source and copied; any other node is fine-tuned from its parent's weights
@@ -154,6 +174,8 @@ def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | N
     Args:
         graph_dir: the graph folder.
         job: one entry of `data_gen.spec.build_spec`.
+        trainer: {"accelerator", "devices", "precision"} for the fine-tune (`TRAINER_KEYS`; resolved here, on the
+            machine that trains, and recorded resolved in the node's meta).
         finetune_fn / load_root_fn / load_task_fn: replacements for data_gen's own (tests inject faults).
     """
     graph_dir = Path(graph_dir)
@@ -168,7 +190,7 @@ def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | N
         parent_rec = read_record(graph_dir, job["parent"])
         parent_sha = parent_rec["meta"]["sha256"] if parent_rec else None
         info = _build_child(graph_dir, job, data_dir=data_dir, num_threads=num_threads, logger_cfg=logger_cfg,
-                            checkpoint_every=checkpoint_every, progress=progress,
+                            checkpoint_every=checkpoint_every, progress=progress, trainer=trainer,
                             finetune_fn=finetune_fn or _default_finetune,
                             load_task_fn=load_task_fn or _default_load_task)
     sha = sha256_file(weights_path(graph_dir, job["id"]))
@@ -176,7 +198,8 @@ def build_node(graph_dir: str | Path, job: Mapping, *, cache_dir: str | Path | N
     if claimed and claimed != sha:
         raise RuntimeError(f"{weights_path(graph_dir, job['id'])}: finetune reported sha256 {claimed}, "
                            f"file has {sha} (written twice?)")
-    recipe = {**dict.fromkeys(RECIPE_META), **{k: v for k, v in job["recipe"].items() if k != "source"}}
+    recipe = {**dict.fromkeys(RECIPE_META + TRAINER_META),
+              **{k: v for k, v in job["recipe"].items() if k != "source"}}
     meta = {**recipe, "task": job["task"], "parent": job["parent"], "root": job["root"], "level": job["level"],
             **info, "sha256": sha, "parent_sha256": parent_sha, "weights": f"models/{job['id']}.safetensors",
             "dtype": "float32", "num_threads": torch.get_num_threads(), **{f"data_{k}": v for k, v in
@@ -212,8 +235,42 @@ def write_graph(graph_dir: str | Path, jobs: list[Mapping], extra: Mapping[str, 
 
 
 def graph_config(cfg: DictConfig) -> dict:
-    """The resolved `data_gen` config as a plain dict."""
-    return OmegaConf.to_container(cfg.data_gen, resolve=True)
+    """The resolved `data_gen` config as a plain dict; with `smoke=true`, the smoke run's config
+    (`data_gen.smoke.smoke_config`: its own folder, a small tree, random-init stand-ins for hub roots)."""
+    dg = OmegaConf.to_container(cfg.data_gen, resolve=True)
+    if cfg.get("smoke"):
+        from data_gen.smoke import smoke_config
+        dg = smoke_config(dg)
+    return dg
+
+
+def trainer_options(dg: Mapping) -> dict[str, Any]:
+    """The Trainer options of a `data_gen` config (`TRAINER_KEYS`, defaults filled in), unresolved."""
+    return {k: default if dg.get(k) is None else dg[k] for k, default in TRAINER_KEYS.items()}
+
+
+def visible_gpus() -> list[str]:
+    """CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries (its own list when set)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def build_gpus(dg: Mapping) -> list[str]:
+    """The GPUs a local build trains on: the visible ones unless `accelerator` is cpu (or mps)."""
+    accelerator = str(trainer_options(dg)["accelerator"]).lower()
+    if accelerator in ("cpu", "mps"):
+        return []
+    gpus = visible_gpus()
+    if not gpus and accelerator in ("gpu", "cuda"):
+        raise ValueError("data_gen.accelerator=gpu, but torch sees no CUDA GPU here; use accelerator=auto or cpu")
+    return gpus
+
+
+def gpu_slots(workers: int, gpus: list[str]) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each worker: GPUs dealt round robin (distinct while workers <= GPUs); no GPUs:
+    None for each (the workers keep the parent's environment)."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
 
 
 def _root_unchanged(graph_dir: Path, job: Mapping, *, cache_dir: str | Path | None, data_dir: str | Path | None,
@@ -264,15 +321,19 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     start = time.perf_counter()
     from tqdm.auto import tqdm
 
-    workers = resolve_workers(dg.get("workers", 1), threads)
+    gpus = build_gpus(dg)
+    workers = resolve_workers(dg.get("workers", 1), threads, gpus)
+    if gpus and workers > len(gpus):
+        log.warning("%d workers share %d GPU(s) %s: %s", workers, len(gpus), gpus, gpu_slots(workers, gpus))
     node_kwargs = dict(cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"), num_threads=threads,
-                       logger_cfg=logger_cfg, checkpoint_every=dg.get("checkpoint_every"), progress=False)
+                       logger_cfg=logger_cfg, checkpoint_every=dg.get("checkpoint_every"), progress=False,
+                       trainer=trainer_options(dg))
     injected = dict(finetune_fn=finetune_fn, load_root_fn=load_root_fn, load_task_fn=load_task_fn)
     if doubles:
         workers = 1
     bar = tqdm(total=len(jobs), desc=f"graph {dg['name']}", unit="node", disable=not show)
     before = {p.pid for p in multiprocessing.active_children()}
-    pool = _node_pool(workers, threads) if workers > 1 else None
+    pool = _node_pool(workers, threads, gpu_slots(workers, gpus)) if workers > 1 else None
     stack = contextlib.ExitStack()
     if pool is not None:
         stack.enter_context(_sigterm_exits())
@@ -322,11 +383,14 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     return {"graph_dir": str(graph_dir), "graph_json": str(graph_dir / "graph.json"), "nodes": len(jobs),
             "built": built, "skipped": skipped, "seconds": time.perf_counter() - start,
             "mean_val_accuracy": sum(accs) / len(accs) if accs else None, "complete": graph["complete"],
-            "num_threads": threads, "workers": workers}
+            "num_threads": threads, "workers": workers, "gpus": gpus}
 
 
-def resolve_workers(value: Any, threads: int) -> int:
-    """Parallel node builds: an int, or "auto" = usable CPU cores // torch threads per node (at least 1)."""
+def resolve_workers(value: Any, threads: int, gpus: list[str] | None = None) -> int:
+    """Parallel node builds: an int, or "auto" = one per GPU when the build trains on GPUs (`gpus`), else usable
+    CPU cores // torch threads per node (at least 1)."""
+    if value in (None, "auto") and gpus:
+        return len(gpus)
     if value in (None, "auto"):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // max(threads, 1))
@@ -335,26 +399,32 @@ def resolve_workers(value: Any, threads: int) -> int:
     return int(value)
 
 
-def _node_pool(workers: int, threads: int):
-    """Worker processes for one graph build (spawned: no inherited torch state), each pinned to `threads` and
-    tied to this process's life (`_init_worker`)."""
+def _node_pool(workers: int, threads: int, slots: list[str | None] | None = None):
+    """Worker processes for one graph build (spawned: no inherited torch state), each pinned to `threads`, to one
+    entry of `slots` (its CUDA_VISIBLE_DEVICES; see `gpu_slots`) and tied to this process's life (`_init_worker`)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads, os.getpid()))
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for slot in slots or [None] * workers:
+        queue.put(slot)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_init_worker, initargs=(threads, os.getpid(), queue))
 
 
 # linux/prctl.h: deliver a signal to this process when its parent thread dies.
 PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(threads: int, parent_pid: int) -> None:
-    """Pool worker set-up: die with the building process, then pin torch to `threads`.
+def _init_worker(threads: int, parent_pid: int, slots: Any = None) -> None:
+    """Pool worker set-up: die with the building process, take a GPU slot, then pin torch to `threads`.
 
     A worker whose parent is killed (SIGKILL gives it no chance to clean up) would otherwise go on training as an
     orphan. On Linux the kernel sends the worker SIGKILL when its parent dies (PR_SET_PDEATHSIG; the pool starts
     its workers from the thread that submits, the build's own thread, which lives as long as the pool); elsewhere
     a daemon thread polls the parent id. A parent that died before this ran is caught by the pid check.
+    `slots` is a queue holding one CUDA_VISIBLE_DEVICES value per worker (None: keep the inherited one); each worker
+    takes one before anything starts CUDA in it, so no two workers share a GPU while there are enough.
     """
     if sys.platform.startswith("linux"):
         import ctypes
@@ -367,6 +437,10 @@ def _init_worker(threads: int, parent_pid: int) -> None:
         threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     if os.getppid() != parent_pid:
         os._exit(1)
+    if slots is not None:
+        slot = slots.get(timeout=60)
+        if slot is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = slot
     torch.set_num_threads(threads)
 
 

@@ -3,7 +3,9 @@
 The graph's nodes (data_gen.spec) are grouped by level; level L goes out as one submitit array of
 `data_gen.graph.build_node` calls once every node of level L-1 is done, so a node always finds its parent's
 weights. The array's resources come from the Hydra launcher config (`hydra/launcher=slurm`, see
-conf/hydra/launcher/slurm.yaml), the same one multirun sweeps use.
+conf/hydra/launcher/slurm.yaml), the same one multirun sweeps use. Each array task trains one node on one GPU
+when `data_gen.accelerator` is not cpu: a launcher that leaves `gpus_per_node` null asks for one GPU per task
+(`gpu_launcher`); the paper configs (accelerator auto) thus ask for a GPU, the built-in mini graphs (cpu) do not.
 
 Failures, and what happens:
 - near its time limit, or preempted with notice (SLURM sends submitit's USR2, sbatch --signal): submitit
@@ -30,7 +32,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from common.runinfo import versions
-from data_gen.graph import build_node, graph_config, is_done, read_record, write_graph
+from data_gen.graph import build_node, graph_config, is_done, read_record, trainer_options, write_graph
 from data_gen.spec import build_spec
 
 log = logging.getLogger("mother.data_gen")
@@ -76,6 +78,31 @@ def make_executor(launcher: Mapping[str, Any], folder: str | Path, name: str) ->
     params["name"] = name
     executor.update_parameters(**{k if k in _BASE_KEYS else f"{kind}_{k}": v for k, v in params.items()})
     return executor
+
+
+def gpu_launcher(launcher: Mapping[str, Any], dg: Mapping[str, Any]) -> dict:
+    """The launcher config of a graph build's arrays: one GPU per task unless the build trains on the CPU.
+
+    `gpus_per_node` null: 1 when `data_gen.accelerator` is auto or gpu (left null, no GPU asked for, for cpu / mps).
+    A number is kept (0 on a CPU-only cluster makes `auto` train on the CPU); more than 1 leaves GPUs idle (one node
+    per task, on one device).
+
+    Raises:
+        ValueError: accelerator gpu with gpus_per_node 0 (every task would fail to find its GPU).
+    """
+    out = dict(launcher)
+    accelerator = str(trainer_options(dg)["accelerator"]).lower()
+    wants_gpu = accelerator in ("auto", "gpu", "cuda")
+    if out.get("gpus_per_node") is None and wants_gpu:
+        out["gpus_per_node"] = 1
+    gpus = int(out.get("gpus_per_node") or 0)
+    if gpus == 0 and accelerator in ("gpu", "cuda"):
+        raise ValueError("data_gen.accelerator=gpu but hydra.launcher.gpus_per_node=0: the array tasks would get no "
+                         "GPU; set hydra.launcher.gpus_per_node=1 (or leave it null)")
+    if gpus > 1:
+        log.warning("hydra.launcher.gpus_per_node=%d: each array task trains one node on one GPU, %d stay idle",
+                    gpus, gpus - 1)
+    return out
 
 
 class NodeTask(submitit.helpers.Checkpointable):
@@ -130,7 +157,8 @@ def build_graph_slurm(cfg: DictConfig, *, launcher: Mapping[str, Any] | None = N
 
     Args:
         cfg: the composed config (data_gen, paths, logger, seed).
-        launcher: the hydra-submitit-launcher config (default: `launcher_config(cfg)`).
+        launcher: the hydra-submitit-launcher config (default: `launcher_config(cfg)`); `gpu_launcher` fills in
+            its GPUs per task.
         folder: submitit's log/pickle folder (default: `<paths.output_dir>/submitit`).
         finetune_fn / load_root_fn / load_task_fn: passed to `build_node` (tests inject faults; must pickle).
     Returns the same summary as `data_gen.graph.build_graph`, plus `resubmitted` (node ids sent again).
@@ -138,7 +166,7 @@ def build_graph_slurm(cfg: DictConfig, *, launcher: Mapping[str, Any] | None = N
     dg = graph_config(cfg)
     seed = int(dg.get("seed", cfg.seed))
     graph_dir = Path(dg["dir"])
-    launcher = dict(launcher) if launcher is not None else launcher_config(cfg)
+    launcher = gpu_launcher(launcher if launcher is not None else launcher_config(cfg), dg)
     # Equal weights need an equal thread count: data_gen.num_threads, else one per CPU the job asks for.
     threads = int(dg.get("num_threads") or launcher.get("cpus_per_task") or 1)
     folder = Path(folder) if folder is not None else Path(cfg.paths.output_dir) / "submitit"
@@ -147,9 +175,9 @@ def build_graph_slurm(cfg: DictConfig, *, launcher: Mapping[str, Any] | None = N
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
     node_kwargs = dict(cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
-                                    num_threads=threads, logger_cfg=logger_cfg,
-                                    checkpoint_every=dg.get("checkpoint_every"), progress=False,
-                                    finetune_fn=finetune_fn, load_root_fn=load_root_fn, load_task_fn=load_task_fn)
+                       num_threads=threads, logger_cfg=logger_cfg,
+                       checkpoint_every=dg.get("checkpoint_every"), progress=False, trainer=trainer_options(dg),
+                       finetune_fn=finetune_fn, load_root_fn=load_root_fn, load_task_fn=load_task_fn)
     start = time.perf_counter()
     built, skipped, resubmitted = [], [], []
     for level in sorted({j["level"] for j in jobs}):
@@ -179,4 +207,4 @@ def build_graph_slurm(cfg: DictConfig, *, launcher: Mapping[str, Any] | None = N
             "built": built, "skipped": skipped, "resubmitted": resubmitted,
             "seconds": time.perf_counter() - start,
             "mean_val_accuracy": sum(accs) / len(accs) if accs else None, "complete": graph["complete"],
-            "num_threads": threads}
+            "num_threads": threads, "gpus_per_task": int(launcher.get("gpus_per_node") or 0)}

@@ -9,6 +9,9 @@ Roots are jobs too (level 0, `"recipe": {"method": "pretrained", "source": "<roo
 task, hyperparameters) comes from a generator seeded by (experiment seed, node id) alone, so a node's job does
 not change when the graph grows elsewhere, and the same config always gives the same list.
 
+With `smoke.enabled` (set by `data_gen.smoke.smoke_config`), each fine-tune's job is capped after it is drawn
+(`data_gen.smoke.smoke_job`), so a smoke node has the task, method and seed of the real node with its id.
+
 Config values of a method block are sampled as follows: a scalar or a list is used as is; `{choices: [...]}`
 picks one uniformly; `{range: [lo, hi]}` draws an integer in [lo, hi] (inclusive) or a float uniformly.
 """
@@ -141,4 +144,9 @@ def build_spec(dg: Mapping, seed: int) -> list[dict]:
         n = _children_at(dg["children"], level)
         frontier = [node_job(dg, seed, f"{p['id']}-{i}", p) for p in frontier for i in range(n)]
         jobs.extend(frontier)
+    smoke = dg.get("smoke") or {}
+    if smoke.get("enabled"):  # a smoke run (data_gen.smoke.smoke_config): the same jobs, capped
+        from data_gen.smoke import smoke_job, smoke_settings
+        settings = smoke_settings(dg)
+        jobs = [smoke_job(j, settings) for j in jobs]
     return jobs
