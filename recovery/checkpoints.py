@@ -30,7 +30,7 @@ import struct
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -378,9 +378,15 @@ class ModelReader:
         self._sd = None
         self._base, self._patches = None, {}
 
-    def get(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
-        """Tensor `name` as float32 (float64 stays float64), into `out` (flat, right size) when given."""
+    def get(self, name: str, out: np.ndarray | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Tensor `name` as float32 (float64 stays float64), into `out` (flat, right size) when given.
+
+        `rows` = (start, stop) reads only those rows (first axis) of the tensor; from a safetensors file only their
+        bytes are read.
+        """
         info = self.model.tensors[name]
+        if rows is not None:
+            return self._get_rows(name, info, rows, out)
         if self._base is not None:
             arr = self._base.get(name, out)
             if name in self._patches:
@@ -393,20 +399,43 @@ class ModelReader:
                 return arr.reshape(info.shape).copy()
             out[...] = arr
             return out.reshape(info.shape)
+        return self._read(name, info, info.start, info.numel, out, info.shape)
+
+    def _get_rows(self, name: str, info: "TensorInfo", rows: tuple[int, int], out: np.ndarray | None) -> np.ndarray:
+        """Rows [start, stop) of tensor `name` (see `get`)."""
+        start, stop = rows
+        shape = (stop - start,) + tuple(info.shape[1:])
+        per_row = int(np.prod(info.shape[1:], dtype=np.int64))
+        if self._base is not None or self._sd is not None:
+            part = self.get(name)[start:stop].reshape(-1)
+            if out is None:
+                return part.reshape(shape).copy()
+            out[...] = part
+            return out.reshape(shape)
+        itemsize = np.dtype(_DTYPES[info.dtype][0]).itemsize
+        return self._read(name, info, info.start + start * per_row * itemsize, (stop - start) * per_row, out, shape)
+
+    def _read(self, name: str, info: "TensorInfo", offset: int, count: int, out: np.ndarray | None,
+              shape: tuple[int, ...]) -> np.ndarray:
+        """`count` values of tensor `name` from byte `offset` of its safetensors file, as float32 / float64;
+        straight into `out` when the file already stores that type."""
         np_dtype = _DTYPES[info.dtype][0]
-        raw = np.empty(info.numel, dtype=np_dtype)
+        direct = out is not None and out.dtype == np_dtype and out.flags.c_contiguous and info.dtype != "BF16"
+        raw = out.reshape(-1) if direct else np.empty(count, dtype=np_dtype)
         f = self._files[info.file]
-        f.seek(info.start)
+        f.seek(offset)
         got = f.readinto(memoryview(raw).cast("B"))
-        if got != info.end - info.start:
+        if got != count * raw.itemsize:
             raise CheckpointError(f"{info.file}: truncated while reading tensor {name!r} (file changed on disk?)")
+        if direct:
+            return out.reshape(shape)
         if info.dtype == "BF16":
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
         target = np.float64 if info.dtype == "F64" else np.float32
         if out is not None:
             out[...] = raw
-            return out.reshape(info.shape)
-        return raw.astype(target, copy=False).reshape(info.shape)
+            return out.reshape(shape)
+        return raw.astype(target, copy=False).reshape(shape)
 
 
 def open_all(models: list[ModelSource]) -> tuple[ExitStack, list[ModelReader]]:
@@ -420,17 +449,21 @@ def open_all(models: list[ModelSource]) -> tuple[ExitStack, list[ModelReader]]:
     return stack, readers
 
 
-def iter_stacked(readers: list[ModelReader], names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+def iter_stacked(readers: list[ModelReader], names: list[str], rows: Mapping[str, tuple[int, int]] | None = None
+                 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, array of shape (n_models, *shape)) per tensor; only one stack is alive at a time.
 
-    The stack is float32, or float64 when any model stores the tensor in 64 bits.
+    The stack is float32, or float64 when any model stores the tensor in 64 bits. `rows` maps a tensor name to the
+    (start, stop) rows to read of it (its stack then holds only those rows).
     """
+    rows = rows or {}
     for name in names:
         infos = [r.model.tensors[name] for r in readers]
-        shape = infos[0].shape
+        part = rows.get(name)
+        shape = infos[0].shape if part is None else (part[1] - part[0],) + tuple(infos[0].shape[1:])
         dtype = np.float64 if any(i.wide for i in infos) else np.float32
         buf = np.empty((len(readers), int(np.prod(shape, dtype=np.int64))), dtype=dtype)
         for i, r in enumerate(readers):
-            r.get(name, out=buf[i])
+            r.get(name, out=buf[i], rows=part)
         yield name, buf.reshape((len(readers),) + shape)
         del buf

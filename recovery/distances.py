@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
 RANK_TOLS = ("weight", "delta")
 
 
@@ -146,38 +147,83 @@ class LowRank:
         return len(self.s)
 
 
-def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Generator, block: int = 16
+def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Generator, block: int = 32
                     ) -> LowRank | None:
     """Factor `d` (float64) with certified residual err <= target, or None when its rank exceeds kmax.
 
-    Blocked randomized range finder: the basis grows by blocks (doubling) until the residual's Frobenius norm
-    (tracked as ||D||^2 - ||Q^T D||^2) falls under target / 2; the residual is then computed explicitly.
+    Blocked randomized range finder with a fixed block size (the basis overshoots the rank by < `block`): each
+    block sketches D @ Omega (in float32 while the part of D left to capture is far above float32 precision: the
+    sketch only steers the basis; in float64 after that), is orthonormalised against the basis in float64, and adds its rows Q_b^T D (float64). The residual's Frobenius norm follows from
+    ||D - Q Q^T D||_F^2 = ||D||_F^2 - ||Q^T D||_F^2 (Q orthonormal), plus a bound on its float64 round-off
+    (`_identity_allowance`); when that round-off is too large next to the target (a target far below ||D||), the
+    residual is computed explicitly instead. Singular values of Q^T D at most target / 2 are dropped and added to
+    the bound (`_truncate`).
     """
     m, n = d.shape
     if not d.any():
         return LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0)
-    total = float(np.einsum("ij,ij->", d, d))
+    total = _sum_squares(d)
+    goal = (target / 2) ** 2
+    d32 = d.astype(np.float32)
+    coarse = (256 * EPS32) ** 2 * total   # below this much left to capture, float32 sketches stall
+    cap = min(m, n)
     q = np.zeros((m, 0))
     rows = np.zeros((0, n))
+    captured = 0.0
     while True:
-        b = min(max(block, q.shape[1]), min(m, n) - q.shape[1])
-        y = d @ rng.standard_normal((n, b))
+        b = min(block, cap - q.shape[1])
+        if total - captured > coarse:
+            y = (d32 @ rng.standard_normal((n, b), dtype=np.float32)).astype(np.float64)
+        else:
+            y = d @ rng.standard_normal((n, b))
         for _ in range(2):  # re-orthogonalise against the basis found so far
             y -= q @ (q.T @ y)
         qb, _ = np.linalg.qr(y)
+        rb = qb.T @ d
         q = np.concatenate([q, qb], axis=1)
-        rows = np.concatenate([rows, qb.T @ d])
-        left = total - float(np.einsum("ij,ij->", rows, rows))
-        if left <= (target / 2) ** 2 * 0.5 or q.shape[1] >= min(m, n):
-            res = float(np.linalg.norm(d - q @ rows))
-            if res <= target / 2:
-                u, sv, vt = np.linalg.svd(rows, full_matrices=False)
-                keep = sv > target / 2
-                if keep.sum() > kmax:
-                    return None
-                return LowRank(q @ u[:, keep], sv[keep], vt[keep].T, res + float(sv[~keep].max(initial=0.0)))
-        if q.shape[1] >= min(kmax, min(m, n)):
+        rows = np.concatenate([rows, rb])
+        captured += _sum_squares(rb)
+        est = max(total - captured, 0.0)
+        left = est + _identity_allowance(m, n, q.shape[1]) * total
+        res = np.sqrt(left) if left <= goal else None
+        if res is None and (est <= goal / 2 or q.shape[1] >= cap):
+            explicit = float(np.linalg.norm(d - q @ rows))
+            res = explicit if explicit <= target / 2 else None
+        if res is not None:
+            return _truncate(q, rows, target / 2, kmax, float(res))
+        if q.shape[1] >= min(kmax + block, cap):   # one block past kmax: room to refine a rank-kmax basis
             return None
+
+
+def _truncate(q: np.ndarray, rows: np.ndarray, floor: float, kmax: int, res: float) -> LowRank | None:
+    """LowRank of Q @ rows keeping singular values above `floor`, from the eigenpairs of the small Gram rows rows^T.
+
+    With rows^T U = V diag(s) (V need not be exactly orthonormal: the cores use its Gram matrix), the kept part is
+    Q U_k U_k^T rows exactly; the dropped part has spectral norm sqrt(largest dropped eigenvalue), computed to
+    within k eps ||rows||^2 (added). None when more than kmax values are kept.
+    """
+    lam, u = np.linalg.eigh(rows @ rows.T)
+    lam, u = lam[::-1], u[:, ::-1]
+    slack = 8 * len(lam) * EPS64 * max(float(lam[0]), 0.0)
+    keep = lam > floor ** 2 + slack
+    if keep.sum() > kmax:
+        return None
+    sv = np.sqrt(lam[keep])
+    dropped = float(np.sqrt(max(float(lam[~keep].max(initial=0.0)), 0.0) + slack))
+    return LowRank(q @ u[:, keep], sv, (rows.T @ u[:, keep]) / sv, res + dropped)
+
+
+def _sum_squares(x: np.ndarray) -> float:
+    """Sum of squares in float64 by numpy's pairwise summation (round-off <~ (128 + log2 N) eps relative)."""
+    return float(np.add.reduce(np.square(x, dtype=np.float64).reshape(-1)))
+
+
+def _identity_allowance(m: int, n: int, k: int) -> float:
+    """Bound, relative to ||D||_F^2, on the float64 round-off of ||D||_F^2 - ||Q^T D||_F^2: the two pairwise sums
+    ((128 + log2 N) eps each), the products Q^T D (|fl(x) - x| <= gamma_m |Q|^T |D|, at most m sqrt(k) eps
+    ||D||_F per unit of ||Q^T D||_F, counted twice for the square) and Q's loss of orthogonality (~k eps), doubled
+    for safety."""
+    return 2.0 * (2 * m * np.sqrt(k) + 2 * k + 2 * (128 + np.log2(m * n))) * EPS64
 
 
 @dataclass
@@ -189,6 +235,8 @@ class RankResult:
     n_fast: int = 0
     n_direct: int = 0
     info: dict = field(default_factory=dict)
+    pruned: np.ndarray | None = None   # (n, n) bool: rank not computed, `ranks` holds an upper bound (see `prune`)
+    n_pruned: int = 0
 
     @property
     def low_rank_share(self) -> float:
@@ -238,14 +286,18 @@ def _gram_block(gii: np.ndarray, gjj: np.ndarray, gij: np.ndarray, out: np.ndarr
     out[idx, idx] += _JITTER
 
 
-def core_svals(fac: list[LowRank], bucket: int = 32) -> dict[tuple[int, int], np.ndarray | None]:
-    """Singular values of L_i - L_j for every pair i < j of the factors `fac`, from small core matrices.
+def core_svals(fac: list[LowRank], bucket: int = 32, skip: np.ndarray | None = None
+               ) -> dict[tuple[int, int], np.ndarray | None]:
+    """Singular values of L_i - L_j for every pair i < j of the factors `fac` (but those `skip[i, j]`), from
+    small core matrices.
 
     L_i - L_j = M diag(s_i, -s_j) N^T with M = [A_i, A_j], N = [V_i, V_j]. With Cholesky factors
     M^T M + jitter I = L_M L_M^T (likewise N), sigma(M S N^T) = sigma(L_M^T S L_N) up to 3 sqrt(jitter) max|s|
     (the jitter keeps the factor defined when the two bases share directions). The Gram blocks A_i^T A_j of all
     pairs come from one matrix product per model; the cores are padded (identity Gram, zero s: exact, padding only
-    adds zero singular values) to sizes in steps of `bucket` and decomposed in batches. None: Cholesky failed.
+    adds zero singular values) to sizes in steps of `bucket` and decomposed in batches: the singular values are
+    the square roots of the eigenvalues of C C^T for the core C (within 8 k eps ||C||^2 of the squares: the
+    caller allows for it). None: Cholesky failed.
     """
     n = len(fac)
     ks = np.array([f.k for f in fac])
@@ -260,6 +312,8 @@ def core_svals(fac: list[LowRank], bucket: int = 32) -> dict[tuple[int, int], np
         gv = fac[i].v.T @ v_all[:, off[i + 1]:]
         buckets: dict[int, list[int]] = {}
         for j in range(i + 1, n):
+            if skip is not None and skip[i, j]:
+                continue
             k = ks[i] + ks[j]
             if k == 0:
                 out[(i, j)] = np.zeros(0)
@@ -280,19 +334,25 @@ def core_svals(fac: list[LowRank], bucket: int = 32) -> dict[tuple[int, int], np
                 for t, j in enumerate(js):
                     try:
                         lm1, ln1 = np.linalg.cholesky(gm[t]), np.linalg.cholesky(gn[t])
-                        out[(i, j)] = np.linalg.svd((lm1.T * s[t]) @ ln1, compute_uv=False)
+                        out[(i, j)] = _svals((lm1.T * s[t]) @ ln1)
                     except np.linalg.LinAlgError:
                         out[(i, j)] = None
                 continue
-            sv = np.linalg.svd((np.swapaxes(lm, 1, 2) * s[:, None, :]) @ ln, compute_uv=False)
+            sv = _svals((np.swapaxes(lm, 1, 2) * s[:, None, :]) @ ln)
             for t, j in enumerate(js):
                 out[(i, j)] = sv[t]
     return out
 
 
+def _svals(c: np.ndarray) -> np.ndarray:
+    """Singular values of (a batch of) square cores, descending, as square roots of the eigenvalues of C C^T."""
+    lam = np.linalg.eigvalsh(c @ np.swapaxes(c, -1, -2))
+    return np.sqrt(np.maximum(lam, 0.0))[..., ::-1]
+
+
 def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str = "fast", seed: int = 0,
-                kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct", d2: np.ndarray | None = None
-                ) -> RankResult:
+                kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct", d2: np.ndarray | None = None,
+                prune: np.ndarray | None = None) -> RankResult:
     """Ranks of W_i - W_j for all pairs of the stack `w` (n, *shape); conv kernels are flattened to matrices.
 
     Args:
@@ -305,6 +365,11 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
         d2: the models' squared l2 distances on this layer when already known (else computed). Models are taken
             in order of their summed distance to the others, so the first reference is the medoid, from which
             the differences of a LoRA tree have the lowest ranks (smaller factors and cores: speed only).
+        prune: (n, n) ints or None. A pair of one low-rank group whose factor ranks add up to k_i + k_j <=
+            prune[i, j] is not decomposed: its rank is at most k_i + k_j (the residuals are below tol / 4, so they
+            cannot lift another singular value above tol), and that bound is stored in `ranks`, flagged in
+            `pruned`. With prune = the running maximum over earlier layers, the maximum over layers (paper Eq. 2)
+            stays exact while most cores of later layers are never built.
     """
     ws = np.stack([as_matrix(x) for x in w]) if w.ndim != 3 else w
     n, m, d = ws.shape
@@ -352,12 +417,27 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
     ranks = np.zeros((n, n), dtype=np.int64)
     direct_pairs, n_fast = [], 0
     gid = {i: k for k, g in enumerate(groups) for i in g}
+    pruned = np.zeros((n, n), dtype=bool)
     for g in groups:
-        svals = core_svals([fac[i] for i in g]) if len(g) > 1 else {}
+        if len(g) < 2:
+            continue
+        ks = np.array([fac[i].k for i in g])
+        skip = None
+        if prune is not None:
+            bound_ij = ks[:, None] + ks[None, :]
+            skip = bound_ij <= prune[np.ix_(g, g)]
+            np.fill_diagonal(skip, False)
+            gi = np.asarray(g)
+            a_, b_ = np.nonzero(np.triu(skip, 1))
+            ranks[gi[a_], gi[b_]] = ranks[gi[b_], gi[a_]] = bound_ij[a_, b_]
+            pruned[gi[a_], gi[b_]] = pruned[gi[b_], gi[a_]] = True
+        svals = core_svals([fac[i] for i in g], skip=skip)
         for (a, b), sv in svals.items():
             i, j = g[a], g[b]
             t = tol[i, j]
-            margin = fac[i].err + fac[j].err + _CORE_ALLOWANCE * (fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0))
+            top = fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0)
+            lam_err = 16 * (fac[i].k + fac[j].k) * EPS64 * top ** 2   # eigenvalues of C C^T (see core_svals)
+            margin = fac[i].err + fac[j].err + _CORE_ALLOWANCE * top + max(np.sqrt(lam_err), lam_err / t)
             if sv is None or margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
                 direct_pairs.append((i, j))
                 continue
@@ -372,7 +452,8 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
     if direct_pairs:
         ranks += direct_ranks(ws, tol, direct_pairs)
     return RankResult(ranks, tol, groups, n_fast, len(direct_pairs),
-                      {"ranks_from_ref": {i: fac[i].k for i in range(n)}, "kmax": kmax})
+                      {"ranks_from_ref": {i: fac[i].k for i in range(n)}, "kmax": kmax}, pruned,
+                      int(np.triu(pruned, 1).sum()))
 
 
 def reduce_ranks(per_layer: list[np.ndarray], how: str = "max") -> np.ndarray:

@@ -86,7 +86,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
     rank_tol = {"rank_tol": distance["rank_tol"]} if "rank_tol" in distance else {}
     relations = edge_relations(path, edges, layers=layers, sources=wa.sources, selected=wa.selected,
-                               **rank_tol) if edges else {}
+                               evidence=wa.rank_evidence, **rank_tol) if edges else {}
     warnings = list(wa.warnings) + ([clustering.evidence["warning"]] if "warning" in clustering.evidence else [])
     warnings += [f"models {m['models']} share a change that {m['attached_to']} lacks: their true parent is probably "
                  f"missing from the folder (or they are same-recipe siblings); missing edge ~{m['missing_edge_l2']:.3g} "

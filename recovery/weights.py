@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from common.errors import ConfigError
 from common.io import sha256_file
 from recovery.checkpoints import STRICT_HINT, CheckpointError, ModelSource, discover, iter_stacked, open_all
-from recovery.cues import init_distance, layer_moments, stats_from_moments
-from recovery.direction import STATS, stack_stat
-from recovery.distances import as_matrix, direct_ranks, layer_ranks, pairwise_sq_dists, reduce_ranks
+from recovery.accumulate import CueMoments, DirectionStats, GramSums, LayerBatch, RankEvidence, RankFactors
+from recovery.direction import STATS
+from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce_ranks
 from recovery.layers import Layer, choose_layers, numel, split_architectures
 
 METRICS = ("l2", "rms", "lora_rank", "auto")
@@ -52,6 +52,7 @@ class WeightAnalysis:
     layer_selection: dict = field(default_factory=dict)          # per role: kinds asked, kinds used, fallback
     sources: list[ModelSource] = field(default_factory=list)     # the models kept, in `ids` order
     selected: list[Layer] = field(default_factory=list)          # the distance layers (edge_relations reuses them)
+    rank_evidence: RankEvidence | None = None                    # per-layer pair ranks (edge labels, no 2nd pass)
 
 
 def _options(given: Mapping, defaults: dict, what: str) -> dict:
@@ -96,6 +97,41 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
         raise CheckpointError(f"{next(iter(other_arch.values()))}; {STRICT_HINT}")
     excluded = {**catalog.excluded, **other_arch}
     warnings += [f"excluded model {k}: {v}" for k, v in excluded.items()]
+    dist_layers, dropped, selection = _select(models, lo, ro, warnings)
+    dir_layers = selection.pop("_dir_layers")
+    n = len(models)
+    gram = GramSums(n)
+    ranks = (RankFactors(n, do["metric"], rank_tol, do["seed"], do["low_rank_share"], do["rank_reduce"])
+             if do["metric"] in ("lora_rank", "auto") else None)
+    cue_acc = CueMoments(n, len(dir_layers), ro["seed"]) if ro["cues"] else None
+    direction_acc = DirectionStats(n, dir_layers, ro["stat"], cue_acc)
+    bad = _stream(models, dist_layers, dir_layers, gram, ranks, direction_acc, progress)
+    keep, aliases = exclude_models(models, bad, gram.same, excluded, warnings, strict, catalog.root)
+    kx = np.ix_(keep, keep)
+    n_layers = len(dist_layers)
+    l2, rms = gram.l2[kx] / n_layers, gram.rms[kx] / n_layers
+    info: dict = {"layout": catalog.layout, "n_layers": n_layers, "layer_weights": sum(numel(l, models) for l in dist_layers),
+                  "rank_tol": rank_tol, "passes": 1}
+    ids = [models[i].id for i in keep]
+    dist, metric = choose_metric(do, l2, rms, ranks, keep, gram.changed_layers, info, catalog.root, n_layers)
+    evidence = ranks.evidence(keep, ids, gram.same_2d) if ranks is not None else None
+    dvals, good = _direction_values(direction_acc.values[keep], dir_layers, ro["stat"], warnings, catalog.root)
+    cues = cue_acc.cues(keep, good) if cue_acc is not None else {}
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return WeightAnalysis(
+        ids=ids, stages={k: catalog.stages[k] for k in ids}, distance=np.asarray(dist, dtype=np.float64),
+        distance_metric=metric, l2=l2, direction=dvals.sum(axis=1), direction_per_layer=dvals,
+        direction_layers=[l.name for l, g in zip(dir_layers, good) if g], direction_stat=ro["stat"],
+        layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info,
+        sq_l2=gram.sq[kx], cues=cues, aliases=aliases, layer_selection=selection,
+        sources=[models[i] for i in keep], selected=list(dist_layers), rank_evidence=evidence)
+
+
+def _select(models: list[ModelSource], lo: dict, ro: dict, warnings: list[str]
+            ) -> tuple[list[Layer], dict[str, str], dict]:
+    """Distance layers, dropped tensors, and the selection record of both roles (direction layers under
+    "_dir_layers"); a warning when a role fell back to the widest kinds."""
     dist_layers, dropped, dist_fb = choose_layers(models, lo["kinds"], lo["regex"], lo["exclude_heads"], lo["fallback"])
     dir_layers, _, dir_fb = choose_layers(models, ro["kinds"], ro["regex"], lo["exclude_heads"], lo["fallback"])
     selection = {"distance": {"kinds": list(lo["kinds"]), "regex": lo["regex"], "used_kinds": dist_fb or list(lo["kinds"]),
@@ -109,71 +145,66 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                                                 for role, sel in fell)
                         + " (heads excluded; tree.json lists them under layers / direction_layers; choose with "
                           "recovery.layers.kinds / recovery.direction.kinds or a regex)")
-    need_ranks = do["metric"] in ("lora_rank", "auto")
+    selection["_dir_layers"] = dir_layers
+    return dist_layers, dropped, selection
+
+
+def _read_plan(groups: dict[str, list[tuple[str, Layer]]]) -> dict[str, tuple[int, int]]:
+    """Row ranges to read per tensor: only the rows its layers use, when every one of them is a row block (the
+    value rows of a fused qkv, say); whole tensors otherwise."""
+    plan = {}
+    for tensor, group in groups.items():
+        blocks = [layer.rows for _, layer in group]
+        if all(b is not None for b in blocks):
+            plan[tensor] = (min(b[0] for b in blocks), max(b[1] for b in blocks))
+    return plan
+
+
+def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: list[Layer], gram: GramSums,
+            ranks: RankFactors | None, direction_acc: DirectionStats, progress: bool) -> dict[int, str]:
+    """One pass over the files: each tensor is read once from every model and handed to the accumulators.
+
+    Returns {model index: first tensor with NaN/Inf weights}; such a model takes no part from that tensor on.
+    """
     n = len(models)
     by_tensor: dict[str, list[tuple[str, Layer]]] = {}
     for role, group in (("dist", dist_layers), ("dir", dir_layers)):
         for layer in group:
             by_tensor.setdefault(layer.tensor, []).append((role, layer))
-    l2_sum, rms_sum, sq_sum = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
-    same = np.ones((n, n), dtype=bool)
+    plan = _read_plan(by_tensor)
     bad: dict[int, str] = {}
-    rank_layers: list[tuple[str, np.ndarray, float]] = []   # (name, ranks, low-rank share)
-    rank_stats = {"fast_pairs": 0, "direct_pairs": 0, "skipped_pairs": 0, "seconds": 0.0}
-    dir_values = np.full((n, len(dir_layers)), np.nan)
-    moments = np.full((n, len(dir_layers), 3), np.nan) if ro["cues"] else None
-    init_d = np.full((n, len(dir_layers)), np.nan) if ro["cues"] else None
-    dir_index = {layer.name: k for k, layer in enumerate(dir_layers)}
-    changed_layers = 0
     stack, readers = open_all(models)
     with stack:
         names = list(by_tensor)
-        for name, x in tqdm(iter_stacked(readers, names), total=len(names), desc="weights", disable=not progress):
+        for name, x in tqdm(iter_stacked(readers, names, plan), total=len(names), desc="weights", disable=not progress):
             flat = x.reshape(n, -1)
             finite = np.isfinite(flat).all(axis=1)
             for i in np.flatnonzero(~finite):
                 bad.setdefault(int(i), name)
-            ok = np.array([i not in bad for i in range(n)])
-            sub = np.flatnonzero(ok)
-            ix = np.ix_(sub, sub)
+            sub = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
+            start = plan[name][0] if name in plan else 0
             for role, layer in by_tensor[name]:
-                y = layer.take(x)[sub]
+                view = layer if layer.rows is None else Layer(layer.name, layer.tensor,
+                                                             (layer.rows[0] - start, layer.rows[1] - start))
+                y = view.take(x)[sub]
                 if role == "dir":
-                    k = dir_index[layer.name]
-                    if ro["cues"]:   # one moment pass gives the cues and (for kurtosis / variance) the stat
-                        moments[sub, k] = layer_moments(y)
-                        init_d[sub, k] = init_distance(y, layer.name, ro["seed"])
-                        derived = stats_from_moments(moments[sub, k])
-                    dir_values[sub, k] = (derived[ro["stat"]] if ro["cues"] and ro["stat"] in derived
-                                          else stack_stat(y, ro["stat"]))
+                    direction_acc.update(LayerBatch(layer, y, sub))
                     continue
-                d2 = pairwise_sq_dists(y)
-                l2_sum[ix] += np.sqrt(d2)
-                sq_sum[ix] += d2
-                rms_sum[ix] += np.sqrt(d2 / y[0].size)
-                same[ix] &= d2 == 0
-                changed = bool((d2 > 0).any())
-                changed_layers += changed
-                if need_ranks and y.ndim >= 3 and len(sub) >= 2:
-                    t_rank = time.perf_counter()
-                    ws = np.stack([as_matrix(w) for w in y]) if y.ndim > 3 else y
-                    auto = do["metric"] == "auto"
-                    res = layer_ranks(ws, rank_tol, seed=do["seed"], dense="skip" if auto else "direct", d2=d2)
-                    share = res.low_rank_share if changed else 1.0
-                    skipped = np.argwhere(np.triu(res.ranks < 0, 1))
-                    if len(skipped) and share >= do["low_rank_share"]:
-                        res.ranks[res.ranks < 0] = 0
-                        res.ranks += direct_ranks(ws, res.tol, [tuple(p) for p in skipped])
-                        rank_stats["direct_pairs"] += len(skipped)
-                    elif len(skipped):
-                        rank_stats["skipped_pairs"] += len(skipped)
-                    full = np.zeros((n, n), dtype=np.int64)
-                    full[ix] = res.ranks
-                    rank_layers.append((layer.name, full, share))
-                    rank_stats["fast_pairs"] += res.n_fast
-                    rank_stats["direct_pairs"] += res.n_direct
-                    rank_stats["seconds"] += time.perf_counter() - t_rank
-    # -------- exclusions: non-finite weights, then duplicates (kept as aliases of the model they copy)
+                batch = LayerBatch(layer, y, sub, pairwise_sq_dists(y))
+                gram.update(batch)
+                if ranks is not None:
+                    ranks.update(batch)
+    return bad
+
+
+def exclude_models(models: list[ModelSource], bad: Mapping[int, str], same: np.ndarray, excluded: dict[str, str],
+                   warnings: list[str], strict: bool, root) -> tuple[list[int], dict[str, list[str]]]:
+    """Leave out models with non-finite weights, then duplicates (kept as aliases of the model they copy).
+
+    Updates `excluded` and `warnings` in place; with `strict` any of them is an error. Returns (indices of the
+    models kept, {kept id: ids of its duplicates}).
+    """
+    n = len(models)
     for i, tname in sorted(bad.items()):
         reason = f"{models[i].path}: NaN or Inf weights (first in tensor {tname!r})"
         if strict:
@@ -199,66 +230,73 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                 warnings.append(f"excluded model {models[j].id}: {reason}")
     keep = [i for i in keep if models[i].id not in excluded]
     if len(keep) < 2:
-        raise CheckpointError(f"{catalog.root}: fewer than two usable models remain after exclusions "
+        raise CheckpointError(f"{root}: fewer than two usable models remain after exclusions "
                               f"({len(keep)} usable); left out: " + "; ".join(f"{k}: {v}" for k, v in excluded.items()))
-    kx = np.ix_(keep, keep)
-    n_layers = len(dist_layers)
-    l2 = l2_sum[kx] / n_layers
-    rms = rms_sum[kx] / n_layers
-    info: dict = {"layout": catalog.layout, "n_layers": n_layers, "layer_weights": sum(numel(l, models) for l in dist_layers),
-                  "rank_tol": rank_tol, "passes": 1}
+    return keep, aliases
+
+
+def choose_metric(do: Mapping, l2: np.ndarray, rms: np.ndarray, ranks: RankFactors | None, keep: list[int],
+                  changed_layers: int, info: dict, root, n_layers: int) -> tuple[np.ndarray, str]:
+    """The distance matrix of the kept models and the metric it is ("auto" resolved by the low-rank share).
+
+    Records the rank evidence (and the auto decision) in `info`.
+    """
     metric = do["metric"]
-    if need_ranks:
+    rank_layers = ranks.layers if ranks is not None else []
+    if ranks is not None:
         shares = [s for _, _, s in rank_layers]
         evidence = {"mean_low_rank_share": float(np.mean(shares)) if shares else 0.0,
-                    "rank_layers": len(rank_layers), "changed_layers": changed_layers, **rank_stats}
+                    "rank_layers": len(rank_layers), "changed_layers": changed_layers, **ranks.stats}
         if metric == "auto":
             metric = "lora_rank" if shares and evidence["mean_low_rank_share"] >= do["low_rank_share"] else "l2"
             evidence["reason"] = (f"mean share of models whose difference from a reference is low rank = "
                                   f"{evidence['mean_low_rank_share']:.2f} (threshold {do['low_rank_share']}) -> {metric}")
             info["auto"] = evidence
         info["ranks"] = evidence
-    if metric == "lora_rank":
-        used = [(nm, r) for nm, r, s in rank_layers if do["metric"] == "lora_rank" or s >= do["low_rank_share"]]
-        if not used:
-            raise CheckpointError(f"{catalog.root}: lora_rank needs 2-D layers; none among {len(dist_layers)} selected")
-        dist = reduce_ranks([r[kx] for _, r in used], do["rank_reduce"])
-        info["rank_layers_used"] = [nm for nm, _ in used]
-        info["rank_reduce"] = do["rank_reduce"]
-    else:
-        dist = l2 if metric == "l2" else rms
-    # -------- direction
-    dvals = dir_values[keep]
+    if metric != "lora_rank":
+        return (l2 if metric == "l2" else rms), metric
+    kx = np.ix_(keep, keep)
+    used = [(nm, r) for nm, r, s in rank_layers if ranks.counted(s)]
+    if not used:
+        raise CheckpointError(f"{root}: lora_rank needs 2-D layers; none among {n_layers} selected")
+    info["rank_layers_used"] = [nm for nm, _ in used]
+    info["rank_reduce"] = do["rank_reduce"]
+    return reduce_ranks([r[kx] for _, r in used], do["rank_reduce"]), metric
+
+
+def _direction_values(dvals: np.ndarray, dir_layers: list[Layer], stat: str, warnings: list[str], root
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The kept models' per-layer direction values on the layers where every one is defined, and that mask."""
     good = np.isfinite(dvals).all(axis=0)
     for k in np.flatnonzero(~good):
-        warnings.append(f"direction: layer {dir_layers[k].name} left out ({ro['stat']} undefined for a constant layer)")
+        warnings.append(f"direction: layer {dir_layers[k].name} left out ({stat} undefined for a constant layer)")
     if not good.any():
-        raise CheckpointError(f"{catalog.root}: no layer gives a defined {ro['stat']} for every model")
-    dvals = dvals[:, good]
-    cues: dict[str, np.ndarray] = {}
-    if ro["cues"]:
-        cues = {**stats_from_moments(moments[keep][:, good]), "init_distance": init_d[keep][:, good]}
-    info["seconds"] = round(time.perf_counter() - t0, 3)
-    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    ids = [models[i].id for i in keep]
-    return WeightAnalysis(
-        ids=ids, stages={k: catalog.stages[k] for k in ids}, distance=np.asarray(dist, dtype=np.float64),
-        distance_metric=metric, l2=l2, direction=dvals.sum(axis=1), direction_per_layer=dvals,
-        direction_layers=[l.name for l, g in zip(dir_layers, good) if g], direction_stat=ro["stat"],
-        layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info,
-        sq_l2=sq_sum[kx], cues=cues, aliases=aliases, layer_selection=selection,
-        sources=[models[i] for i in keep], selected=list(dist_layers))
+        raise CheckpointError(f"{root}: no layer gives a defined {stat} for every model")
+    return dvals[:, good], good
 
 
 def edge_relations(path, edges: list[tuple[str, str]], *, layers: Mapping = {}, rank_tol="weight",
                    low_rank_frac: float = 0.25, sources: list[ModelSource] | None = None,
-                   selected: list[Layer] | None = None) -> dict[tuple[str, str], str]:
+                   selected: list[Layer] | None = None, evidence: RankEvidence | None = None
+                   ) -> dict[tuple[str, str], str]:
     """"adapter" when the child differs from its parent by a low-rank matrix (rank <= low_rank_frac x min(shape))
     on every changed 2-D layer, else "finetune" (Hugging Face model-card vocabulary).
 
-    `sources` / `selected` (a WeightAnalysis's) skip reading the folder again and reuse its layers.
+    `sources` / `selected` (a WeightAnalysis's) skip reading the folder again and reuse its layers. `evidence` (a
+    WeightAnalysis's `rank_evidence`, from the first pass, with its rank tolerance) labels every edge whose ranks it
+    holds without reading any weight; only the others are read again, with a direct SVD per edge and layer.
     """
     lo = _options(layers, LAYER_DEFAULTS, "layers")
+    known: dict[tuple[str, str], str] = {}
+    if evidence is not None and low_rank_frac == evidence.low_rank_frac:
+        have = set(evidence.ids)
+        for e in edges:
+            rel = evidence.relation(*e) if e[0] in have and e[1] in have else None
+            if rel is not None:
+                known[tuple(e)] = rel
+        edges = [e for e in edges if tuple(e) not in known]
+        if not edges:
+            return known
     if sources is None:
         catalog = discover(path)
         sources = catalog.models
@@ -291,4 +329,4 @@ def edge_relations(path, edges: list[tuple[str, str]], *, layers: Mapping = {}, 
                     changed[(p, c)] = True
                     r = layer_ranks(w, _rank_tol(rank_tol)).ranks[0, 1]
                     low[(p, c)] &= r <= low_rank_frac * min(w.shape[1:])
-    return {e: "adapter" if changed[e] and low[e] else "finetune" for e in low}
+    return {**known, **{e: "adapter" if changed[e] and low[e] else "finetune" for e in low}}
