@@ -176,23 +176,36 @@ def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Gene
             y = (d32 @ rng.standard_normal((n, b), dtype=np.float32)).astype(np.float64)
         else:
             y = d @ rng.standard_normal((n, b))
-        for _ in range(2):  # re-orthogonalise against the basis found so far
-            y -= q @ (q.T @ y)
-        qb, _ = np.linalg.qr(y)
+        qb = _new_directions(q, y)
+        if not qb.shape[1]:   # the sketch finds nothing beyond the basis: the residual decides
+            explicit = float(np.linalg.norm(d - q @ rows))
+            return _truncate(q, rows, target / 2, kmax, explicit) if explicit <= target / 2 else None
         rb = qb.T @ d
         q = np.concatenate([q, qb], axis=1)
         rows = np.concatenate([rows, rb])
         captured += _sum_squares(rb)
         est = max(total - captured, 0.0)
-        left = est + _identity_allowance(m, n, q.shape[1]) * total
-        res = np.sqrt(left) if left <= goal else None
-        if res is None and (est <= goal / 2 or q.shape[1] >= cap):
+        slack = _identity_allowance(m, n, q.shape[1]) * total
+        res = np.sqrt(est + slack) if est + slack <= goal else None
+        if res is None and (est <= max(goal / 2, slack) or q.shape[1] >= cap):   # below what the identity resolves
             explicit = float(np.linalg.norm(d - q @ rows))
             res = explicit if explicit <= target / 2 else None
         if res is not None:
             return _truncate(q, rows, target / 2, kmax, float(res))
         if q.shape[1] >= min(kmax + block, cap):   # one block past kmax: room to refine a rank-kmax basis
             return None
+
+
+def _new_directions(q: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Orthonormal directions of the sketch `y` outside the orthonormal basis `q` (twice projected out); directions
+    at round-off level (whose normalisation would bring back components along `q`) are dropped."""
+    scale = float(np.linalg.norm(y))
+    for _ in range(2):
+        y -= q @ (q.T @ y)
+    u, sv, _ = np.linalg.svd(y, full_matrices=False)
+    qb = u[:, sv > 64 * EPS64 * np.sqrt(y.shape[1]) * scale]
+    qb -= q @ (q.T @ qb)
+    return np.linalg.qr(qb)[0] if qb.shape[1] else qb
 
 
 def _truncate(q: np.ndarray, rows: np.ndarray, floor: float, kmax: int, res: float) -> LowRank | None:
@@ -308,12 +321,16 @@ def core_svals(fac: list[LowRank], bucket: int = 32, skip: np.ndarray | None = N
     gvv = [f.v.T @ f.v for f in fac]
     out: dict[tuple[int, int], np.ndarray | None] = {}
     for i in range(n - 1):
-        ga = fac[i].a.T @ a_all[:, off[i + 1]:]
-        gv = fac[i].v.T @ v_all[:, off[i + 1]:]
+        todo = [j for j in range(i + 1, n) if skip is None or not skip[i, j]]
+        if not todo:
+            continue
+        # the Gram blocks A_i^T A_j of this row's pairs, one product (only the columns of pairs not skipped)
+        idx = np.concatenate([np.arange(off[j], off[j + 1]) for j in todo])
+        ga = fac[i].a.T @ a_all[:, idx]
+        gv = fac[i].v.T @ v_all[:, idx]
+        start = dict(zip(todo, np.concatenate([[0], np.cumsum(ks[todo])[:-1]])))
         buckets: dict[int, list[int]] = {}
-        for j in range(i + 1, n):
-            if skip is not None and skip[i, j]:
-                continue
+        for j in todo:
             k = ks[i] + ks[j]
             if k == 0:
                 out[(i, j)] = np.zeros(0)
@@ -324,7 +341,7 @@ def core_svals(fac: list[LowRank], bucket: int = 32, skip: np.ndarray | None = N
             gn = gm.copy()
             s = np.zeros((len(js), size))
             for t, j in enumerate(js):
-                cols = slice(off[j] - off[i + 1], off[j + 1] - off[i + 1])
+                cols = slice(start[j], start[j] + ks[j])
                 _gram_block(gaa[i], gaa[j], ga[:, cols], gm[t])
                 _gram_block(gvv[i], gvv[j], gv[:, cols], gn[t])
                 s[t, :ks[i]], s[t, ks[i]:ks[i] + ks[j]] = fac[i].s, -fac[j].s
