@@ -65,7 +65,8 @@ PRECISIONS = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed",
               "16-mixed": "16-mixed", "16": "16-mixed"}
 
 
-def resolve_trainer(accelerator: str = "auto", devices: int | str = 1, precision: str | None = "auto") -> dict[str, Any]:
+def resolve_trainer(accelerator: str = "auto", devices: int | str = 1,
+                    precision: str | None = "auto") -> dict[str, Any]:
     """Concrete Lightning options for one fine-tune: {"accelerator", "devices", "precision"}.
 
     Args:
@@ -251,11 +252,14 @@ class StepCheckpoints(pl.Callback):
 
 
 class TrainTimer(pl.Callback):
-    """Wall time of the training steps only (first batch start to last batch end)."""
+    """Wall time of the training steps only (first batch start to last batch end), and of the steps after the
+    first (which pays for lazy set-up: kernel selection, allocator warm-up)."""
 
     def __init__(self) -> None:
         self.start: float | None = None
         self.end: float | None = None
+        self.first_end: float | None = None
+        self.batches = 0
 
     def on_train_batch_start(self, *args: Any) -> None:
         if self.start is None:
@@ -265,10 +269,20 @@ class TrainTimer(pl.Callback):
         if trainer.strategy.root_device.type == "cuda":  # kernels run asynchronously: time them finished
             torch.cuda.synchronize(trainer.strategy.root_device)
         self.end = time.perf_counter()
+        self.batches += 1
+        if self.first_end is None:
+            self.first_end = self.end
 
     @property
     def seconds(self) -> float:
         return 0.0 if self.start is None or self.end is None else self.end - self.start
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Mean time of a training step after the first (None with fewer than 2 steps)."""
+        if self.batches < 2 or self.end is None or self.first_end is None:
+            return None
+        return (self.end - self.first_end) / (self.batches - 1)
 
 
 def build_loggers(logger_cfg: Mapping | None, node_id: str) -> list:
@@ -346,8 +360,9 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
         save_adapter: for LoRA, also save the peft adapter.
 
     Returns:
-        {"val_accuracy", "weights", "sha256", "steps", "seconds", "adapter", "train_seconds", "final_loss",
-         "num_threads", "checkpoints", "accelerator", "devices", "precision", "device_name", "gpu_memory_peak_mb"}
+        {"val_accuracy", "weights", "sha256", "steps", "seconds", "adapter", "train_seconds", "step_seconds" (mean
+         step time after the first), "final_loss", "num_threads", "checkpoints", "accelerator", "devices",
+         "precision", "device_name", "gpu_memory_peak_mb"}
         (the last two: the GPU's name and its peak allocated memory during the run; None on CPU).
     """
     start = time.perf_counter()
@@ -385,14 +400,14 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
             ckpt = StepCheckpoints(int(checkpoint_every), out_dir / "checkpoints" / node_id, r["method"], metadata)
             callbacks.append(ckpt)
         loggers = build_loggers(logger_cfg, node_id)
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
         trainer = pl.Trainer(
             **options, max_epochs=int(r["epochs"]),
             max_steps=total, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             check_val_every_n_epoch=None, val_check_interval=total, log_every_n_steps=max(1, min(50, total)),
             deterministic="warn" if on_gpu else True, default_root_dir=str(out_dir))
+        if on_gpu:  # after the Trainer, which sets CUBLAS_WORKSPACE_CONFIG before CUDA starts here
+            torch.cuda.reset_peak_memory_stats()
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
         if module.val_accuracy is None:  # the end-of-run validation did not fire (e.g. stopped early)
             trainer.validate(module, dataloaders=val, verbose=False)
@@ -408,7 +423,7 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
         return {"val_accuracy": float(module.val_accuracy), "weights": str(weights),
                 "sha256": sha256_file(weights), "steps": int(trainer.global_step),
                 "seconds": time.perf_counter() - start, "adapter": adapter,
-                "train_seconds": timer.seconds, "final_loss": module.last_loss,
+                "train_seconds": timer.seconds, "step_seconds": timer.step_seconds, "final_loss": module.last_loss,
                 "num_threads": torch.get_num_threads(),
                 "checkpoints": [str(p) for p in ckpt.paths] if ckpt else [], **options,
                 "device_name": device_name, "gpu_memory_peak_mb": memory_mb}

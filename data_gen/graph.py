@@ -44,7 +44,8 @@ log = logging.getLogger("mother.data_gen")
 # Recipe keys every node's meta holds (null where they do not apply: roots, LoRA keys of full fine-tunes).
 RECIPE_META = ("method", "lora_rank", "lora_alpha", "lr", "epochs", "batch_size", "seed")
 # How each fine-tune ran (resolved Lightning options and what it measured); null for roots.
-TRAINER_META = ("accelerator", "devices", "precision", "train_seconds", "device_name", "gpu_memory_peak_mb")
+TRAINER_META = ("accelerator", "devices", "precision", "train_seconds", "step_seconds", "device_name",
+                "gpu_memory_peak_mb")
 # data_gen config keys passed to every fine-tune's Trainer, and their defaults.
 TRAINER_KEYS = {"accelerator": "auto", "devices": 1, "precision": "auto"}
 
