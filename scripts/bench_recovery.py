@@ -1,9 +1,11 @@
 """Benchmark recovery's weight analysis against the direct approach, in one process, on synthetic ViT weights.
 
 LoRA ranks: a 3-level LoRA tree (1 root, `--branch` children, `--branch`^2 grandchildren; 21 models by default)
-of ViT-B-sized models (dim 768, depth 12), merged LoRA deltas of rank 8/16/32/64 on every block matrix. Direct =
-load both models per pair, ``matrix_rank`` per pair and layer; it runs on `--direct-pairs` random pairs (all with
-0) and its time is scaled to all pairs; its ranks must equal ours on those pairs. Both use one explicit tolerance.
+of ViT-B-sized models (dim 768, depth 12), merged LoRA deltas of rank 8/16/32/64 on the fused qkv matrices; ranks
+on the 12 value layers (``layers.kinds=[value]``). Direct = load both models per pair, ``matrix_rank`` per pair
+and layer, max over layers; it runs on `--direct-pairs` random pairs (all with 0) and its time is scaled to all
+pairs; its ranks must equal ours on those pairs. Both use one explicit tolerance. Then the whole
+``python run.py +experiment=recover`` on the same folder, its wall time against the analysis time it reports.
 l2: `--l2-models` ViT-sized models streamed by ``analyze_folder`` in a child process (its peak RSS is reported);
 direct = load both models per pair and take Frobenius norms, on `--direct-pairs` pairs, scaled to all pairs.
 Synthetic weights: speed and memory only, not evidence for the paper.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from recovery.synthetic import finetune, random_weights, vit_shapes, write_tree  # noqa: E402
 from recovery.weights import analyze_folder  # noqa: E402
 
@@ -42,27 +46,55 @@ def bench_lora(args, tmp: Path) -> None:
                scale=args.lora_scale, graph=False)
     ids = sorted(p.stem for p in tmp.glob("*.safetensors"))
     print(f"[lora] wrote {len(ids)} models of {sum(np.prod(s) for s in shapes.values()) / 1e6:.1f}M params "
-          f"in {time.perf_counter() - t:.1f}s")
+          f"in {time.perf_counter() - t:.1f}s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    opts = {"layers": {"kinds": ["value"]}, "distance": {"metric": "lora_rank", "rank_tol": args.tol}}
+    analyze_folder(tmp, **opts, direction={"kinds": ["value"]}, progress=False)   # warm the page cache
     t = time.perf_counter()
-    res = analyze_folder(tmp, distance={"metric": "lora_rank", "rank_tol": args.tol}, progress=False)
+    res = analyze_folder(tmp, **opts, direction={"kinds": ["value"]}, progress=False)
     ours = time.perf_counter() - t
+    t = time.perf_counter()
+    dense_dir = analyze_folder(tmp, **opts, progress=False)   # the paper's direction layers (dense) read as well
+    ours_dense = time.perf_counter() - t
+    assert np.array_equal(dense_dir.distance, res.distance)
     pairs = list(itertools.combinations(range(len(ids)), 2))
     rng = np.random.default_rng(args.seed)
     chosen = pairs if args.direct_pairs == 0 else [pairs[k] for k in rng.choice(len(pairs), args.direct_pairs, replace=False)]
+    value = {name: (rows, name.split("[")[0]) for name, rows in _value_rows(res.layers, args.dim)}
     t = time.perf_counter()
     same = True
-    for i, j in chosen:
+    for i, j in chosen:   # the direct method: load both models, matrix_rank of every layer's difference
         a, b = load_file(str(tmp / f"{ids[i]}.safetensors")), load_file(str(tmp / f"{ids[j]}.safetensors"))
-        r = max(np.linalg.matrix_rank(a[k].astype(np.float64) - b[k], tol=args.tol) for k in res.layers)
+        r = max(np.linalg.matrix_rank(a[k][rows].astype(np.float64) - b[k][rows], tol=args.tol)
+                for rows, k in value.values())
         same &= r == res.distance[res.ids.index(ids[i]), res.ids.index(ids[j])]
     direct = (time.perf_counter() - t) * len(pairs) / len(chosen)
-    rank_s = res.info["ranks"]["seconds"]
-    print(f"[lora] {len(ids)} models, {len(res.layers)} layers, {len(pairs)} pairs: ours {ours:.1f}s for the whole "
-          f"pass (read, l2, direction, ranks), of which ranks {rank_s:.1f}s "
-          f"(fast pairs x layers {res.info['ranks']['fast_pairs']}, direct {res.info['ranks']['direct_pairs']}); "
-          f"direct {direct:.1f}s{' (scaled from %d pairs)' % len(chosen) if len(chosen) < len(pairs) else ''}; "
-          f"ratio {direct / ours:.1f}x (whole pass), {direct / rank_s:.1f}x (ranks only); "
-          f"ranks identical on {len(chosen)} pairs: {bool(same)}; peak RSS {res.info['peak_rss_mib']} MiB")
+    rk = res.info["ranks"]
+    print(f"[lora] {len(ids)} models, {len(res.layers)} value layers, {len(pairs)} pairs, tol {args.tol}: direct "
+          f"{direct:.1f}s{' (scaled from %d pairs)' % len(chosen) if len(chosen) < len(pairs) else ''}; ours "
+          f"{ours:.2f}s for the whole analysis pass (read, l2, direction on the value layers, ranks), of which ranks "
+          f"{rk['seconds']:.2f}s (cores decomposed {rk['fast_pairs']}, pruned by the max {rk['pruned_pairs']}, "
+          f"direct {rk['direct_pairs']} pair-layers); RATIO {direct / ours:.0f}x (whole pass), "
+          f"{direct / rk['seconds']:.0f}x (ranks only); with direction on the dense layers {ours_dense:.2f}s "
+          f"({direct / ours_dense:.0f}x); ranks equal on {len(chosen)} pairs: {bool(same)}; "
+          f"peak RSS {res.info['peak_rss_mib']} MiB")
+    out = tmp.parent / "recover_out"
+    cmd = [sys.executable, str(ROOT / "run.py"), "+experiment=recover", f"input={tmp}", f"output_dir={out}",
+           "recovery=paper", "recovery.distance.metric=lora_rank", "'recovery.layers.kinds=[value]'",
+           f"recovery.distance.rank_tol={args.tol}", "recovery.plot=false"]
+    t = time.perf_counter()
+    subprocess.run(" ".join(cmd), shell=True, check=True, cwd=ROOT, capture_output=True)
+    wall = time.perf_counter() - t
+    doc = json.loads((out / "tree.json").read_text())
+    weights_s = doc["timings"]["weights_s"]
+    print(f"[recover] python run.py +experiment=recover ... metric=lora_rank layers=[value]: wall {wall:.2f}s, its "
+          f"analysis (weights) {weights_s:.2f}s, RATIO {wall / weights_s:.2f}x; total inside recover "
+          f"{doc['timings']['total_s']:.2f}s; edges {len(doc['edges'])} "
+          f"({sorted({e['base_model_relation'] for e in doc['edges']})})")
+
+
+def _value_rows(layers: list[str], dim: int) -> list[tuple[str, slice]]:
+    """(layer name, rows of its tensor) for value layers named like ``blocks.0.attn.qkv.weight[value]``."""
+    return [(name, slice(2 * dim, 3 * dim) if name.endswith("[value]") else slice(None)) for name in layers]
 
 
 def bench_l2(args, tmp: Path) -> None:
