@@ -18,8 +18,9 @@ from tests.conftest import ROOT
 
 
 def forest(shapes: dict[str, tuple[int, ...]], n_trees: int = 2, children: int = 2, grandchildren: int = 2,
-           seed: int = 0) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[str, str]]]:
-    """Models (id -> tensors) and true edges of `n_trees` depth-2 trees."""
+           seed: int = 0, fresh: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[str, str]]]:
+    """Models (id -> tensors) and true edges of `n_trees` depth-2 trees; `fresh` tensors (a new task's head) are
+    drawn anew in every child."""
     rng = np.random.default_rng(seed)
     models: dict[str, dict[str, np.ndarray]] = {}
     edges: list[tuple[str, str]] = []
@@ -28,6 +29,8 @@ def forest(shapes: dict[str, tuple[int, ...]], n_trees: int = 2, children: int =
         scale = rng.uniform(0.2, 0.3)
         models[name] = {k: (v + scale * v.std() * rng.standard_normal(v.shape)).astype(np.float32)
                         for k, v in models[parent].items()}
+        for k in fresh:
+            models[name][k] = rng.standard_normal(shapes[k]).astype(np.float32)
         edges.append((parent, name))
 
     for t in range(n_trees):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from tests.conftest import ROOT
+from tests.recovery_inputs import forest as make_forest, write_flat, write_truth
 
 SHAPES = {"blocks.0.attn.qkv.weight": (96, 32), "blocks.0.attn.proj.weight": (32, 32),
           "blocks.0.mlp.fc1.weight": (64, 32), "blocks.0.mlp.fc2.weight": (32, 64),
@@ -27,32 +27,7 @@ SHAPES = {"blocks.0.attn.qkv.weight": (96, 32), "blocks.0.attn.proj.weight": (32
 def synthetic_forest(n_trees: int = 2, children: int = 2, grandchildren: int = 2, seed: int = 0
                      ) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[str, str]]]:
     """Models (id -> tensors) and true edges of `n_trees` trees of depth 2 (1 + c + c*g models each)."""
-    rng = np.random.default_rng(seed)
-    models: dict[str, dict[str, np.ndarray]] = {}
-    edges: list[tuple[str, str]] = []
-
-    def child_of(parent: str, name: str) -> None:
-        scale = rng.uniform(0.2, 0.3)  # delta std relative to the weights' std
-        models[name] = {k: (v + scale * v.std() * rng.standard_normal(v.shape)).astype(np.float32)
-                        for k, v in models[parent].items()}
-        models[name]["head.weight"] = rng.standard_normal(SHAPES["head.weight"]).astype(np.float32)
-        edges.append((parent, name))
-
-    for t in range(n_trees):
-        root = f"t{t}_root"
-        models[root] = {k: rng.laplace(0, 0.05, s).astype(np.float32) for k, s in SHAPES.items()}
-        for c in range(children):
-            child_of(root, f"t{t}_c{c}")
-            for g in range(grandchildren):
-                child_of(f"t{t}_c{c}", f"t{t}_c{c}_g{g}")
-    return models, edges
-
-
-def write_flat(folder: Path, models: dict[str, dict[str, np.ndarray]]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, tensors in models.items():
-        save_file(tensors, str(folder / f"{name}.safetensors"))
-    return folder
+    return make_forest(SHAPES, n_trees, children, grandchildren, seed, fresh=("head.weight",))
 
 
 def write_graph(folder: Path, models: dict, edges: list[tuple[str, str]]) -> Path:
@@ -64,11 +39,6 @@ def write_graph(folder: Path, models: dict, edges: list[tuple[str, str]]) -> Pat
              "meta": {n: {"method": "full"} for n in models}}
     (folder / "graph.json").write_text(json.dumps(graph))
     return folder / "graph.json"
-
-
-def write_truth(path: Path, models: dict, edges: list[tuple[str, str]]) -> Path:
-    path.write_text(json.dumps({"nodes": sorted(models), "edges": [list(e) for e in edges]}))
-    return path
 
 
 @pytest.fixture(scope="module")
