@@ -76,3 +76,19 @@ def test_scale_ladder_toy(cfg_factory, tmp_path):
     ranks = {m["lora_rank"] for n, m in graph["meta"].items() if m.get("parent")}
     assert ranks <= {2, 4} and ranks
     assert (tmp_path / "results" / "scale_ladder" / "scale_ladder.png").is_file()
+
+
+def test_root_measures_read_plateau_and_kurtosis_from_the_curve(tmp_path, monkeypatch):
+    import data_gen.roots as roots
+    from analysis.experiments.calibration import root_measures
+
+    curve = {"step": [100, 200, 300, 400, 500], "train_loss": [2.0, 1.5, 1.2, 1.0, 0.98],
+             "kurtosis": [0.1, 2.5, 3.0, 2.8, 2.7]}
+    (tmp_path / "r.json").write_text(json.dumps({"arch": "vit_mini", "steps": 500, "val_accuracy": 0.61,
+                                                 "curve": curve}))
+    monkeypatch.setattr(roots, "ASSETS", tmp_path)
+    m = root_measures("r")
+    assert m["plateau_drop"] == pytest.approx(0.02)     # loss 1.0 at step 400 (80%) -> 0.98 at the end
+    assert (m["kurtosis_first"], m["kurtosis_max"], m["kurtosis_last"]) == (0.1, 3.0, 2.7)
+    (tmp_path / "old.json").write_text(json.dumps({"arch": "vit_mini", "steps": 600, "val_accuracy": 0.2}))
+    assert np.isnan(root_measures("old")["plateau_drop"])  # shipped roots of before record no curve

@@ -161,7 +161,8 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
 
 
 def root_measures(name: str) -> dict[str, Any]:
-    """A shipped built-in root's record: accuracy, loss plateau (from its curve when recorded), steps."""
+    """A shipped built-in root's record: accuracy, loss plateau and kurtosis along pretraining (from its curve when
+    recorded), steps."""
     from data_gen.roots import ASSETS
 
     rec = read_json(ASSETS / f"{name}.json")
@@ -172,8 +173,11 @@ def root_measures(name: str) -> dict[str, Any]:
         start = steps[-1] * 0.8
         before = loss[steps <= start][-1] if (steps <= start).any() else loss[0]
         plateau = float((before - loss[-1]) / before)
+    kurt = curve.get("kurtosis") or []  # mean excess kurtosis along pretraining (recorded by the resumable loop)
     return {"root": name, "arch": rec.get("arch"), "steps": rec.get("steps"), "val_accuracy": rec.get("val_accuracy"),
-            "plateau_drop": plateau, "train_seconds": rec.get("train_seconds")}
+            "plateau_drop": plateau, "train_seconds": rec.get("train_seconds"),
+            "kurtosis_first": kurt[0] if kurt else math.nan, "kurtosis_max": max(kurt) if kurt else math.nan,
+            "kurtosis_last": kurt[-1] if kurt else math.nan}
 
 
 def json_safe(x: Any) -> Any:
