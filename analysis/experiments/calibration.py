@@ -243,10 +243,11 @@ def render(results: dict, out_dir: Path) -> None:
                                                       _ok(g["edge_spread"], t["edge_spread"], higher=False)])}
             for g in graphs]
     write_table(pd.DataFrame(rows), out_dir, NAME, caption="Calibration of the mini graphs (weights only)")
-    roots = pd.DataFrame([{**r, "acc >= 0.6": _ok(_num(r["val_accuracy"]), t["root_accuracy"]),
-                           "plateaued": _ok(_num(r["plateau_drop"]), t["plateau"], higher=False)}
-                          for r in results["roots"]])
-    write_table(roots, out_dir, f"{NAME}_roots", caption="Built-in roots: accuracy on the pretraining mix, plateau")
+    if results["roots"]:
+        roots = pd.DataFrame([{**r, "acc >= 0.6": _ok(_num(r["val_accuracy"]), t["root_accuracy"]),
+                               "plateaued": _ok(_num(r["plateau_drop"]), t["plateau"], higher=False)}
+                              for r in results["roots"]])
+        write_table(roots, out_dir, f"{NAME}_roots", caption="Built-in roots: accuracy on the pretraining mix, plateau")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     labels = [g["label"] for g in graphs]
     x = np.arange(len(graphs))

@@ -1,0 +1,76 @@
+"""Calibration of one FT probe tree grown from any root file, with a candidate full fine-tuning recipe.
+
+    python scripts/calibrate_probe.py graphs/probes/w64_s10k/final.safetensors --label s10k_adamw3e4 \
+        --optimizer adamw --lr 3e-4
+
+Builds ft_mini's tree shape (one root, 20 fine-tunes) at data_gen seed 2 with the recipe's full-method overrides,
+then runs the calibration experiment on it (weights-only regime measures, plus `--longer` nodes rerun 4x longer).
+Outputs under <graphs>/probes/calibration/<label>/ (graph, results, tables). A tool for choosing mini recipes by
+training evidence (issue 14); recovery accuracy is not computed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from omegaconf import OmegaConf, open_dict  # noqa: E402
+
+from common.paths import project_root  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, help="root weights (.safetensors)")
+    p.add_argument("--label", required=True)
+    p.add_argument("--arch", default="vit_mini")
+    p.add_argument("--task", default="pretrain/mix_a", help="the root's pretraining task (recorded)")
+    p.add_argument("--graph", default="ft_mini", help="data_gen config giving the tree shape and tasks")
+    p.add_argument("--optimizer", default=None)
+    p.add_argument("--lr", type=float, nargs="*", default=None, help="one value, or several to choose among")
+    p.add_argument("--longer", type=int, default=3, help="nodes rerun 4x longer (convergence)")
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--depth", type=int, default=None, help="override the tree depth (e.g. 1 for a quick check)")
+    p.add_argument("--children", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="cap every fine-tune (quick check only)")
+    args = p.parse_args()
+
+    from analysis import stage
+    from common.paths import register_resolvers
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    graphs = Path(os.environ.get("MOTHER_GRAPHS_DIR", project_root() / "graphs"))
+    base = graphs / "probes" / "calibration" / args.label
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "+experiment=calibration", f"paths.graphs_dir={base / 'graphs'}", f"paths.results_dir={base / 'results'}",
+            f"paths.log_dir={base / 'logs'}", f"paths.output_dir={base / 'out'}",
+            f"analysis.calibration.longer_nodes={args.longer}"])
+    full: dict = {}
+    if args.optimizer:
+        full["optimizer"] = args.optimizer
+    if args.lr:
+        full["lr"] = args.lr[0] if len(args.lr) == 1 else {"choices": list(args.lr)}
+    overrides = {"name": f"calib_{args.label}", "seed": args.seed, "workers": 1,
+                 "roots": [{"id": "probe", "source": str(args.root.resolve()), "arch": args.arch, "task": args.task}]}
+    if args.max_steps:
+        full["max_steps"] = args.max_steps
+    for key in ("depth", "children"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if full:
+        overrides["methods"] = {"full": full}
+    with open_dict(cfg):
+        cfg.analysis.calibration.graphs = OmegaConf.create(
+            {"FT": {"graph": {"data_gen": args.graph, "overrides": overrides}, "recovery": {"distance": {"metric": "l2"}}}})
+        cfg.analysis.calibration.roots = []
+    stage.run(cfg)
+    print((base / "results" / "calibration" / "calibration.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
