@@ -21,7 +21,7 @@ import functools
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -110,11 +110,11 @@ def evaluate(model: torch.nn.Module, preprocess: Preprocess, x: torch.Tensor, y:
 
 
 @torch.no_grad()
-def mean_kurtosis(model: torch.nn.Module, head: str) -> float:
-    """Mean excess kurtosis over the model's 2-D+ weights, head excluded (paper Fig. 2: rises in pretraining)."""
+def mean_kurtosis(tensors: Iterable[tuple[str, torch.Tensor]], heads: tuple[str, ...]) -> float:
+    """Mean excess kurtosis over 2-D+ weights, heads (name prefixes) excluded (paper Fig. 2: rises in pretraining)."""
     vals = []
-    for name, w in model.named_parameters():
-        if w.ndim >= 2 and not name.startswith(head + "."):
+    for name, w in tensors:
+        if w.ndim >= 2 and not name.startswith(tuple(h + "." for h in heads)):
             z = w.detach().double().flatten()
             z = (z - z.mean()) / z.std()
             vals.append(float((z ** 4).mean() - 3))
@@ -203,7 +203,7 @@ def pretrain(*, arch: str, task, recipe: Mapping, folder: Path, checkpoint_every
                 acc, vloss = evaluate(model, preprocess, task.x_val, task.y_val)
                 for key, v in (("step", done), ("train_loss", sum(window) / len(window)),
                                ("val_accuracy", acc), ("val_loss", vloss),
-                               ("kurtosis", mean_kurtosis(model, classifier_name(model)))):
+                               ("kurtosis", mean_kurtosis(model.named_parameters(), (classifier_name(model),)))):
                     curve.setdefault(key, []).append(v)
                 window = []
                 if progress:

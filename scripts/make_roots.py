@@ -23,17 +23,7 @@ from safetensors.torch import load_file  # noqa: E402
 from common.io import read_json  # noqa: E402
 from common.paths import project_root  # noqa: E402
 from data_gen import roots  # noqa: E402
-
-
-def mean_kurtosis(path: Path) -> float:
-    """Mean excess kurtosis over the 2-D+ weight tensors of a checkpoint, head excluded."""
-    vals = []
-    for k, w in load_file(str(path)).items():
-        if w.ndim >= 2 and not k.startswith(("head.", "fc.")):
-            z = w.double().flatten()
-            z = (z - z.mean()) / z.std()
-            vals.append(float((z ** 4).mean() - 3))
-    return sum(vals) / len(vals)
+from data_gen.pretraining import mean_kurtosis  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
         folder = roots.build_root(name, cache_dir=args.cache_dir, data_dir=args.data_dir,
                                   num_threads=args.threads, force=args.force)
         rec = read_json(folder / "root.json")
-        curve = [(s, mean_kurtosis(path)) for s, path in roots.root_checkpoints(name, cache_dir=args.cache_dir)]
+        curve = [(s, mean_kurtosis(load_file(str(path)).items(), ("head", "fc"))) for s, path in roots.root_checkpoints(name, cache_dir=args.cache_dir)]
         kurt = " ".join(f"{s}:{k:.3f}" for s, k in curve)
         print(f"{name}: {rec['arch']} recipe {rec['recipe']['optimizer']}/{rec['data']} steps {rec['steps']} "
               f"val_acc {rec['val_accuracy']:.3f} train {rec['train_seconds']:.1f}s "

@@ -160,6 +160,14 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
             else math.nan, "root_vectors": {r: vecs[r] for r in per_tree}}
 
 
+def plateau_drop(curve: Mapping[str, list]) -> float:
+    """Relative train-loss drop over the last 20% of a recorded curve (the roots' target: < 2%)."""
+    steps, loss = np.asarray(curve["step"], float), np.asarray(curve["train_loss"], float)
+    before = loss[steps <= 0.8 * steps[-1]]
+    ref = before[-1] if len(before) else loss[0]
+    return float((ref - loss[-1]) / ref)
+
+
 def root_measures(name: str) -> dict[str, Any]:
     """A shipped built-in root's record: accuracy, loss plateau and kurtosis along pretraining (from its curve when
     recorded), steps."""
@@ -167,12 +175,7 @@ def root_measures(name: str) -> dict[str, Any]:
 
     rec = read_json(ASSETS / f"{name}.json")
     curve = rec.get("curve") or {}
-    plateau = math.nan
-    if curve.get("train_loss"):
-        steps, loss = np.asarray(curve["step"], float), np.asarray(curve["train_loss"], float)
-        start = steps[-1] * 0.8
-        before = loss[steps <= start][-1] if (steps <= start).any() else loss[0]
-        plateau = float((before - loss[-1]) / before)
+    plateau = plateau_drop(curve) if curve.get("train_loss") else math.nan
     kurt = curve.get("kurtosis") or []  # mean excess kurtosis along pretraining (recorded by the resumable loop)
     return {"root": name, "arch": rec.get("arch"), "steps": rec.get("steps"), "val_accuracy": rec.get("val_accuracy"),
             "plateau_drop": plateau, "train_seconds": rec.get("train_seconds"),

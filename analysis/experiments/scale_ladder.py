@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.experiments.calibration import _num, graph_measures, json_safe
+from analysis.experiments.calibration import _num, graph_measures, json_safe, plateau_drop
 from analysis.graphs import ensure_graph
 from analysis.recover import accuracy_run
 from analysis.report import knobs, run_experiment, save_figure, write_table
@@ -44,11 +44,9 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
     res = pretrain(arch=arch, task=task, recipe=recipe, folder=folder, checkpoint_every=int(rung["steps"]),
                    eval_every=int(k.eval_every), num_threads=cfg.get("num_threads"), progress=True)
     curve = res["curve"]
-    cut = [i for i, s in enumerate(curve["step"]) if s <= 0.8 * curve["step"][-1]]
-    before = curve["train_loss"][cut[-1]] if cut else curve["train_loss"][0]
     rec = {"label": label, "arch": arch, "width": int(rung["width"]), "steps": res["steps"], "recipe": recipe,
            "mix": str(k.mix), "val_accuracy": res["val_accuracy"], "val_loss": res["val_loss"],
-           "plateau_drop": (before - curve["train_loss"][-1]) / before, "train_seconds": res["train_seconds"],
+           "plateau_drop": plateau_drop(curve), "train_seconds": res["train_seconds"],
            "num_threads": res["num_threads"], "weights": str(folder / "final.safetensors"), "curve": curve}
     write_json(record, rec)
     return rec
@@ -56,8 +54,7 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
 
 def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tuple[str, dict]:
     """(data_gen config name, overrides) of one probe tree grown from a rung's root."""
-    overrides = OmegaConf.to_container(probe.get("overrides") or {}, resolve=True) if OmegaConf.is_config(
-        probe.get("overrides")) else dict(probe.get("overrides") or {})
+    overrides = dict(probe.get("overrides") or {})
     overrides["name"] = f"{NAME}_{rung_label}_{probe['name']}"
     overrides["roots"] = [{"id": rung_label, "source": root["weights"], "arch": root["arch"], "task": root["mix"]}]
     scale = probe.get("rank_scale_width")
