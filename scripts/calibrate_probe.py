@@ -36,6 +36,9 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=None, help="override the tree depth (e.g. 1 for a quick check)")
     p.add_argument("--children", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="cap every fine-tune (quick check only)")
+    p.add_argument("--n-train", type=int, default=None, help="training images per fine-tune task")
+    p.add_argument("--epochs", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="epochs drawn per node in [LO, HI]")
     args = p.parse_args()
 
     from analysis import stage
@@ -59,6 +62,10 @@ def main() -> None:
                  "roots": [{"id": "probe", "source": str(args.root.resolve()), "arch": args.arch, "task": args.task}]}
     if args.max_steps:
         full["max_steps"] = args.max_steps
+    if args.n_train:
+        full["n_train"] = args.n_train
+    if args.epochs:
+        full["epochs"] = {"range": list(args.epochs)}
     for key in ("depth", "children"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
