@@ -48,6 +48,17 @@ def cluster_trees(distance: np.ndarray, n_trees: int | str = "auto", linkage: st
     if n == 1:
         return Clustering(np.zeros(1, dtype=int), 1, {"rule": "one model", "heights": []})
     z = hierarchy.linkage(squareform(d, checks=False), method=linkage)
+    return cluster_linkage(z, n_trees, linkage, min_gap_ratio=min_gap_ratio, threshold=threshold)
+
+
+def cluster_linkage(z: np.ndarray, n_trees: int | str = "auto", linkage: str = "single", *,
+                    min_gap_ratio: float = 3.0, threshold: float | None = None) -> Clustering:
+    """Cut a scipy linkage matrix `z` of n models into trees, with the rules of `cluster_trees`.
+
+    `cluster_trees` builds `z` from a dense distance matrix; recovery.sparse builds the same single-linkage `z`
+    from a sparse candidate graph.
+    """
+    n = z.shape[0] + 1
     heights = z[:, 2]
     evidence: dict = {"linkage": linkage, "heights": [float(h) for h in heights]}
     if n_trees != "auto":
