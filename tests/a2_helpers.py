@@ -1,6 +1,7 @@
 """Shared helpers for A2's analysis tests (synthetic weight trajectories, toy configs). Not a test module."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,46 @@ def compose_toy(experiment: str, tmp: Path, shared: Path, extra: list[str] | Non
             f"paths.log_dir={tmp / 'logs'}", f"paths.results_dir={tmp / 'results'}",
             f"paths.graphs_dir={shared / 'graphs'}", f"paths.data_dir={shared / 'data'}", "num_threads=1"]
     return compose(over + list(extra or []), output_dir=tmp / "out")
+
+
+# --- independent references: direct numpy, written apart from the code under test ------------------------------
+
+def spearman_np(x, y) -> float:
+    """Spearman's rho by hand: Pearson correlation of the ranks, tied values given their mean rank."""
+    def ranks(a):
+        a = np.asarray(a, dtype=float)
+        r = np.empty(len(a))
+        r[np.argsort(a, kind="stable")] = np.arange(len(a), dtype=float)
+        for v in np.unique(a):
+            r[a == v] = r[a == v].mean()
+        return r
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+def moment_stat(w: np.ndarray, stat: str) -> float:
+    """variance, skewness or Pearson kurtosis (m4 / m2^2, not excess) of all values of `w`, in float64."""
+    c = np.asarray(w, dtype=np.float64).ravel()
+    c = c - c.mean()
+    m2, m3, m4 = (c ** 2).mean(), (c ** 3).mean(), (c ** 4).mean()
+    return {"variance": m2, "skewness": m3 / m2 ** 1.5, "kurtosis": m4 / m2 ** 2}[stat]
+
+
+# timm ViT tensors by layer kind; q, k, v are the row thirds of the fused qkv
+VIT_KINDS = {"dense": (r"blocks\.\d+\.(attn\.proj|mlp\.fc1|mlp\.fc2)\.weight", None),
+             "query": (r"blocks\.\d+\.attn\.qkv\.weight", 0), "key": (r"blocks\.\d+\.attn\.qkv\.weight", 1),
+             "value": (r"blocks\.\d+\.attn\.qkv\.weight", 2)}
+
+
+def direct_sum(file, stat: str, kind: str = "dense") -> float:
+    """`stat` summed over the ViT layers of `kind` in a safetensors file, by direct numpy."""
+    from safetensors.numpy import load_file
+
+    pattern, third = VIT_KINDS[kind]
+    total = 0.0
+    for name, w in load_file(str(file)).items():
+        if re.fullmatch(pattern, name):
+            if third is not None:
+                n = w.shape[0] // 3
+                w = w[third * n:(third + 1) * n]
+            total += moment_stat(w, stat)
+    return total
