@@ -1,9 +1,12 @@
-"""Smoke test of the beyond-the-paper ablation at toy scale (synthetic graphs: mechanics, kinds and ranges)."""
+"""The beyond-the-paper ablation at toy scale. Synthetic graphs (each child its parent plus an independent delta):
+every variant must find the undirected trees exactly and the paper's method the directed ones too; a dropped
+node's children share its delta, so the missing-parent search must report every such group and nothing else."""
 from __future__ import annotations
 
 import json
 
 import pandas as pd
+import pytest
 
 from analysis import stage
 from analysis.experiments.recovery_ablation import choose, choose_missing, missing_scores
@@ -20,8 +23,10 @@ def test_recovery_ablation_toy(cfg_factory, tmp_path):
     assert {(r["split"], r["graph"]) for r in rows} == {("dev", "FT"), ("eval", "FT"), ("eval", "LoRA-V")}
     assert len(rows) == 3 * 2 * len(variants)          # graphs x stage settings x variants
     for r in rows:
-        assert 0.0 <= r["edge_accuracy"] <= 1.0 and 0.0 <= r["undirected_accuracy"] <= 1.0
-        assert r["edge_accuracy"] <= r["undirected_accuracy"] + 1e-12 and r["n_edges"] > 0
+        assert r["undirected_accuracy"] == 1.0 and r["n_edges"] == 12, r       # variants differ in orientation only
+        assert round(r["edge_accuracy"] * 12, 9) == round(r["edge_accuracy"] * 12)    # a count of the 12 edges
+        if r["variant"] == "paper":
+            assert r["edge_accuracy"] == 1.0, r
     table = pd.read_csv(out / "recovery_ablation_eval_none.csv")
     assert list(table["variant"]) == variants and {"FT", "LoRA-V", "mean"} <= set(table.columns)
     assert (out / "recovery_ablation.png").stat().st_size > 10_000
@@ -29,14 +34,20 @@ def test_recovery_ablation_toy(cfg_factory, tmp_path):
     assert {m["graph"] for m in trials} == {"FT", "LoRA-V"} and all(m["children"] >= 2 for m in trials)
     assert all(m["edge_rel"] > 0 for m in trials)
     grid = res["missing_grid"]                        # every setting scored on the dev trials, one chosen
-    assert len(grid) > 1 and sum(g["chosen"] for g in grid) == 1 and all(0 <= g["f1"] <= 1 for g in grid)
+    assert len(grid) > 1 and sum(g["chosen"] for g in grid) == 1
+    for g in grid:   # F1 of precision found / (found + false groups) and recall found / trials, by hand
+        p = g["found"] / (g["found"] + g["false_groups"]) if g["found"] + g["false_groups"] else 0.0
+        rc = g["found"] / g["trials"]
+        assert g["f1"] == pytest.approx(2 * p * rc / (p + rc) if p + rc else 0.0), g
     best = next(g for g in grid if g["chosen"])
     assert best["f1"] == max(g["f1"] for g in grid)
     assert all(m["setting"] == {k: best[k] for k in m["setting"]} for m in res["missing"])
-    assert all(isinstance(m["found"], bool) and m["false_groups"] >= 0 for m in trials)
-    assert any(m["found"] for m in trials)        # synthetic children of a dropped node share its change
+    assert all(m["found"] is True and m["false_groups"] == 0 for m in trials)  # the dropped node's children share
+    assert all(m["false_groups"] == 0 for m in res["missing"] if m["dropped"] is None)  # its delta; intact: none
     missing = pd.read_csv(out / "recovery_ablation_missing_parents.csv")
-    assert ((missing["children_reported"] >= 0) & (missing["children_reported"] <= 1)).all()
+    assert (missing["children_reported"] == 1.0).all() and (missing["false_groups"] == 0).all()
+    assert dict(zip(zip(missing["split"], missing["graph"]), missing["dropped"])) == {
+        ("dev", "FT"): 3, ("eval", "FT"): 4, ("eval", "LoRA-V"): 4}
     assert "Beyond the paper" in (tmp_path / "results" / "README.md").read_text()
 
 
