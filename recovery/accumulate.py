@@ -2,8 +2,9 @@
 
 Each accumulator sees every selected layer once, as a `LayerBatch` (the stack of the models still in play), and
 keeps what it needs: `GramSums` the l2 / rms / squared distance sums and which models are identical,
-`RankFactors` the per-layer LoRA ranks (and what the edge labels need from them), `DirectionStats` the direction
-statistic per layer, `CueMoments` the moments and init distances of the direction cues (recovery.cues).
+`RankFactors` the per-layer LoRA ranks (and what the edge labels need from them), `FinetuneCertificates` (metric
+l2 / rms, where no ranks are computed) small submatrices that prove most full fine-tuning edges without a second
+read, `DirectionStats` the direction statistic per layer, `CueMoments` the moments and init distances of the direction cues (recovery.cues).
 `recovery.weights.analyze_folder` drives them and combines their results.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from recovery.cues import init_distance, layer_moments, stats_from_moments
 from recovery.direction import stack_stat
-from recovery.distances import as_matrix, direct_ranks, layer_ranks
+from recovery.distances import EPS32, as_matrix, direct_ranks, layer_ranks, spectral_norm
 from recovery.layers import Layer
 
 
@@ -154,6 +155,110 @@ class RankFactors:
         kx = np.ix_(keep, keep)
         return RankEvidence(ids, [nm for nm, _, _ in self.layers], [r[kx] for _, r, _ in self.layers],
                             list(self.limits), same_2d[kx], self.low_rank_frac)
+
+
+@dataclass
+class SketchEvidence:
+    """Edge labels from `FinetuneCertificates` (metric l2 / rms): "finetune" where a certificate proves it, None
+    (read that edge again) otherwise. Same interface as `RankEvidence`."""
+    ids: list[str]
+    layers: list[dict]
+    same_2d: np.ndarray
+    low_rank_frac: float = 0.25
+
+    def relation(self, parent: str, child: str) -> str | None:
+        """"finetune" when the pair is identical on the 2-D layers or certified full rank on a kept layer."""
+        i, j = self.ids.index(parent), self.ids.index(child)
+        if self.same_2d[i, j]:
+            return "finetune"
+        return "finetune" if any(certified(lay, i, j) for lay in self.layers) else None
+
+
+def certified(lay: dict, i: int, j: int) -> bool:
+    """Whether sigma_{limit+1}(W_i[R, C] - W_j[R, C]) > T proves rank(W_i - W_j) > limit (FinetuneCertificates)."""
+    pos = lay["pos"]
+    if i not in pos or j not in pos:
+        return False
+    a, b = pos[i], pos[j]
+    d = lay["sub"][a].astype(np.float64) - lay["sub"][b]
+    sv = np.linalg.svd(d, compute_uv=False)
+    limit = lay["limit"]
+    if len(sv) <= limit:
+        return False
+    if lay["tol"] is not None:
+        t = lay["tol"]
+    else:   # S >= ||W||_2 of both: ||W_ref||_2 + ||W - W_ref||_F; T covers the weight and delta tolerances
+        s_max = max(lay["norm_bound"][a], lay["norm_bound"][b])
+        t = EPS32 * lay["maxdim"] * (s_max + np.sqrt(lay["d2"][a, b]))
+    t = 1.25 * t + 64 * EPS32 * float(sv[0])   # slack for the interlacing bound's own round-off
+    return bool(sv[limit] > t)
+
+
+class FinetuneCertificates:
+    """Proof that a pair differs by more than a low-rank matrix, kept from the single pass (metric l2 / rms, where no
+    ranks are computed), so that edge labels (`edge_relations`) need no second read of full fine-tuning edges.
+
+    On the first `max_layers` 2-D distance layers, each model's s x s submatrix on seeded random rows R and columns C
+    is kept (s = min(2 (limit + 1), m, d), limit = low_rank_frac x min(m, d): KBs per model). A submatrix's
+    singular values never exceed the matrix's (interlacing), so sigma_{limit+1}(D[R, C]) > T proves
+    rank(D, tol) > limit for every tol <= T, i.e. the edge is "finetune". T bounds the tolerance the direct path
+    uses: the explicit rank_tol, or eps32 x max(m, d) x (S + ||D||_F) with S >= ||W_i||_2, ||W_j||_2 taken as
+    ||W_ref||_2 + ||W - W_ref||_F from the nearest of up to `max_refs` reference models (exact spectral norms),
+    which covers "weight" (spectral norms of the pair plus the fine-tuning change) and "delta" (||D||_2).
+    Pairs it cannot prove (low-rank edges, say) are read again by `edge_relations`.
+    """
+
+    def __init__(self, n: int, rank_tol: object, seed: int, low_rank_frac: float = 0.25, max_layers: int = 2,
+                 max_refs: int = 4):
+        self.n, self.seed, self.low_rank_frac = n, seed, low_rank_frac
+        self.tol = float(rank_tol) if not isinstance(rank_tol, str) else None
+        self.max_layers, self.max_refs = max_layers, max_refs
+        self.layers: list[dict] = []
+
+    def update(self, batch: LayerBatch) -> None:
+        """Keep this layer's submatrices when it is one of the first `max_layers` 2-D layers."""
+        y, sub = batch.y, batch.sub
+        if y.ndim < 3 or len(self.layers) >= self.max_layers or len(sub) < 2:
+            return
+        m, d = as_matrix(y[0]).shape
+        limit = int(self.low_rank_frac * min(m, d))
+        s = min(2 * (limit + 1), m, d)
+        if s <= limit:
+            return
+        rng = np.random.default_rng([self.seed, len(self.layers)])
+        rows, cols = np.sort(rng.choice(m, s, replace=False)), np.sort(rng.choice(d, s, replace=False))
+        subm = np.stack([as_matrix(w)[np.ix_(rows, cols)] for w in y])
+        self.layers.append({"name": batch.layer.name, "pos": {int(i): k for k, i in enumerate(sub)}, "sub": subm,
+                            "limit": limit, "maxdim": max(m, d), "tol": self.tol, "d2": batch.d2.copy(),
+                            "norm_bound": None if self.tol is not None else self._norm_bounds(y, batch.d2)})
+
+    def _norm_bounds(self, y: np.ndarray, d2: np.ndarray) -> np.ndarray:
+        """Upper bounds of ||W_i||_2: ||W_r||_2 + ||W_i - W_r||_F for the best of up to max_refs references
+        (each new reference the model whose bound is loosest, while it is over twice its reference's norm)."""
+        refs: dict[int, float] = {0: spectral_norm(as_matrix(y[0]))}
+        while True:
+            bound = np.min([v + np.sqrt(d2[:, r]) for r, v in refs.items()], axis=0)
+            worst = int(np.argmax(bound - min(refs.values())))
+            if len(refs) >= self.max_refs or worst in refs or bound[worst] <= 2 * min(refs.values()):
+                return bound
+            refs[worst] = spectral_norm(as_matrix(y[worst]))
+
+    def evidence(self, keep: list[int], ids: list[str], same_2d: np.ndarray) -> SketchEvidence:
+        """What edge labels can prove, for the kept models (every array re-indexed by position in `keep`)."""
+        layers = []
+        for lay in self.layers:
+            present = [k for k, i in enumerate(keep) if i in lay["pos"]]
+            loc = np.array([lay["pos"][keep[k]] for k in present], dtype=np.int64)
+            sub = np.zeros((len(keep),) + lay["sub"].shape[1:], dtype=lay["sub"].dtype)
+            sub[present] = lay["sub"][loc]
+            d2 = np.full((len(keep), len(keep)), np.inf)
+            d2[np.ix_(present, present)] = lay["d2"][np.ix_(loc, loc)]
+            nb = None
+            if lay["norm_bound"] is not None:
+                nb = np.full(len(keep), np.inf)
+                nb[present] = lay["norm_bound"][loc]
+            layers.append({**lay, "pos": {k: k for k in present}, "sub": sub, "d2": d2, "norm_bound": nb})
+        return SketchEvidence(ids, layers, same_2d[np.ix_(keep, keep)], self.low_rank_frac)
 
 
 class CueMoments:

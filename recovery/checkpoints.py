@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import struct
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -449,21 +451,77 @@ def open_all(models: list[ModelSource]) -> tuple[ExitStack, list[ModelReader]]:
     return stack, readers
 
 
-def iter_stacked(readers: list[ModelReader], names: list[str], rows: Mapping[str, tuple[int, int]] | None = None
-                 ) -> Iterator[tuple[str, np.ndarray]]:
+def iter_stacked(readers: list[ModelReader], names: list[str], rows: Mapping[str, tuple[int, int]] | None = None,
+                 prefetch: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, array of shape (n_models, *shape)) per tensor; only one stack is alive at a time.
 
     The stack is float32, or float64 when any model stores the tensor in 64 bits. `rows` maps a tensor name to the
-    (start, stop) rows to read of it (its stack then holds only those rows).
+    (start, stop) rows to read of it (its stack then holds only those rows). With `prefetch`, a reader thread
+    fills the next stack while the caller works on this one (two reused buffers: peak memory 2 x n x the largest
+    tensor, and no fresh pages to fault in per tensor); a yielded stack is valid until the next one is asked for.
     """
     rows = rows or {}
-    for name in names:
-        infos = [r.model.tensors[name] for r in readers]
-        part = rows.get(name)
-        shape = infos[0].shape if part is None else (part[1] - part[0],) + tuple(infos[0].shape[1:])
-        dtype = np.float64 if any(i.wide for i in infos) else np.float32
-        buf = np.empty((len(readers), int(np.prod(shape, dtype=np.int64))), dtype=dtype)
-        for i, r in enumerate(readers):
-            r.get(name, out=buf[i], rows=part)
-        yield name, buf.reshape((len(readers),) + shape)
-        del buf
+    plan = [(name, *_stack_layout(readers, name, rows.get(name))) for name in names]
+    if not prefetch:
+        for name, shape, dtype in plan:
+            buf = np.empty((len(readers), int(np.prod(shape, dtype=np.int64))), dtype=dtype)
+            _fill(readers, name, rows.get(name), buf)
+            yield name, buf.reshape((len(readers),) + shape)
+            del buf
+        return
+    yield from _prefetched(readers, plan, rows)
+
+
+def _stack_layout(readers: list[ModelReader], name: str, part: tuple[int, int] | None
+                  ) -> tuple[tuple[int, ...], type]:
+    """Shape (without the model axis) and dtype of the stack of tensor `name`."""
+    infos = [r.model.tensors[name] for r in readers]
+    shape = tuple(infos[0].shape) if part is None else (part[1] - part[0],) + tuple(infos[0].shape[1:])
+    return shape, (np.float64 if any(i.wide for i in infos) else np.float32)
+
+
+def _fill(readers: list[ModelReader], name: str, part: tuple[int, int] | None, buf: np.ndarray) -> None:
+    """Read tensor `name` (rows `part`) of every model into the rows of `buf` (n, numel)."""
+    for i, r in enumerate(readers):
+        r.get(name, out=buf[i], rows=part)
+
+
+def _prefetched(readers: list[ModelReader], plan: list, rows: Mapping[str, tuple[int, int]]
+                ) -> Iterator[tuple[str, np.ndarray]]:
+    """`iter_stacked` with a reader thread one tensor ahead, into two reused byte buffers."""
+    n = len(readers)
+    size = max((n * int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for _, s, d in plan), default=0)
+    free: queue.Queue = queue.Queue()
+    for _ in range(2):
+        free.put(np.empty(size, dtype=np.uint8))
+    ready: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for name, shape, dtype in plan:
+                raw = free.get()
+                if stop.is_set():
+                    return
+                count = n * int(np.prod(shape, dtype=np.int64))
+                buf = raw[:count * np.dtype(dtype).itemsize].view(dtype).reshape(n, -1)
+                _fill(readers, name, rows.get(name), buf)
+                ready.put((name, buf.reshape((n,) + shape), raw))
+        except BaseException as e:   # handed to the consumer, which raises it
+            ready.put(e)
+
+    worker = threading.Thread(target=produce, name="mother-prefetch", daemon=True)
+    worker.start()
+    try:
+        for _ in plan:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            name, stack, raw = item
+            yield name, stack
+            del stack
+            free.put(raw)
+    finally:
+        stop.set()
+        free.put(np.empty(0, dtype=np.uint8))   # wake a producer waiting for a buffer
+        worker.join()

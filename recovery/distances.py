@@ -68,15 +68,25 @@ def _equal_rows(x: np.ndarray, candidates: np.ndarray) -> list[int]:
     return rep
 
 
-def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 17, rel: float = 1e-4) -> np.ndarray:
+def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 14, rel: float = 1e-4, kernel=None) -> np.ndarray:
     """Squared Euclidean distances between the rows of `x` (n, p), float64, exact zero for identical rows.
 
     Uses ||a-b||^2 = |a|^2 + |b|^2 - 2 a.b on rows centred on their mean (float64 accumulation, column chunks).
     Pairs whose distance is small next to their norms (cancellation) are recomputed on a Gram matrix centred on
-    their own group of close models, so close models far from the mean keep their precision.
+    their own group of close models, so close models far from the mean keep their precision. `kernel`
+    (recovery.kernels.Kernel) computes the first Gram matrix (on its device; float32 products on numpy, whose
+    pairs closer than kernels.REL32 are then all redone in float64); the recomputations are float64.
     """
     x = x.reshape(x.shape[0], -1)
-    d2, scale = _sq_from_gram(_centred_gram(x, chunk))
+    if kernel is None:
+        first, exact = _centred_gram(x, chunk), True
+    else:
+        first, exact = kernel.gram(x), kernel.exact or x.dtype != np.float32
+    gram = (lambda a: _centred_gram(a, chunk)) if kernel is None or not kernel.exact else kernel.gram
+    if not exact:
+        from recovery.kernels import REL32
+        rel = max(rel, REL32)
+    d2, scale = _sq_from_gram(first)
     close = d2 < rel * scale
     np.fill_diagonal(close, False)
     if close.any():
@@ -85,8 +95,9 @@ def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 17, rel: float = 1e-4) ->
         _, comp = connected_components(close, directed=False)
         for c in np.unique(comp):
             idx = np.flatnonzero(comp == c)
-            if 1 < len(idx) < x.shape[0]:   # one group of all rows: already centred on its own mean
-                sub, _ = _sq_from_gram(_centred_gram(x[idx], chunk))
+            # one group of all rows is already centred on its own mean, unless the first pass was float32
+            if 1 < len(idx) and (len(idx) < x.shape[0] or not exact):
+                sub, _ = _sq_from_gram(gram(x[idx]))
                 d2[np.ix_(idx, idx)] = sub
     tiny = d2 <= 1e-12 * (scale + np.finfo(np.float64).tiny)
     np.fill_diagonal(tiny, False)

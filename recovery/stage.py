@@ -45,7 +45,8 @@ def run(cfg: DictConfig) -> dict:
 def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_dir: str | Path | None = None,
             stages_file: str | Path | None = None, layers: Mapping | None = None, distance: Mapping | None = None,
             direction: Mapping | None = None, cluster: Mapping | None = None, tree: Mapping | None = None,
-            plot: bool = True, seed: int = 0, quiet: bool = False, strict: bool = False) -> dict[str, Any]:
+            plot: bool = True, seed: int = 0, quiet: bool = False, strict: bool = False,
+            device: str = "auto") -> dict[str, Any]:
     """Recover the Model Graph of the models in `path`.
 
     Args:
@@ -62,6 +63,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         quiet: do not print the summary.
         strict: any model that cannot be used (unreadable, NaN/Inf, another architecture, a duplicate) is an error;
             by default it is left out with a warning and listed under `excluded` in tree.json.
+        device: where the Gram products and rank factorizations run: auto | cpu | cuda (recovery.kernels).
 
     Returns:
         {"tree": tree.json dict, "metrics": metrics dict or None, "paths": {name: file}, "warnings": [...]}.
@@ -77,7 +79,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
                           "needs ground_truth=FILE")
     t0 = time.perf_counter()
     wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction,
-                        strict=strict)
+                        strict=strict, device=device)
     t_weights = time.perf_counter() - t0
 
     clustering, parent, lambdas, tree_evidence, missing = solve(wa, cluster=cluster, tree=tree, truth=truth,

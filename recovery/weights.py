@@ -1,13 +1,16 @@
 """Everything recovery needs from the weights, in one streaming pass over the files.
 
-``analyze_folder`` opens every model once, reads one tensor at a time from all models (peak memory ~ n models x
-the largest selected tensor), and from each tensor updates the l2/rms Gram distances, the LoRA ranks (when asked
-for) and the direction statistics. ``edge_relations`` tells fine-tuning from adapter edges.
+``analyze_folder`` opens every model once, reads one tensor at a time from all models (a reader thread fills the
+next tensor's stack while this one is processed; peak memory ~ 2 x n models x the largest selected tensor), and
+from each tensor updates the l2/rms Gram distances, the LoRA ranks (when asked for) and the direction statistics;
+only the selected bytes are read, once. ``edge_relations`` tells fine-tuning from adapter edges from what that
+pass kept (rank evidence, or full-rank certificates under metric l2 / rms).
 """
 from __future__ import annotations
 
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -18,9 +21,11 @@ from tqdm.auto import tqdm
 from common.errors import ConfigError
 from common.io import sha256_file
 from recovery.checkpoints import STRICT_HINT, CheckpointError, ModelSource, discover, iter_stacked, open_all
-from recovery.accumulate import CueMoments, DirectionStats, GramSums, LayerBatch, RankEvidence, RankFactors
+from recovery.accumulate import (CueMoments, DirectionStats, FinetuneCertificates, GramSums, LayerBatch, RankEvidence,
+                                 RankFactors, SketchEvidence)
 from recovery.direction import STATS
 from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce_ranks
+from recovery.kernels import Kernel
 from recovery.layers import Layer, choose_layers, numel, split_architectures
 
 METRICS = ("l2", "rms", "lora_rank", "auto")
@@ -52,7 +57,7 @@ class WeightAnalysis:
     layer_selection: dict = field(default_factory=dict)          # per role: kinds asked, kinds used, fallback
     sources: list[ModelSource] = field(default_factory=list)     # the models kept, in `ids` order
     selected: list[Layer] = field(default_factory=list)          # the distance layers (edge_relations reuses them)
-    rank_evidence: RankEvidence | None = None                    # per-layer pair ranks (edge labels, no 2nd pass)
+    rank_evidence: RankEvidence | SketchEvidence | None = None   # per-layer pair ranks / certificates (edge labels)
 
 
 def _options(given: Mapping, defaults: dict, what: str) -> dict:
@@ -74,14 +79,16 @@ def _rank_tol(value):
 
 def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, layers: Mapping = {},
                    distance: Mapping = {}, direction: Mapping = {}, progress: bool = True,
-                   strict: bool = False) -> WeightAnalysis:
+                   strict: bool = False, device: str = "auto") -> WeightAnalysis:
     """Distances (l2 always, plus the configured metric) and direction scores of every model in `path`.
 
     Models that cannot be used (unreadable file, another architecture, NaN/Inf weights, duplicates) are left out
     with a warning and listed in `excluded`; with `strict` any of them is an error. A duplicate is kept as an alias
-    of the model it copies (`aliases`).
+    of the model it copies (`aliases`). `device` (recovery.device: auto | cpu | cuda) is where the Gram products and
+    the rank factorizations run (recovery.kernels).
     """
     t0 = time.perf_counter()
+    kernel = Kernel.for_device(device)
     lo = _options(layers, LAYER_DEFAULTS, "layers")
     do = _options(distance, DISTANCE_DEFAULTS, "distance")
     ro = _options(direction, DIRECTION_DEFAULTS, "direction")
@@ -105,16 +112,18 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
              if do["metric"] in ("lora_rank", "auto") else None)
     cue_acc = CueMoments(n, len(dir_layers), ro["seed"]) if ro["cues"] else None
     direction_acc = DirectionStats(n, dir_layers, ro["stat"], cue_acc)
-    bad = _stream(models, dist_layers, dir_layers, gram, ranks, direction_acc, progress)
+    certs = FinetuneCertificates(n, rank_tol, do["seed"]) if ranks is None else None
+    bad = _stream(models, dist_layers, dir_layers, [gram] + [a for a in (ranks, certs) if a is not None],
+                  direction_acc, kernel, progress)
     keep, aliases = exclude_models(models, bad, gram.same, excluded, warnings, strict, catalog.root)
     kx = np.ix_(keep, keep)
     n_layers = len(dist_layers)
     l2, rms = gram.l2[kx] / n_layers, gram.rms[kx] / n_layers
     info: dict = {"layout": catalog.layout, "n_layers": n_layers, "layer_weights": sum(numel(l, models) for l in dist_layers),
-                  "rank_tol": rank_tol, "passes": 1}
+                  "rank_tol": rank_tol, "passes": 1, "device": kernel.describe()}
     ids = [models[i].id for i in keep]
     dist, metric = choose_metric(do, l2, rms, ranks, keep, gram.changed_layers, info, catalog.root, n_layers)
-    evidence = ranks.evidence(keep, ids, gram.same_2d) if ranks is not None else None
+    evidence = (ranks if ranks is not None else certs).evidence(keep, ids, gram.same_2d)
     dvals, good = _direction_values(direction_acc.values[keep], dir_layers, ro["stat"], warnings, catalog.root)
     cues = cue_acc.cues(keep, good) if cue_acc is not None else {}
     info["seconds"] = round(time.perf_counter() - t0, 3)
@@ -160,9 +169,11 @@ def _read_plan(groups: dict[str, list[tuple[str, Layer]]]) -> dict[str, tuple[in
     return plan
 
 
-def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: list[Layer], gram: GramSums,
-            ranks: RankFactors | None, direction_acc: DirectionStats, progress: bool) -> dict[int, str]:
-    """One pass over the files: each tensor is read once from every model and handed to the accumulators.
+def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: list[Layer], dist_acc: list,
+            direction_acc: DirectionStats, kernel: Kernel, progress: bool) -> dict[int, str]:
+    """One pass over the files: each tensor is read once from every model (the next one read ahead by a thread) and
+    handed to the accumulators: `dist_acc` (GramSums first, which needs the batch's squared distances) take every
+    distance layer, `direction_acc` every direction layer.
 
     Returns {model index: first tensor with NaN/Inf weights}; such a model takes no part from that tensor on.
     """
@@ -174,27 +185,38 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
     plan = _read_plan(by_tensor)
     bad: dict[int, str] = {}
     stack, readers = open_all(models)
-    with stack:
+    # direction statistics run beside the Gram products (numpy and BLAS release the GIL); both only read the stack
+    with stack, ThreadPoolExecutor(1, thread_name_prefix="mother-direction") as side:
         names = list(by_tensor)
-        for name, x in tqdm(iter_stacked(readers, names, plan), total=len(names), desc="weights", disable=not progress):
-            flat = x.reshape(n, -1)
-            finite = np.isfinite(flat).all(axis=1)
-            for i in np.flatnonzero(~finite):
-                bad.setdefault(int(i), name)
+        stacks = iter_stacked(readers, names, plan, prefetch=True)
+        for name, x in tqdm(stacks, total=len(names), desc="weights", disable=not progress):
+            for i in _nonfinite_rows(x.reshape(n, -1)):
+                bad.setdefault(i, name)
             sub = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
             start = plan[name][0] if name in plan else 0
+            batches = []
             for role, layer in by_tensor[name]:
                 view = layer if layer.rows is None else Layer(layer.name, layer.tensor,
                                                              (layer.rows[0] - start, layer.rows[1] - start))
-                y = view.take(x)[sub]
-                if role == "dir":
-                    direction_acc.update(LayerBatch(layer, y, sub))
-                    continue
-                batch = LayerBatch(layer, y, sub, pairwise_sq_dists(y))
-                gram.update(batch)
-                if ranks is not None:
-                    ranks.update(batch)
+                y = view.take(x) if len(sub) == n else view.take(x)[sub]   # a view of the read buffer when all are in
+                batches.append((role, LayerBatch(layer, y, sub)))
+            done = [side.submit(direction_acc.update, b) for role, b in batches if role == "dir"]
+            for role, batch in batches:
+                if role == "dist":
+                    batch.d2 = pairwise_sq_dists(batch.y, kernel=kernel)
+                    for acc in dist_acc:
+                        acc.update(batch)
+            for f in done:
+                f.result()
+            del x, batches
     return bad
+
+
+def _nonfinite_rows(flat: np.ndarray) -> list[int]:
+    """Rows of `flat` (n, p) holding a NaN or Inf: a row sum is finite unless one is (or the sum overflows, which
+    the exact check of that row then clears)."""
+    sums = np.add.reduce(flat, axis=1)
+    return [int(i) for i in np.flatnonzero(~np.isfinite(sums)) if not np.isfinite(flat[i]).all()]
 
 
 def exclude_models(models: list[ModelSource], bad: Mapping[int, str], same: np.ndarray, excluded: dict[str, str],

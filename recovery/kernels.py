@@ -1,0 +1,116 @@
+"""Where recovery's heavy products run: `recovery.device` (auto | cpu | cuda) and the Gram kernels.
+
+`resolve_device` turns the option into "cpu" or "cuda" (auto: cuda when torch sees a GPU). `Kernel` is what the
+distance code calls:
+  * numpy (device "cpu", the default on CPU): the centred Gram matrix of the layer in float32 products over column
+    blocks of `BLOCK` columns, summed in float64 (twice the speed of float64 products, ~1e-7 relative to
+    ||c_i||^2 + ||c_j||^2 per pair); pairs closer than `REL32` of that scale are recomputed in float64
+    (recovery.distances.pairwise_sq_dists), so the error stays ~1e-5 of each pair's own squared distance at most.
+  * torch (device "cuda", or "cpu" for tests): the same centred Gram in float64 on that device, bit-for-bit the
+    method of the float64 reference (`recovery.distances._centred_gram`) up to the order of the sums.
+The LoRA rank factorizations take the same `Kernel` (recovery.distances: `to_device` / `from_device`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+BLOCK = 1 << 13          # columns per float32 Gram block (one block of 40 models fits in L2)
+REL32 = 1e-2             # pairs with d2 < REL32 x (||c_i||^2 + ||c_j||^2) are redone in float64
+
+
+def resolve_device(value: object) -> str:
+    """"cpu" or "cuda" for `recovery.device`; a ConfigError names the option and its allowed values."""
+    if value is None:
+        value = "auto"
+    if not isinstance(value, str) or value.lower() not in DEVICES:
+        raise ConfigError(f"recovery.device must be one of {list(DEVICES)}, got {value!r}")
+    value = value.lower()
+    if value == "cpu":
+        return "cpu"
+    try:
+        import torch
+        available = bool(torch.cuda.is_available())
+    except ImportError:   # torch is a dependency; without it only the numpy path exists
+        available = False
+    if value == "cuda" and not available:
+        raise ConfigError("recovery.device=cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                          "use recovery.device=auto or recovery.device=cpu")
+    return "cuda" if available else "cpu"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The products of one recovery run: `backend` "numpy" or "torch", on `device` ("cpu" | "cuda")."""
+    backend: str = "numpy"
+    device: str = "cpu"
+
+    @classmethod
+    def for_device(cls, device: object = "auto") -> "Kernel":
+        """numpy on CPU (faster than torch's CPU products here), torch on CUDA."""
+        dev = resolve_device(device)
+        return cls("torch", "cuda") if dev == "cuda" else cls("numpy", "cpu")
+
+    @property
+    def exact(self) -> bool:
+        """True when `gram` is the float64 method itself (no float64 refinement of close pairs needed)."""
+        return self.backend == "torch"
+
+    def describe(self) -> str:
+        """One line for logs and benchmarks."""
+        if self.backend == "numpy":
+            return "cpu (numpy: float32 Gram blocks summed in float64, close pairs redone in float64)"
+        import torch
+        name = torch.cuda.get_device_name() if self.device.startswith("cuda") else "cpu"
+        return f"{self.device} ({name}; torch float64 Gram)"
+
+    def gram(self, x: np.ndarray) -> np.ndarray:
+        """Gram matrix (n, n) float64 of the rows of `x` (n, p) centred on their mean."""
+        if self.backend == "torch":
+            return _gram_torch(x, self.device)
+        return _gram32(x) if x.dtype == np.float32 else _gram64(x)
+
+
+def _gram64(x: np.ndarray, chunk: int = BLOCK) -> np.ndarray:
+    """Float64 centred Gram (same method as recovery.distances._centred_gram)."""
+    g = np.zeros((x.shape[0], x.shape[0]))
+    for s in range(0, x.shape[1], chunk):
+        c = x[:, s:s + chunk].astype(np.float64)
+        c -= c.mean(axis=0)
+        g += c @ c.T
+    return g
+
+
+def _gram32(x: np.ndarray, chunk: int = BLOCK) -> np.ndarray:
+    """Centred Gram from float32 products of `chunk`-column blocks, accumulated in float64.
+
+    The rows are centred on their float32 column mean (any common shift leaves the distances unchanged; the
+    centred values are rounded to ~eps32 of themselves, i.e. of the differences, not of the weights).
+    """
+    n, p = x.shape
+    g = np.zeros((n, n))
+    buf = np.empty((n, min(chunk, p)), dtype=np.float32)
+    w = np.full(n, 1.0 / n, dtype=np.float32)
+    for s in range(0, p, chunk):
+        e = min(s + chunk, p)
+        c = buf[:, :e - s]
+        np.subtract(x[:, s:e], w @ x[:, s:e], out=c)   # the column mean as a BLAS product (faster than a reduce)
+        g += c @ c.T
+    return g
+
+
+def _gram_torch(x: np.ndarray, device: str, chunk: int = 1 << 16) -> np.ndarray:
+    """Float64 centred Gram on a torch device, column chunk by chunk."""
+    import torch
+
+    t = torch.from_numpy(x)   # strided views are fine
+    g = torch.zeros((x.shape[0], x.shape[0]), dtype=torch.float64, device=device)
+    for s in range(0, x.shape[1], chunk):
+        c = t[:, s:s + chunk].to(device=device, dtype=torch.float64)
+        c -= c.mean(dim=0)
+        g += c @ c.T
+    return g.cpu().numpy()
