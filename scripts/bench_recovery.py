@@ -6,8 +6,10 @@ on the 12 value layers (``layers.kinds=[value]``). Direct = load both models per
 and layer, max over layers; it runs on `--direct-pairs` random pairs (all with 0) and its time is scaled to all
 pairs; its ranks must equal ours on those pairs. Both use one explicit tolerance. Then the whole
 ``python run.py +experiment=recover`` on the same folder, its wall time against the analysis time it reports.
-l2: `--l2-models` ViT-sized models streamed by ``analyze_folder`` in a child process (its peak RSS is reported);
-direct = load both models per pair and take Frobenius norms, on `--direct-pairs` pairs, scaled to all pairs.
+l2: `--l2-models` ViT-sized full fine-tunes of one root; ``python run.py +experiment=recover recovery=paper
+recovery.distance.metric=l2`` on them against ``cat`` of the same files, each in the same cache state: cold (files
+evicted from the page cache with posix_fadvise before each of the two) and warm (read twice first); its peak RSS
+and the bytes it read; a few recovered edge distances against a direct float64 computation.
 Synthetic weights: speed and memory only, not evidence for the paper.
 """
 from __future__ import annotations
@@ -97,7 +99,90 @@ def _value_rows(layers: list[str], dim: int) -> list[tuple[str, slice]]:
     return [(name, slice(2 * dim, 3 * dim) if name.endswith("[value]") else slice(None)) for name in layers]
 
 
+def _drop_cache(files: list[Path]) -> None:
+    """Evict the files from the page cache (fsync, then posix_fadvise DONTNEED: no root needed)."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _cached_share(files: list[Path]) -> float:
+    """Share of the files' pages in the page cache (mincore of a read-only map), 0..1."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page, have, total = mmap.PAGESIZE, 0, 0
+    for f in files:
+        size = f.stat().st_size
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            n = (size + page - 1) // page
+            vec = (ctypes.c_ubyte * n)()
+            libc.mincore(addr, size, vec)
+            libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        have += int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1))
+        total += n
+    return have / max(total, 1)
+
+
+def _run_watched(cmd: list[str]) -> tuple[float, float, int]:
+    """Run `cmd`; (wall seconds, peak RSS GiB from /proc VmHWM, bytes it read through read calls (rchar))."""
+    import threading
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak, rchar = [0], [0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            try:
+                st = Path(f"/proc/{proc.pid}/status").read_text()
+                peak[0] = max(peak[0], int(st.split("VmHWM:")[1].split()[0]))
+                io = Path(f"/proc/{proc.pid}/io").read_text()
+                rchar[0] = int(io.split("rchar:")[1].split()[0])
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.1)
+
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - t
+    w.join()
+    if proc.returncode:
+        raise SystemExit(f"recover failed ({proc.returncode}):\n{out[-3000:]}")
+    return wall, peak[0] / 2**20, rchar[0]
+
+
+def _cat(files: list[Path]) -> float:
+    t = time.perf_counter()
+    subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def _block(weights: dict, layer: str) -> np.ndarray:
+    """A layer's weights: a tensor, or the q / k / v row block of a fused qkv (``name[value]``)."""
+    if "[" not in layer:
+        return weights[layer]
+    name, part = layer[:-1].split("[")
+    w = weights[name]
+    k = ("query", "key", "value").index(part)
+    return w[k * w.shape[0] // 3:(k + 1) * w.shape[0] // 3]
+
+
 def bench_l2(args, tmp: Path) -> None:
+    """`python run.py +experiment=recover recovery=paper recovery.distance.metric=l2` on a star of full fine-tunes
+    of ViT-sized models, against `cat` of the same files, cold (files evicted with posix_fadvise) and warm."""
     shapes = vit_shapes(args.dim, args.l2_depth)
     rng = np.random.default_rng(args.seed)
     root = random_weights(shapes, rng)
@@ -105,26 +190,47 @@ def bench_l2(args, tmp: Path) -> None:
     t = time.perf_counter()
     for i in range(args.l2_models):  # a star of full fine-tunes, one model in memory at a time
         save_file(finetune(root, rng, "full", 1e-2), str(tmp / f"m{i:03d}.safetensors"))
-    size = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
-    print(f"[l2] wrote {args.l2_models} models, {size / 1e9:.2f} GB, in {time.perf_counter() - t:.1f}s")
-    code = ("import json,resource,sys,time; sys.path.insert(0, %r); from recovery.weights import analyze_folder; "
-            "t=time.perf_counter(); r=analyze_folder(%r, distance={'metric':'l2'}, progress=False); "
-            "print(json.dumps({'s': time.perf_counter()-t, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20,"
-            " 'd': r.l2.tolist(), 'ids': r.ids, 'layers': r.layers}))") % (str(Path(__file__).resolve().parents[1]), str(tmp))
-    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    ids, d = out["ids"], np.array(out["d"])
-    pairs = list(itertools.combinations(range(len(ids)), 2))
-    chosen = [pairs[k] for k in rng.choice(len(pairs), min(args.direct_pairs or len(pairs), len(pairs)), replace=False)]
-    t = time.perf_counter()
+    files = sorted(tmp.glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in files)
+    selected = 4 * args.l2_models * sum(int(np.prod(v)) for k, v in shapes.items() if len(v) == 2 and "head" not in k)
+    print(f"[l2] wrote {args.l2_models} models ({sum(np.prod(v) for v in shapes.values()) / 1e6:.1f}M params each), "
+          f"{size / 1e9:.2f} GB in files, {selected / 1e9:.2f} GB selected (2-D weights, heads excluded), in "
+          f"{time.perf_counter() - t:.1f}s; free disk {shutil.disk_usage(tmp).free / 1e9:.0f} GB; "
+          f"{os.cpu_count()} cores")
+    out = tmp.parent / "l2_out"
+    cmd = [sys.executable, str(ROOT / "run.py"), "+experiment=recover", f"input={tmp}", f"output_dir={out}",
+           "recovery=paper", "recovery.distance.metric=l2", "recovery.plot=false", f"recovery.device={args.device}"]
+    for state in ("cold", "warm"):
+        if state == "cold":
+            _drop_cache(files)
+            before = _cached_share(files)
+            cat = _cat(files)
+            _drop_cache(files)
+        else:
+            _cat(files)
+            before = _cached_share(files)
+            cat = _cat(files)
+        cached = _cached_share(files)
+        load = os.getloadavg()[0]
+        wall, rss, rchar = _run_watched(cmd)
+        doc = json.loads((out / "tree.json").read_text())
+        weights_s = doc["timings"]["weights_s"]
+        print(f"[l2] {state} ({100 * before:.0f}% of the files in page cache before cat, {100 * cached:.0f}% before "
+              f"recover; load average {load:.1f}): cat {cat:.2f}s ({size / cat / 1e9:.2f} GB/s); recover wall "
+              f"{wall:.2f}s, RATIO {wall / cat:.2f}x; its analysis (weights_s) {weights_s:.2f}s, RATIO "
+              f"{weights_s / cat:.2f}x; peak RSS {rss:.2f} GiB; read by recover {rchar / 1e9:.2f} GB (rchar, "
+              f"imports included) for {selected / 1e9:.2f} GB selected")
+    info = doc["info"]
+    rel = sorted({e["base_model_relation"] for e in doc["edges"]})
+    print(f"[l2] device: {info.get('device')}; edges {len(doc['edges'])} {rel}; passes {info.get('passes')}")
     err = 0.0
-    for i, j in chosen:
-        a, b = load_file(str(tmp / f"{ids[i]}.safetensors")), load_file(str(tmp / f"{ids[j]}.safetensors"))
-        v = np.mean([np.linalg.norm(a[k].astype(np.float64) - b[k]) for k in out["layers"]])
-        err = max(err, abs(v - d[i, j]) / v)
-    direct = (time.perf_counter() - t) * len(pairs) / len(chosen)
-    print(f"[l2] {len(ids)} models ({size / 1e9:.2f} GB): ours {out['s']:.1f}s, peak RSS {out['rss']:.2f} GiB; "
-          f"direct pairwise {direct:.1f}s (scaled from {len(chosen)} of {len(pairs)} pairs); ratio {direct / out['s']:.1f}x; "
-          f"max rel. difference {err:.1e}")
+    for e in doc["edges"][:args.direct_pairs or 3]:   # the recovered edges' l2 against a direct computation
+        a = load_file(str(tmp / f"{e['parent']}.safetensors"))
+        b = load_file(str(tmp / f"{e['child']}.safetensors"))
+        v = np.mean([np.linalg.norm(_block(a, k).astype(np.float64) - _block(b, k)) for k in doc["layers"]])
+        err = max(err, abs(v - e["distance"]) / v)
+    print(f"[l2] max rel. difference of {min(len(doc['edges']), args.direct_pairs or 3)} edge distances vs a direct "
+          f"float64 computation: {err:.1e}")
 
 
 def main() -> None:
@@ -138,6 +244,7 @@ def main() -> None:
     p.add_argument("--l2-depth", type=int, default=12)
     p.add_argument("--direct-pairs", type=int, default=10, help="pairs the direct method runs on (0 = all)")
     p.add_argument("--only", choices=["lora", "l2"], default=None)
+    p.add_argument("--device", default="auto", help="recovery.device for the l2 recover run (auto | cpu | cuda)")
     p.add_argument("--quick", action="store_true", help="small sizes: dim 192, depth 2, 12 l2 models")
     p.add_argument("--tmp", default=None, help="scratch folder (default: system temp); check free space first")
     p.add_argument("--seed", type=int, default=0)
