@@ -92,10 +92,24 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, *, caption: str,
     return {"csv": csv, "md": md, "tex": tex}
 
 
+def plain_ticks(fig: Any) -> None:
+    """Plain tick labels on every linear axis of `fig`: no offset text (`+4.189e1`) or `1e-3` multiplier."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, ScalarFormatter):
+                formatter.set_useOffset(False)
+                formatter.set_scientific(False)
+
+
 def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
-    """Save a matplotlib figure as out_dir/<name>.png (dpi 150, tight box), atomically; closes the figure."""
+    """Save a matplotlib figure as out_dir/<name>.png (dpi 150, tight box, plain tick labels), atomically; closes
+    the figure."""
     import matplotlib.pyplot as plt
 
+    plain_ticks(fig)
     try:
         return atomic_write(Path(out_dir) / f"{name}.png",
                             lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
@@ -156,9 +170,10 @@ def _section(folder: Path, record: dict) -> str:
 def build_results_readme(results_dir: Path) -> Path:
     """Generate results_dir/README.md from every results_dir/*/experiment.json (in the registry's order)."""
     results_dir = Path(results_dir)
-    from analysis.experiments import EXPERIMENTS, NOT_RUN_HERE
+    from analysis.experiments import registry
 
-    order = {name: i for i, name in enumerate(EXPERIMENTS)}
+    known = registry()
+    order = {name: i for i, name in enumerate(known)}
     records = sorted(results_dir.glob(f"*/{RECORD}"), key=lambda p: (order.get(p.parent.name, len(order)),
                                                                       p.parent.name))
     parts = ["# Results", "",
@@ -176,7 +191,8 @@ def build_results_readme(results_dir: Path) -> Path:
         parts += ["No experiment has been run yet.", ""]
     for path in records:
         parts.append(_section(path.parent, read_json(path)))
-    absent = {k: v for k, v in NOT_RUN_HERE.items() if not (results_dir / k / RECORD).is_file()}
+    absent = {k: e.not_run_here for k, e in known.items()
+              if e.not_run_here and not (results_dir / k / RECORD).is_file()}
     if absent:
         parts += ["## Not run here", ""] + [f"- `{k}`: {v}" for k, v in absent.items()] + [""]
     return write_text(results_dir / "README.md", "\n".join(parts).rstrip() + "\n")
@@ -190,31 +206,41 @@ def experiment_dir(cfg: DictConfig, name: str) -> Path:
 
 
 def knobs(cfg: DictConfig, name: str) -> DictConfig:
-    """cfg.analysis.<name> with its `scales.<analysis.scale>` block merged over it (e.g. toy graphs for tests).
+    """cfg.analysis.<name>, resolved, with the entries a scale left out dropped.
 
-    A knob file may hold `scales: {toy: {...}, paper: {...}}`; the block of the running scale replaces the
-    matching keys (mappings are replaced whole, so a toy `subgraphs` does not inherit the mini entries).
+    The scale group (conf/scale/<scale>.yaml) merges over the knob files; since Hydra merges mappings key by key,
+    a scale that uses fewer entries of a table (label -> mapping, e.g. Table 1's sub-graphs) sets the others to
+    null, and they are dropped here.
     """
     from omegaconf import OmegaConf
 
     if name not in cfg.analysis:
         raise KeyError(f"cfg.analysis has no '{name}' block: add conf/analysis/{name}.yaml to the analysis defaults")
-    base = OmegaConf.to_container(cfg.analysis[name], resolve=True)
-    scales = base.pop("scales", None) or {}
-    for key, value in (scales.get(str(cfg.analysis.scale)) or {}).items():
-        base[key] = value
-    return OmegaConf.create(base)
+    return OmegaConf.create(_drop_left_out(OmegaConf.to_container(cfg.analysis[name], resolve=True)))
+
+
+def _drop_left_out(value: Any) -> Any:
+    """Drop null entries of tables (mappings whose every entry is a mapping or null), recursively."""
+    if isinstance(value, list):
+        return [_drop_left_out(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    entries = list(value.values())
+    table = None in entries and any(isinstance(v, dict) for v in entries) and \
+        all(v is None or isinstance(v, dict) for v in entries)
+    return {k: _drop_left_out(v) for k, v in value.items() if not (table and v is None)}
 
 
 def regenerate_command(cfg: DictConfig) -> str:
     """The command recorded with results: cfg.analysis.command if set, else `python run.py` plus
-    `+experiment=<task_name>` when conf/experiment/<task_name>.yaml exists; then the Hydra command-line
-    overrides, if any."""
+    `+experiment=<task_name>` when that experiment config exists (a conf/experiment file or one generated per
+    conf/analysis file, common/paths.py); then the Hydra command-line overrides, if any."""
     command = cfg.analysis.get("command")
     if not command:
-        conf = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+        from common.paths import experiment_config_names
+
         name = str(cfg.get("task_name") or "")
-        command = "python run.py" + (f" +experiment={name}" if name and (conf / f"{name}.yaml").is_file() else "")
+        command = "python run.py" + (f" +experiment={name}" if name in experiment_config_names() else "")
     try:
         from hydra.core.hydra_config import HydraConfig
 

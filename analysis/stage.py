@@ -22,7 +22,8 @@ def run(cfg: DictConfig) -> dict:
     names = list(cfg.analysis.experiments or [])
     if not names:
         raise ValueError("cfg.analysis.experiments is empty: name at least one experiment "
-                         f"(known: {sorted(experiments.EXPERIMENTS)})")
+                         f"(known: {sorted(experiments.registry())})")
+    check_scale(cfg)
     modules = {name: experiments.get(name) for name in names}
     keep_going = bool(cfg.analysis.get("keep_going", False))
     out: dict = {}
@@ -49,6 +50,22 @@ def run(cfg: DictConfig) -> dict:
     return out
 
 
+def check_scale(cfg: DictConfig) -> None:
+    """On the command line, the scale is the `scale` config group (`scale=toy`): `analysis.scale` only records it,
+    so setting it alone would run one scale and label the results with another."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("scale")
+    except ValueError:  # composed without @hydra.main (tests)
+        return
+    if choice is not None and str(choice) != str(cfg.analysis.scale):
+        from common.errors import UserError
+
+        raise UserError(f"analysis.scale={cfg.analysis.scale} but the scale group is {choice}: choose the scale with "
+                        f"scale={cfg.analysis.scale} (conf/scale/), not analysis.scale")
+
+
 def rerender(results_dir: Path, names: list[str] | None = None) -> list[str]:
     """Redraw tables and figures of finished experiments from their results.json (no recomputation), then
     rebuild the README. Returns the experiments redrawn."""
@@ -57,7 +74,7 @@ def rerender(results_dir: Path, names: list[str] | None = None) -> list[str]:
     results_dir = Path(results_dir)
     done = []
     for folder in sorted(p.parent for p in results_dir.glob(f"*/{RESULTS}")):
-        if (names and folder.name not in names) or folder.name not in experiments.EXPERIMENTS:
+        if (names and folder.name not in names) or folder.name not in experiments.registry():
             continue
         redraw(folder, experiments.get(folder.name).render)
         done.append(folder.name)

@@ -1,8 +1,10 @@
-"""Locate the project root and register the `mother_root` OmegaConf resolver."""
+"""Locate the project root; register the `mother_root` OmegaConf resolver and the generated experiment configs."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 MARKER = ".project-root"
@@ -23,7 +25,42 @@ def project_root(start: Path | None = None) -> Path:
         f"no {MARKER} marker above {candidates[0]}; set MOTHER_ROOT or override paths.root_dir=...")
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
 def register_resolvers() -> None:
-    """Register `${mother_root:}` (idempotent)."""
+    """Register `${mother_root:}` and the generated `experiment/<name>` configs (idempotent). Call before composing."""
     if not OmegaConf.has_resolver("mother_root"):
         OmegaConf.register_new_resolver("mother_root", lambda: str(project_root()))
+    register_experiment_configs()
+
+
+@lru_cache(maxsize=None)
+def analysis_experiment_names() -> tuple[str, ...]:
+    """Names of the conf/analysis/<name>.yaml files that configure one experiment (`experiments: [<name>]`)."""
+    names = []
+    for path in sorted((CONF_DIR / "analysis").glob("*.yaml")):
+        listed = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("experiments")
+        if listed == [path.stem]:
+            names.append(path.stem)
+    return tuple(names)
+
+
+def experiment_config_names() -> set[str]:
+    """Every `+experiment=NAME` choice: conf/experiment/*.yaml and the generated analysis experiment configs."""
+    return {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")} | set(analysis_experiment_names())
+
+
+@lru_cache(maxsize=None)
+def register_experiment_configs() -> None:
+    """`+experiment=NAME` for each analysis experiment with a conf/analysis/NAME.yaml and no conf/experiment file:
+    Hydra's ConfigStore gets `experiment/NAME` = conf/experiment/analysis.yaml with `analysis: NAME` and
+    task_name NAME, so no per-experiment file repeats those lines."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    own = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
+    for name in analysis_experiment_names():
+        if name not in own:
+            store.store(group="experiment", name=name, package="_global_",
+                        node={"defaults": ["analysis", {"override /analysis": name}], "task_name": name})

@@ -1,54 +1,86 @@
-"""Registry of experiments: name -> module. Each module defines
+"""Registry of experiments, filled by the `@experiment(name)` decorator on each module's `run`.
+
+An experiment is one module in this package defining
 
     compute(cfg: DictConfig) -> dict             # heavy: builds/reuses graphs, runs recovery, JSON-able results
     render(results: dict, out_dir: Path) -> None  # tables and figures from `results` only
-    run(cfg: DictConfig) -> dict                 # compute -> results.json -> render -> experiment.json
+    @experiment("name", order=...)
+    def run(cfg: DictConfig) -> dict             # compute -> results.json -> render -> experiment.json
 
-and reads its knobs from `cfg.analysis.<name>` (conf/analysis/<name>.yaml).
+and reading its knobs from `cfg.analysis.<name>` (optional conf/analysis/<name>.yaml). Dropping such a module in
+this folder is all it takes: `python run.py +experiment=analysis analysis.experiments=[name]` runs it, and with a
+conf/analysis/<name>.yaml also `python run.py +experiment=name` (conf/experiment/analysis.yaml).
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Callable
 
-# Calibration first (is the miniature in the paper's regime?), then the paper's order (results/README.md follows it).
-EXPERIMENTS: dict[str, str] = {
-    "calibration": "analysis.experiments.calibration",
-    "table1": "analysis.experiments.table1",
-    "lora_ablation": "analysis.experiments.lora_ablation",
-    "resnet": "analysis.experiments.resnet",
-    "deep": "analysis.experiments.deep",
-    "fig1_distance": "analysis.experiments.fig1_distance",
-    "fig2_direction": "analysis.experiments.fig2_direction",
-    "fig6_clustering": "analysis.experiments.fig6_clustering",
-    "stable_diffusion": "analysis.experiments.stable_diffusion",
-    "similar_models": "analysis.experiments.similar_models",
-    "fig8_stats": "analysis.experiments.fig8_stats",
-    "fig13_layers": "analysis.experiments.fig13_layers",
-    "pruning": "analysis.experiments.pruning",
-    "quantization": "analysis.experiments.quantization",
-    "fig16_lr": "analysis.experiments.fig16_lr",
-    "merged_models": "analysis.experiments.merged_models",
-    "runtime": "analysis.experiments.runtime",
-    "c_sensitivity": "analysis.experiments.c_sensitivity",
-    "recovery_ablation": "analysis.experiments.recovery_ablation",
-    "scale_ladder": "analysis.experiments.scale_ladder",
-    "default": "analysis.experiments.default",
-}
+from omegaconf import DictConfig
 
-# Experiments that cannot run on this project's offline CPU machines, and why (listed in results/README.md).
-NOT_RUN_HERE: dict[str, str] = {
-    "stable_diffusion": "needs the Hugging Face hub to download the five Stable Diffusion 1.1-1.5 UNets (about "
-                        "3.4 GB each); on a machine with hub access: `python run.py +experiment=stable_diffusion`",
-}
+RunFn = Callable[[DictConfig], dict]
 
 
-def get(name: str) -> ModuleType:
-    """Import the experiment module registered as `name`."""
-    if name not in EXPERIMENTS:
-        raise KeyError(f"unknown analysis experiment {name!r}; known: {sorted(EXPERIMENTS)}")
-    module = importlib.import_module(EXPERIMENTS[name])
-    for attr in ("compute", "render", "run"):
-        if not callable(getattr(module, attr, None)):
-            raise TypeError(f"{EXPERIMENTS[name]} must define {attr}()")
-    return module
+@dataclass(frozen=True)
+class Experiment:
+    """One registered experiment.
+
+    Attributes:
+        name: registry name (results folder, knob block `cfg.analysis.<name>`).
+        module: the module defining compute / render / run.
+        order: position in results/README.md (calibration first, then the paper's order).
+        not_run_here: why it cannot run on this project's offline CPU machines (listed in results/README.md).
+    """
+
+    name: str
+    module: ModuleType
+    order: float
+    not_run_here: str | None = None
+
+    @property
+    def run(self) -> RunFn:
+        return self.module.run
+
+    @property
+    def render(self) -> Callable:
+        return self.module.render
+
+
+_REGISTRY: dict[str, Experiment] = {}
+_DISCOVERED = False
+
+
+def experiment(name: str, *, order: float = 1000.0, not_run_here: str | None = None) -> Callable[[RunFn], RunFn]:
+    """Register the module of the decorated `run` function as experiment `name`."""
+    def register(run: RunFn) -> RunFn:
+        module = importlib.import_module(run.__module__)
+        for attr in ("compute", "render"):
+            if not callable(getattr(module, attr, None)):
+                raise TypeError(f"{run.__module__} must define {attr}() to be registered as experiment {name!r}")
+        known = _REGISTRY.get(name)
+        if known is not None and known.module.__name__ != module.__name__:
+            raise ValueError(f"experiment {name!r} registered twice: {known.module.__name__} and {module.__name__}")
+        _REGISTRY[name] = Experiment(name, module, float(order), not_run_here)
+        return run
+    return register
+
+
+def registry() -> dict[str, Experiment]:
+    """Every experiment of this package (imported once), ordered as results/README.md lists them."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _DISCOVERED = True
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def get(name: str) -> Experiment:
+    """The experiment registered as `name`."""
+    known = registry()
+    if name not in known:
+        raise KeyError(f"unknown analysis experiment {name!r}; known: {sorted(known)}")
+    return known[name]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.graphs import resolve_graph
 from analysis.recover import analyze, forest, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
@@ -74,5 +75,6 @@ def describe(results: dict) -> dict:
             "paper": "results virtually unchanged for c in (0, 5); c = 0.3 used", "notes": f"Ours: {verdict}"}
 
 
+@experiment(NAME, order=170)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

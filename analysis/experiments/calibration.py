@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.experiments import experiment
 from analysis.experiments.fig1_distance import hop_distances
 from analysis.graphs import read_graph, resolve_graph
 from analysis.recover import analyze, recovery_options
@@ -290,5 +291,6 @@ def describe(results: dict) -> dict:
             "paper": "ViT-B fine-tunes: Fig. 1 rho 0.99, kurtosis falls along fine-tuning (Fig. 2)"}
 
 
+@experiment(NAME, order=0)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.graphs import is_complete, resolve_graph
 from analysis.recover import recover_graph
 from analysis.report import knobs, run_experiment, write_table
@@ -69,5 +70,6 @@ def describe(results: dict) -> dict:
                      + "The tree picture marks right, wrong and missed edges."}
 
 
+@experiment(NAME, order=200)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

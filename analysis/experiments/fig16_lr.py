@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis import report
 from analysis.trajectories import (EXPECTED, to_plain, analysis_cache, finetune_run, plot_panels,
                                    series_stats, trajectory_files, trend, trend_rows)
@@ -99,6 +100,7 @@ def describe(results: dict) -> dict[str, str]:
             "ours": ours, "notes": "Built-in tiny root and task, fewer epochs than the paper." + plain}
 
 
+@experiment(NAME, order=140)
 def run(cfg: DictConfig) -> dict:
     """compute -> results.json -> render -> experiment.json."""
     return report.run_experiment(cfg, NAME, compute, render, describe)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
 from analysis.recover import analyze, recovery_options
 from analysis.report import compare, knobs, run_experiment, save_figure, write_table
@@ -120,5 +121,6 @@ def describe(results: dict) -> dict:
             "paper": "Pearson rho = 0.99 on a 21-model tree; parent-child pairs have the lowest distance"}
 
 
+@experiment(NAME, order=50)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis import report
 from analysis.trajectories import (EXPECTED, node_name, plot_panels, root_trajectories, series_stats,
                                    trend, trend_rows)
@@ -114,6 +115,7 @@ def describe(results: dict) -> dict[str, str]:
             "ours": "; ".join(parts), "notes": notes}
 
 
+@experiment(NAME, order=60)
 def run(cfg: DictConfig) -> dict:
     """compute -> results.json -> render -> experiment.json."""
     return report.run_experiment(cfg, NAME, compute, render, describe)

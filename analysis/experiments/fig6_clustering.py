@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
 from analysis.recover import analyze, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
@@ -111,5 +112,6 @@ def describe(results: dict) -> dict:
             "paper": "high clustering accuracy even at 10 models from 5 trees", "notes": "; ".join(notes)}
 
 
+@experiment(NAME, order=70)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis import report
 from analysis.trajectories import finetune_panels, panel_table, plot_panels, trend_rows
 
@@ -49,6 +50,7 @@ def describe(results: dict) -> dict[str, str]:
             "paper": "only kurtosis is consistently (almost) monotonic across roots", "ours": ours, "notes": notes}
 
 
+@experiment(NAME, order=100)
 def run(cfg: DictConfig) -> dict:
     """compute -> results.json -> render -> experiment.json."""
     return report.run_experiment(cfg, NAME, compute, render, describe)

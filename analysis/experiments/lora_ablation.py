@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.recover import accuracy_frame, accuracy_run
 from analysis.report import compare, knobs, run_experiment, write_table
 
@@ -41,5 +42,6 @@ def describe(results: dict) -> dict:
             "paper": "lora_rank 1.0, l2 0.78 (22% lower)"}
 
 
+@experiment(NAME, order=20)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

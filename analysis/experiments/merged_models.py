@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis import report
 from analysis.cosines import VECTORS, cosine_to_centres, soup, top_k_parents
 from analysis.trajectories import (to_plain, analysis_cache, finetune_run, graph_folder, load_root_state,
@@ -157,6 +158,7 @@ def describe(results: dict) -> dict[str, str]:
                      "(e.g. IN+DINO: 0.976 / 0.192 / -0.001)", "ours": ours, "notes": notes}
 
 
+@experiment(NAME, order=150)
 def run(cfg: DictConfig) -> dict:
     """compute -> results.json -> render -> experiment.json."""
     return report.run_experiment(cfg, NAME, compute, render, describe)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.utils.prune as prune
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.graphs import derived_graph, resolve_graph
 from analysis.recover import accuracy_run
 from analysis.report import compare, knobs, run_experiment, save_figure, write_table
@@ -94,5 +95,6 @@ def describe(results: dict) -> dict:
             "paper": "0%: 0.89, 90%: 0.85, 95%: 0.80, 99%: 0.68 (random ~0.05)"}
 
 
+@experiment(NAME, order=120)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.graphs import derived_graph, read_graph, resolve_graph
 from analysis.recover import accuracy_run
 from analysis.report import compare, knobs, mean_std, run_experiment, write_table
@@ -129,5 +130,6 @@ def describe(results: dict) -> dict:
             "paper": "none 0.89; fp16 0.883 ± 0.0044; int8 (bitsandbytes) 0.883 ± 0.0078 (10 repeats)"}
 
 
+@experiment(NAME, order=130)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.experiments import experiment
 from analysis.recover import analyze, forest, recovery_options
 from analysis.report import knobs as get_knobs, run_experiment, save_figure, write_table
 
@@ -193,7 +194,10 @@ def render(results: dict, out_dir: Path) -> None:
         write_table(pd.DataFrame(results["missing_grid"]), out_dir, f"{NAME}_missing_parents_dev_grid",
                     caption="Missing-parent report settings on the dev graphs (all trials pooled): children found, "
                             "false groups, F1 = 2TP / (2TP + FP + FN); the best F1 is used on the eval graphs")
-    fig, axes = plt.subplots(1, len(stage_settings), figsize=(6.5 * len(stage_settings), 4.8), squeeze=False)
+    # constrained layout reserves room for each panel's variant labels, so they never print over the panel beside
+    fig, axes = plt.subplots(1, len(stage_settings), figsize=(7.5 * len(stage_settings), 6.0), squeeze=False,
+                             layout="constrained")
+    labelled: list[str] | None = None
     for ax, stages in zip(axes[0], stage_settings):
         wide = _pivot(rows, "eval", stages)
         if wide.empty:
@@ -201,7 +205,9 @@ def render(results: dict, out_dir: Path) -> None:
         graphs = [c for c in wide.columns if c not in ("variant", "mean")]
         im = ax.imshow(wide[graphs].to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(graphs)), graphs, rotation=30, ha="right")
-        ax.set_yticks(range(len(wide)), [v + (" (chosen)" if v == chosen else "") for v in wide["variant"]])
+        names = [v + (" (chosen)" if v == chosen else "") for v in wide["variant"]]
+        ax.set_yticks(range(len(wide)), names if names != labelled else [""] * len(names))
+        labelled = names
         for (i, j), val in np.ndenumerate(wide[graphs].to_numpy(dtype=float)):
             ax.text(j, i, f"{val:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if val < 0.6 else "black")
@@ -263,5 +269,6 @@ def describe(results: dict) -> dict:
             "ours": f"evaluation graphs (stages {stages}), paper -> {chosen}: {per}{found}", "notes": notes}
 
 
+@experiment(NAME, order=180)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.recover import accuracy_frame, accuracy_run
 from analysis.report import compare, knobs, run_experiment, write_table
 
@@ -33,5 +34,6 @@ def describe(results: dict) -> dict:
             "notes": compare(r["edge_accuracy"], PAPER)}
 
 
+@experiment(NAME, order=30)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

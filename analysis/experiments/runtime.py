@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.report import knobs, run_experiment, save_figure, write_table
 from common.seed import derive_seed
 
@@ -144,5 +145,6 @@ def describe(results: dict) -> dict:
                      "34.7 s; clustering 0.011 s / 0.001 s / 0.134 s / 4.43 min (10 / 100 / 1k / 10k models)"}
 
 
+@experiment(NAME, order=160)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.experiments import experiment
 from analysis.experiments.calibration import _num, graph_measures, json_safe, plateau_drop
 from analysis.graphs import ensure_graph
 from analysis.recover import accuracy_run
@@ -132,6 +133,7 @@ def describe(results: dict) -> dict:
             "paper": "ViT-B (86M parameters): Fig. 1 rho 0.99"}
 
 
+@experiment(NAME, order=190)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)
 

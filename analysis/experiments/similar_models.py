@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis import report
 from analysis.trajectories import to_plain, analysis_cache, finetune_run, graph_folder, node_name
 from common.seed import derive_seed
@@ -102,6 +103,7 @@ def describe(results: dict) -> dict[str, str]:
             "ours": ours, "notes": "Built-in tiny roots and tasks. " + plain}
 
 
+@experiment(NAME, order=90)
 def run(cfg: DictConfig) -> dict:
     """compute -> results.json -> render -> experiment.json."""
     return report.run_experiment(cfg, NAME, compute, render, describe)

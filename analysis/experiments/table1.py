@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from analysis.experiments import experiment
 from analysis.recover import accuracy_frame, accuracy_run
 from analysis.report import compare, knobs as get_knobs, run_experiment, write_table
 
@@ -51,5 +52,6 @@ def describe(results: dict) -> dict:
             "ours": ours, "notes": notes + ". Per-tree columns are our roots, not the paper's ViT-B roots."}
 
 
+@experiment(NAME, order=10)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

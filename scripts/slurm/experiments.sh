@@ -6,4 +6,4 @@
 source "$(dirname "$0")/common.sh"
 list=${1:-table1,lora_ablation,resnet,deep,c_sensitivity,pruning,quantization,fig6_clustering,fig8_stats,fig13_layers}
 shift || true; [ "${1:-}" = "--" ] && shift
-"$PYTHON" run.py -m "+experiment=$list" analysis.scale=paper task_name=paper_experiments "${LAUNCH[@]}" "$@"
+"$PYTHON" run.py -m "+experiment=$list" scale=paper task_name=paper_experiments "${LAUNCH[@]}" "$@"

@@ -7,7 +7,7 @@ source "$(dirname "$0")/common.sh"
 exp=${1:?usage: sweep_analysis.sh EXPERIMENT SWEEP_OVERRIDES...}; shift
 stamp=$(date +%Y-%m-%d_%H-%M-%S)
 sweep_dir="${MOTHER_LOG_DIR:-logs}/sweep_$exp/multiruns/$stamp"
-"$PYTHON" run.py -m "+experiment=$exp" analysis.scale=paper 'analysis.out_dir=${hydra:runtime.output_dir}' \
+"$PYTHON" run.py -m "+experiment=$exp" scale=paper 'analysis.out_dir=${hydra:runtime.output_dir}' \
   task_name="sweep_$exp" "hydra.sweep.dir=$sweep_dir" "${LAUNCH[@]}" "$@"
 over=(); case " $* " in *" seed="*) over=(--over seed) ;; esac
 "$PYTHON" scripts/slurm/collect_sweep.py "$sweep_dir" --results "$exp/results.json" --name "${exp}_sweep" "${over[@]}"
