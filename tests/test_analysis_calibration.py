@@ -46,7 +46,7 @@ def test_pearson_constant_is_nan():
 
 
 def test_calibration_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=calibration", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=calibration", "scale=toy"]))
     res = json.loads((tmp_path / "results" / "calibration" / "results.json").read_text())
     assert set(res["graphs"]) == {"FT", "LoRA-V"}
     ft = res["graphs"]["FT"]
@@ -60,7 +60,7 @@ def test_calibration_toy(cfg_factory, tmp_path):
 
 def test_scale_ladder_toy(cfg_factory, tmp_path):
     """A rung of a tiny width: root pretrained, FT and LoRA probe trees built from it, measures reported."""
-    stage.run(cfg_factory(["+experiment=scale_ladder", "analysis.scale=toy", f"paths.data_dir={tmp_path / 'data'}"]))
+    stage.run(cfg_factory(["+experiment=scale_ladder", "scale=toy", f"paths.data_dir={tmp_path / 'data'}"]))
     res = json.loads((tmp_path / "results" / "scale_ladder" / "results.json").read_text())
     assert list(res["rungs"]) == ["d16_s4"]
     for label, width in (("d16_s4", 16),):

@@ -43,7 +43,7 @@ def test_draw_keeps_every_tree():
 
 
 def test_fig1_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=fig1_distance", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=fig1_distance", "scale=toy"]))
     panels = _results(tmp_path, "fig1_distance")["panels"]
     assert set(panels) == {"l2 (full fine-tuning)", "rank (LoRA)"}
     for p in panels.values():
@@ -60,7 +60,7 @@ def test_fig1_toy(cfg_factory, tmp_path):
 
 
 def test_fig6_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=fig6_clustering", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=fig6_clustering", "scale=toy"]))
     res = _results(tmp_path, "fig6_clustering")
     rows = res["panels"]["FT"]["rows"]
     assert {(r["models"], r["n_trees"]) for r in rows} == {(n, m) for n in (3, 6, 9) for m in ("known", "auto")}
@@ -74,7 +74,7 @@ def test_fig6_toy(cfg_factory, tmp_path):
 
 
 def test_c_sensitivity_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=c_sensitivity", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=c_sensitivity", "scale=toy"]))
     res = _results(tmp_path, "c_sensitivity")
     assert res["cs"] == [0.1, 0.3, 3.0]
     accs = res["subgraphs"]["FT"]["accuracy"]
@@ -82,6 +82,6 @@ def test_c_sensitivity_toy(cfg_factory, tmp_path):
 
 
 def test_c_outside_range_fails(cfg_factory):
-    cfg = cfg_factory(["+experiment=c_sensitivity", "analysis.scale=toy", "analysis.c_sensitivity.scales.toy.cs=[5.0]"])
+    cfg = cfg_factory(["+experiment=c_sensitivity", "scale=toy", "analysis.c_sensitivity.cs=[5.0]"])
     with pytest.raises(ValueError, match=r"outside \(0, 5\)"):
         stage.run(cfg)

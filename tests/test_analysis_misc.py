@@ -18,7 +18,7 @@ def _results(tmp_path, name):
 
 
 def test_runtime_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=runtime", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=runtime", "scale=toy"]))
     rows = _results(tmp_path, "runtime")["rows"]
     assert [r["models"] for r in rows] == [10, 50]
     for r in rows:
@@ -29,7 +29,7 @@ def test_runtime_toy(cfg_factory, tmp_path):
 
 
 def test_runtime_memory_cap_cuts_the_layer(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=runtime", "analysis.scale=toy", "analysis.runtime.max_gib=0.00001"]))
+    stage.run(cfg_factory(["+experiment=runtime", "scale=toy", "analysis.runtime.max_gib=0.00001"]))
     rows = _results(tmp_path, "runtime")["rows"]
     assert all(r["values per model"] < r["layer values"] for r in rows)
     assert "cut to fit" in json.loads((tmp_path / "results" / "runtime" / "experiment.json").read_text())["notes"]
@@ -51,7 +51,7 @@ def test_stable_diffusion_with_local_stand_ins(cfg_factory, tmp_path, monkeypatc
     for src, dst in zip(["root0", "root0-0", "root0-1", "root0-2", "root0-3"],
                         ["sd1.1", "sd1.2", "sd1.3", "sd1.4", "sd1.5"]):
         shutil.copy(syn / "models" / f"{src}.safetensors", models / f"{dst}.safetensors")
-    stage.run(cfg_factory(["+experiment=stable_diffusion", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=stable_diffusion", "scale=toy"]))
     res = _results(tmp_path, "stable_diffusion")
     assert [r["model"] for r in res["rows"]] == ["sd1.1", "sd1.2", "sd1.3", "sd1.4", "sd1.5"]
     # The stand-ins are a star (sd1.1 = root0 plus its 4 independent children), so the recovered tree must be that
@@ -67,13 +67,13 @@ def test_stable_diffusion_with_local_stand_ins(cfg_factory, tmp_path, monkeypatc
 
 
 def test_readme_lists_stable_diffusion_as_not_run(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=resnet", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=resnet", "scale=toy"]))
     readme = (tmp_path / "results" / "README.md").read_text()
     assert "## Not run here" in readme and "stable_diffusion" in readme
 
 
 def test_default_report_toy(cfg_factory, tmp_path, capsys):
-    stage.run(cfg_factory(["analysis.scale=toy"]))      # conf/analysis/default.yaml is the default group choice
+    stage.run(cfg_factory(["scale=toy"]))      # conf/analysis/default.yaml is the default group choice
     res = _results(tmp_path, "default")
     assert res["n_models"] == 14 and res["edge_accuracy"] == 1.0 and res["clustering_accuracy"] == 1.0  # synthetic
     assert sum(t["edges"] for t in res["trees"]) == 12 and all(t["correct"] == t["edges"] for t in res["trees"])

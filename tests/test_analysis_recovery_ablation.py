@@ -13,7 +13,7 @@ from analysis.experiments.recovery_ablation import choose, choose_missing, missi
 
 
 def test_recovery_ablation_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=recovery_ablation", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=recovery_ablation", "scale=toy"]))
     out = tmp_path / "results" / "recovery_ablation"
     res = json.loads((out / "results.json").read_text())
     rows = res["rows"]

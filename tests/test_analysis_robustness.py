@@ -69,7 +69,7 @@ def test_derived_graph_links_and_caches(tmp_path):
 
 
 def test_pruning_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=pruning", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=pruning", "scale=toy"]))
     rows = _results(tmp_path, "pruning")["rows"]
     assert [r["amount"] for r in rows] == [0.0, 0.5, 0.9]
     assert rows[0]["edge_accuracy"] == 1.0 and rows[0]["pruned_params"] == 0    # unpruned synthetic graph: exact
@@ -82,7 +82,7 @@ def test_pruning_toy(cfg_factory, tmp_path):
 
 
 def test_quantization_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=quantization", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=quantization", "scale=toy"]))
     res = _results(tmp_path, "quantization")
     assert res["int8_backend"] == "torch" and res["none"]["edge_accuracy"] == 1.0   # unquantized synthetic: exact
     runs = res["runs"]

@@ -32,7 +32,7 @@ def test_similar_toy_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("similar")
     cfg = compose_toy("similar_models", tmp, shared)
     with open_dict(cfg):
-        cfg.analysis.similar_models.scales.toy.parents = toy_roots(shared, 2)
+        cfg.analysis.similar_models.parents = toy_roots(shared, 2)
     results = similar_models.run(cfg)
     out = tmp / "results" / "similar_models"
     assert {"similar_models.md", "similar_models.tex", "similar_models.csv"} <= {p.name for p in out.iterdir()}

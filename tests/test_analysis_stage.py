@@ -31,17 +31,33 @@ def _fake_module(name: str, calls: list) -> types.ModuleType:
     return mod
 
 
+def test_decorator_registers_module(monkeypatch):
+    """`@experiment(name)` on a module's run registers that module under `name` (and refuses a second module)."""
+    monkeypatch.setattr(experiments, "_REGISTRY", dict(experiments._REGISTRY))
+    mod = _fake_module("fake_deco", [])
+    monkeypatch.setitem(sys.modules, "tests._fake_deco", mod)
+    mod.run.__module__ = "tests._fake_deco"
+    experiments.experiment("fake_deco", order=-1)(mod.run)
+    assert experiments.get("fake_deco").module is mod and next(iter(experiments.registry())) == "fake_deco"
+    other = _fake_module("fake_other", [])
+    monkeypatch.setitem(sys.modules, "tests._fake_other", other)
+    other.run.__module__ = "tests._fake_other"
+    with pytest.raises(ValueError, match="registered twice"):
+        experiments.experiment("fake_deco")(other.run)
+
+
 @pytest.fixture
 def fake_experiments(monkeypatch):
     calls: list = []
     for name in ("fake_a", "fake_b"):
         monkeypatch.setitem(sys.modules, f"tests._fake_{name}", _fake_module(name, calls))
-        monkeypatch.setitem(experiments.EXPERIMENTS, name, f"tests._fake_{name}")
+        mod = sys.modules[f"tests._fake_{name}"]
+        monkeypatch.setitem(experiments._REGISTRY, name, experiments.Experiment(name, mod, 1e9))
     return calls
 
 
 def test_stage_runs_in_order_and_writes_readme(cfg_factory, fake_experiments, tmp_path):
-    cfg = cfg_factory(["analysis.experiments=[fake_b,fake_a]", "analysis.scale=toy", "seed=7"])
+    cfg = cfg_factory(["analysis.experiments=[fake_b,fake_a]", "scale=toy", "seed=7"])
     out = stage.run(cfg)
     assert fake_experiments == ["fake_b", "fake_a"]
     res = tmp_path / "results"
@@ -73,9 +89,8 @@ def test_stage_empty_list_fails(cfg_factory):
 def test_registry_names_have_config():
     """Every registered experiment has conf/analysis/<name>.yaml once its module exists."""
     root = Path(__file__).resolve().parents[1]
-    for name, module in experiments.EXPERIMENTS.items():
-        if (root / (module.replace(".", "/") + ".py")).is_file():
-            assert (root / "conf" / "analysis" / f"{name}.yaml").is_file(), name
+    for name in experiments.registry():
+        assert (root / "conf" / "analysis" / f"{name}.yaml").is_file(), name
 
 
 def test_rerender_redraws_from_results_json(cfg_factory, fake_experiments, tmp_path):

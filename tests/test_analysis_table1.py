@@ -24,7 +24,7 @@ def _exact(x) -> bool:
 
 
 def test_table1_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=table1", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=table1", "scale=toy"]))
     rows = _results(tmp_path, "table1")["rows"]
     assert [r["label"] for r in rows] == ["LoRA-V", "LoRA-F", "FT", "Mixed"]
     for r in rows:
@@ -47,7 +47,7 @@ def test_recovery_cache_is_reused(cfg_factory, tmp_path, monkeypatch):
     """A second run with the same graph and options reads the recovery back instead of recomputing."""
     import recovery.stage
 
-    cfg = cfg_factory(["+experiment=resnet", "analysis.scale=toy"])
+    cfg = cfg_factory(["+experiment=resnet", "scale=toy"])
     stage.run(cfg)
     first = _results(tmp_path, "resnet")["rows"][0]["edge_accuracy"]
     monkeypatch.setattr(recovery.stage, "recover", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
@@ -56,7 +56,7 @@ def test_recovery_cache_is_reused(cfg_factory, tmp_path, monkeypatch):
 
 
 def test_lora_ablation_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=lora_ablation", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=lora_ablation", "scale=toy"]))
     rows = _results(tmp_path, "lora_ablation")["rows"]
     assert [r["label"] for r in rows] == ["lora_rank", "l2"]
     assert [r["distance_metric"] for r in rows] == ["lora_rank", "l2"]
@@ -64,14 +64,14 @@ def test_lora_ablation_toy(cfg_factory, tmp_path):
 
 
 def test_resnet_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=resnet", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=resnet", "scale=toy"]))
     (row,) = _results(tmp_path, "resnet")["rows"]
     assert row["n_models"] == 13 and row["n_trees_true"] == 1
     assert _exact(row["edge_accuracy"])
 
 
 def test_deep_toy(cfg_factory, tmp_path):
-    stage.run(cfg_factory(["+experiment=deep", "analysis.scale=toy"]))
+    stage.run(cfg_factory(["+experiment=deep", "scale=toy"]))
     res = _results(tmp_path, "deep")
     deep = res["deep"]
     assert deep["levels"] == 5 and deep["n_models"] == 31
