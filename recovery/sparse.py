@@ -139,9 +139,16 @@ def exact_dists(x: np.ndarray, splits: list[int], rows: np.ndarray, cols: np.nda
         mu = c.mean(axis=0)
         c -= mu
         r = x[rows, a:b].astype(np.float64) - mu
-        d2 = (r * r).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (r @ c.T)
+        d2 = (r * r).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * _matmul_t(r, c)
         out += np.sqrt(np.maximum(d2, 0.0))
     return out / (len(splits) - 1)
+
+
+def _matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b.T in float64 (torch's BLAS: about twice numpy's speed on these shapes here)."""
+    import torch
+
+    return (torch.from_numpy(a) @ torch.from_numpy(b).T).numpy()
 
 
 def pair_dists(x: np.ndarray, splits: list[int], i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
             stages_file: str | Path | None = None, layers: Mapping | None = None, distance: Mapping | None = None,
             direction: Mapping | None = None, cluster: Mapping | None = None, tree: Mapping | None = None,
             plot: bool = True, seed: int = 0, quiet: bool = False, strict: bool = False,
-            device: str = "auto") -> dict[str, Any]:
+            device: str = "auto", candidates: str = "dense", sparse: Mapping | None = None) -> dict[str, Any]:
     """Recover the Model Graph of the models in `path`.
 
     Args:
@@ -64,6 +64,9 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         strict: any model that cannot be used (unreadable, NaN/Inf, another architecture, a duplicate) is an error;
             by default it is left out with a warning and listed under `excluded` in tree.json.
         device: where the Gram products and rank factorizations run: auto | cpu | cuda (recovery.kernels).
+        candidates: dense (all pairs) | knn (nearest-neighbour candidate edges, recovery.sparse; l2 and the
+            paper's tree only) | auto (knn above `sparse.auto_above` models).
+        sparse: recovery.sparse options (knn, pool, project_dim, ...).
 
     Returns:
         {"tree": tree.json dict, "metrics": metrics dict or None, "paths": {name: file}, "warnings": [...]}.
@@ -78,17 +81,28 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         raise ConfigError("recovery.cluster.n_trees=truth (recover each known tree, the paper's Table 1 protocol) "
                           "needs ground_truth=FILE")
     t0 = time.perf_counter()
-    wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction,
-                        strict=strict, device=device)
+    knn = _use_knn(path, candidates, sparse, stages_file, strict)
+    if knn:   # recovery.sparse: candidate edges from nearest neighbours instead of the dense matrices
+        from recovery.sparse_run import recover_folder
+        if cluster["n_trees"] == "truth":
+            raise ConfigError("recovery.candidates=knn does not support recovery.cluster.n_trees=truth")
+        wa, clustering, parent, lambdas, _ = recover_folder(path, stages_file=stages_file, layers=layers,
+                                                            distance=distance, direction=direction, cluster=cluster,
+                                                            tree=tree, sparse_opts=sparse, strict=strict)
+        tree_evidence, missing = {}, []
+    else:
+        wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction,
+                            strict=strict, device=device)
     t_weights = time.perf_counter() - t0
 
-    clustering, parent, lambdas, tree_evidence, missing = solve(wa, cluster=cluster, tree=tree, truth=truth,
-                                                                source=ground_truth)
+    if not knn:
+        clustering, parent, lambdas, tree_evidence, missing = solve(wa, cluster=cluster, tree=tree, truth=truth,
+                                                                    source=ground_truth)
     ids = wa.ids
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
     rank_tol = {"rank_tol": distance["rank_tol"]} if "rank_tol" in distance else {}
     relations = edge_relations(path, edges, layers=layers, sources=wa.sources, selected=wa.selected,
-                               evidence=wa.rank_evidence, **rank_tol) if edges else {}
+                               evidence=wa.rank_evidence, **rank_tol) if edges and not knn else {}
     warnings = list(wa.warnings) + ([clustering.evidence["warning"]] if "warning" in clustering.evidence else [])
     warnings += [f"models {m['models']} share a change that {m['attached_to']} lacks: their true parent is probably "
                  f"missing from the folder (or they are same-recipe siblings); missing edge ~{m['missing_edge_l2']:.3g} "
@@ -99,7 +113,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     doc.update(input=str(path), seed=seed, warnings=warnings, timings={"weights_s": t_weights,
                "total_s": time.perf_counter() - t0},
                options={"layers": layers, "distance": distance, "direction": direction, "cluster": cluster,
-                        "tree": tree, "stages_file": str(stages_file) if stages_file else None, "strict": strict})
+                        "tree": tree, "candidates": "knn" if knn else "dense", "sparse": dict(sparse or {}),
+                        "stages_file": str(stages_file) if stages_file else None, "strict": strict})
     metrics = None
     if truth is not None:
         metrics, eval_warnings = evaluate(ids, edges, clustering.labels.tolist(), truth)
@@ -127,6 +142,17 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     if not quiet:
         print(summary(doc, metrics, paths))
     return {"tree": doc, "metrics": metrics, "paths": paths, "warnings": warnings}
+
+
+def _use_knn(path: str | Path, candidates: str, sparse: Mapping | None, stages_file: Any, strict: bool) -> bool:
+    """Whether this run takes the sparse path (recovery.candidates); `auto` counts the models first."""
+    from recovery.sparse import sparse_options, use_knn
+
+    opts = sparse_options(dict(sparse or {}))
+    if candidates != "auto":
+        return use_knn(candidates, 0, opts["auto_above"])
+    from recovery.checkpoints import discover
+    return use_knn(candidates, len(discover(path, stages_file, strict=strict).models), opts["auto_above"])
 
 
 def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source: Any = None,
