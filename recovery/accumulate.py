@@ -4,8 +4,8 @@ Each accumulator sees every selected layer once, as a `LayerBatch` (the stack of
 keeps what it needs: `GramSums` the l2 / rms / squared distance sums and which models are identical,
 `RankFactors` the per-layer LoRA ranks (and what the edge labels need from them), `FinetuneCertificates` (metric
 l2 / rms, where no ranks are computed) small submatrices that prove most full fine-tuning edges without a second
-read, `DirectionStats` the direction statistic per layer, `CueMoments` the moments and init distances of the direction cues (recovery.cues).
-`recovery.weights.analyze_folder` drives them and combines their results.
+read, `DirectionStats` the direction statistic per layer, `CueMoments` the moments and init distances of the
+direction cues (recovery.cues). `recovery.weights.analyze_folder` drives them and combines their results.
 """
 from __future__ import annotations
 
@@ -107,6 +107,7 @@ class RankFactors:
     low_rank_share: float
     reduce: str = "max"
     low_rank_frac: float = 0.25
+    kernel: object = None   # recovery.kernels.Kernel: where the factorizations run (None: numpy)
     layers: list[tuple[str, np.ndarray, float]] = field(default_factory=list)   # (name, ranks, low-rank share)
     limits: list[int] = field(default_factory=list)
     stats: dict = field(default_factory=lambda: {"fast_pairs": 0, "direct_pairs": 0, "skipped_pairs": 0,
@@ -130,7 +131,7 @@ class RankFactors:
         prune = np.minimum(self.running_max[ix], limit) if self.reduce == "max" else None
         auto = self.metric == "auto"
         res = layer_ranks(ws, self.rank_tol, seed=self.seed, dense="skip" if auto else "direct", d2=batch.d2,
-                          prune=prune)
+                          prune=prune, kernel=self.kernel)
         share = res.low_rank_share if bool((batch.d2 > 0).any()) else 1.0
         skipped = np.argwhere(np.triu(res.ranks < 0, 1))
         if len(skipped) and share >= self.low_rank_share:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recovery.kernels import ops, to_device
+
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
 RANK_TOLS = ("weight", "delta")
@@ -170,36 +172,37 @@ def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Gene
     residual is computed explicitly instead. Singular values of Q^T D at most target / 2 are dropped and added to
     the bound (`_truncate`).
     """
+    xp = ops(d)
     m, n = d.shape
-    if not d.any():
-        return LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0)
-    total = _sum_squares(d)
+    if not xp.any(d):
+        return LowRank(xp.zeros((m, 0), d), np.zeros(0), xp.zeros((n, 0), d), 0.0)
+    total = xp.sum_sq(d)
     goal = (target / 2) ** 2
-    d32 = d.astype(np.float32)
+    d32 = xp.f32(d)
     coarse = (256 * EPS32) ** 2 * total   # below this much left to capture, float32 sketches stall
     cap = min(m, n)
-    q = np.zeros((m, 0))
-    rows = np.zeros((0, n))
+    q = xp.zeros((m, 0), d)
+    rows = xp.zeros((0, n), d)
     captured = 0.0
     while True:
         b = min(block, cap - q.shape[1])
         if total - captured > coarse:
-            y = (d32 @ rng.standard_normal((n, b), dtype=np.float32)).astype(np.float64)
+            y = xp.f64(d32 @ xp.randn(rng, (n, b), True, d))
         else:
-            y = d @ rng.standard_normal((n, b))
+            y = d @ xp.randn(rng, (n, b), False, d)
         qb = _new_directions(q, y)
         if not qb.shape[1]:   # the sketch finds nothing beyond the basis: the residual decides
-            explicit = float(np.linalg.norm(d - q @ rows))
+            explicit = xp.fro(d - q @ rows)
             return _truncate(q, rows, target / 2, kmax, explicit) if explicit <= target / 2 else None
         rb = qb.T @ d
-        q = np.concatenate([q, qb], axis=1)
-        rows = np.concatenate([rows, rb])
-        captured += _sum_squares(rb)
+        q = xp.cat([q, qb], 1)
+        rows = xp.cat([rows, rb], 0)
+        captured += xp.sum_sq(rb)
         est = max(total - captured, 0.0)
         slack = _identity_allowance(m, n, q.shape[1]) * total
         res = np.sqrt(est + slack) if est + slack <= goal else None
         if res is None and (est <= max(goal / 2, slack) or q.shape[1] >= cap):   # below what the identity resolves
-            explicit = float(np.linalg.norm(d - q @ rows))
+            explicit = xp.fro(d - q @ rows)
             res = explicit if explicit <= target / 2 else None
         if res is not None:
             return _truncate(q, rows, target / 2, kmax, float(res))
@@ -210,13 +213,14 @@ def factor_low_rank(d: np.ndarray, target: float, kmax: int, rng: np.random.Gene
 def _new_directions(q: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Orthonormal directions of the sketch `y` outside the orthonormal basis `q` (twice projected out); directions
     at round-off level (whose normalisation would bring back components along `q`) are dropped."""
-    scale = float(np.linalg.norm(y))
+    xp = ops(y)
+    scale = xp.fro(y)
     for _ in range(2):
         y -= q @ (q.T @ y)
-    u, sv, _ = np.linalg.svd(y, full_matrices=False)
+    u, sv = xp.svd_us(y)
     qb = u[:, sv > 64 * EPS64 * np.sqrt(y.shape[1]) * scale]
     qb -= q @ (q.T @ qb)
-    return np.linalg.qr(qb)[0] if qb.shape[1] else qb
+    return xp.qr_q(qb) if qb.shape[1] else qb
 
 
 def _truncate(q: np.ndarray, rows: np.ndarray, floor: float, kmax: int, res: float) -> LowRank | None:
@@ -226,15 +230,15 @@ def _truncate(q: np.ndarray, rows: np.ndarray, floor: float, kmax: int, res: flo
     Q U_k U_k^T rows exactly; the dropped part has spectral norm sqrt(largest dropped eigenvalue), computed to
     within k eps ||rows||^2 (added). None when more than kmax values are kept.
     """
-    lam, u = np.linalg.eigh(rows @ rows.T)
-    lam, u = lam[::-1], u[:, ::-1]
+    xp = ops(rows)
+    lam, u = xp.eigh_desc(rows @ rows.T)
     slack = 8 * len(lam) * EPS64 * max(float(lam[0]), 0.0)
     keep = lam > floor ** 2 + slack
-    if keep.sum() > kmax:
+    if int(keep.sum()) > kmax:
         return None
-    sv = np.sqrt(lam[keep])
-    dropped = float(np.sqrt(max(float(lam[~keep].max(initial=0.0)), 0.0) + slack))
-    return LowRank(q @ u[:, keep], sv, (rows.T @ u[:, keep]) / sv, res + dropped)
+    sv = xp.sqrt(lam[keep])
+    dropped = float(np.sqrt(max(xp.max0(lam[~keep]), 0.0) + slack))
+    return LowRank(q @ u[:, keep], xp.host(sv), (rows.T @ u[:, keep]) / sv, res + dropped)
 
 
 def _sum_squares(x: np.ndarray) -> float:
@@ -269,26 +273,30 @@ class RankResult:
         return (n - len(self.groups)) / (n - 1) if n > 1 else 0.0
 
 
-def _group(ws: np.ndarray, order: np.ndarray, target, kmax: int, rng, max_refs: int, d2: np.ndarray):
+def _group(ws: np.ndarray, order: np.ndarray, target, kmax: int, rng, max_refs: int, d2: np.ndarray, kernel=None):
     """Greedy, in the given order: each model joins the nearest reference (of up to `max_refs`) whose difference
-    from it is low rank, else becomes a reference itself. `target(i, r)`: the error allowed for D_i = W_i - W_r."""
+    from it is low rank, else becomes a reference itself. `target(i, r)`: the error allowed for D_i = W_i - W_r.
+    The factorizations run on `kernel`'s device (recovery.kernels)."""
     refs: list[int] = []
     fac: dict[int, LowRank] = {}
     owner: dict[int, int] = {}
     m, n = ws.shape[1:]
+    wd = to_device(ws, kernel)
+    xp = ops(wd)
+    empty = LowRank(xp.zeros((m, 0), wd), np.zeros(0), xp.zeros((n, 0), wd), 0.0)
     for i in order:
         near = sorted(refs, key=lambda r: d2[i, r])
         for r in near[:max_refs]:
             if np.array_equal(ws[i], ws[r]):
-                f = LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0)
+                f = empty
             else:
-                f = factor_low_rank(ws[i].astype(np.float64) - ws[r], target(i, r), kmax, rng)
+                f = factor_low_rank(xp.f64(wd[i]) - wd[r], target(i, r), kmax, rng)
             if f is not None:
                 fac[i], owner[i] = f, r
                 break
         else:
             refs.append(i)
-            fac[i], owner[i] = LowRank(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), 0.0), i
+            fac[i], owner[i] = empty, i
     groups = [[i for i in order if owner[i] == r] for r in refs]
     return groups, fac
 
@@ -326,10 +334,11 @@ def core_svals(fac: list[LowRank], bucket: int = 32, skip: np.ndarray | None = N
     n = len(fac)
     ks = np.array([f.k for f in fac])
     off = np.concatenate([[0], np.cumsum(ks)])
-    a_all = np.concatenate([f.a for f in fac], axis=1)
-    v_all = np.concatenate([f.v for f in fac], axis=1)
-    gaa = [f.a.T @ f.a for f in fac]
-    gvv = [f.v.T @ f.v for f in fac]
+    xp = ops(fac[0].a)   # the products on the factors' device; the small cores on the host
+    a_all = xp.cat([f.a for f in fac], 1)
+    v_all = xp.cat([f.v for f in fac], 1)
+    gaa = [xp.host(f.a.T @ f.a) for f in fac]
+    gvv = [xp.host(f.v.T @ f.v) for f in fac]
     out: dict[tuple[int, int], np.ndarray | None] = {}
     for i in range(n - 1):
         todo = [j for j in range(i + 1, n) if skip is None or not skip[i, j]]
@@ -337,8 +346,8 @@ def core_svals(fac: list[LowRank], bucket: int = 32, skip: np.ndarray | None = N
             continue
         # the Gram blocks A_i^T A_j of this row's pairs, one product (only the columns of pairs not skipped)
         idx = np.concatenate([np.arange(off[j], off[j + 1]) for j in todo])
-        ga = fac[i].a.T @ a_all[:, idx]
-        gv = fac[i].v.T @ v_all[:, idx]
+        ga = xp.host(fac[i].a.T @ xp.take_cols(a_all, idx))
+        gv = xp.host(fac[i].v.T @ xp.take_cols(v_all, idx))
         start = dict(zip(todo, np.concatenate([[0], np.cumsum(ks[todo])[:-1]])))
         buckets: dict[int, list[int]] = {}
         for j in todo:
@@ -380,7 +389,7 @@ def _svals(c: np.ndarray) -> np.ndarray:
 
 def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str = "fast", seed: int = 0,
                 kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct", d2: np.ndarray | None = None,
-                prune: np.ndarray | None = None) -> RankResult:
+                prune: np.ndarray | None = None, kernel=None) -> RankResult:
     """Ranks of W_i - W_j for all pairs of the stack `w` (n, *shape); conv kernels are flattened to matrices.
 
     Args:
@@ -398,6 +407,7 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
             cannot lift another singular value above tol), and that bound is stored in `ranks`, flagged in
             `pruned`. With prune = the running maximum over earlier layers, the maximum over layers (paper Eq. 2)
             stays exact while most cores of later layers are never built.
+        kernel: recovery.kernels.Kernel: the device of the factorizations and core products (None: numpy).
     """
     ws = np.stack([as_matrix(x) for x in w]) if w.ndim != 3 else w
     n, m, d = ws.shape
@@ -432,7 +442,7 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
             ref_norms[r] = spectral_norm(ws[r])
         return EPS32 * max(m, d) * (ref_norms[r] + np.sqrt(d2[i, r] / min(m, d))) / 8
 
-    groups, fac = _group(ws, order, target, kmax, rng, max_refs, d2)
+    groups, fac = _group(ws, order, target, kmax, rng, max_refs, d2, kernel)
     # per-model upper bound S_i of ||W_i||_2 and the tolerance of each pair
     if explicit:
         tol[:] = float(rank_tol)

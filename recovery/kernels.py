@@ -114,3 +114,169 @@ def _gram_torch(x: np.ndarray, device: str, chunk: int = 1 << 16) -> np.ndarray:
         c -= c.mean(dim=0)
         g += c @ c.T
     return g.cpu().numpy()
+
+
+# ------------------------------------------------------------------------------ array namespaces for the rank code
+class _NumpyOps:
+    """The few array operations the rank factorization (recovery.distances) needs, on numpy arrays."""
+    name = "numpy"
+
+    @staticmethod
+    def zeros(shape: tuple, like) -> np.ndarray:
+        return np.zeros(shape)
+
+    @staticmethod
+    def cat(xs: list, axis: int):
+        return np.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def fro(x) -> float:
+        return float(np.linalg.norm(x))
+
+    @staticmethod
+    def sum_sq(x) -> float:
+        """Sum of squares in float64 by numpy's pairwise summation."""
+        return float(np.add.reduce(np.square(x, dtype=np.float64).reshape(-1)))
+
+    @staticmethod
+    def svd_us(y):
+        u, s, _ = np.linalg.svd(y, full_matrices=False)
+        return u, s
+
+    @staticmethod
+    def qr_q(x):
+        return np.linalg.qr(x)[0]
+
+    @staticmethod
+    def eigh_desc(g):
+        lam, u = np.linalg.eigh(g)
+        return lam[::-1], u[:, ::-1]
+
+    @staticmethod
+    def randn(rng: np.random.Generator, shape: tuple, single: bool, like):
+        return rng.standard_normal(shape, dtype=np.float32) if single else rng.standard_normal(shape)
+
+    @staticmethod
+    def f32(x):
+        return x.astype(np.float32)
+
+    @staticmethod
+    def f64(x):
+        return x.astype(np.float64)
+
+    @staticmethod
+    def host(x) -> np.ndarray:
+        return x
+
+    @staticmethod
+    def any(x) -> bool:
+        return bool(x.any())
+
+
+class _TorchOps:
+    """The same operations on torch tensors (any device); random matrices come from the same numpy generator."""
+    name = "torch"
+
+    @staticmethod
+    def zeros(shape: tuple, like):
+        import torch
+        return torch.zeros(shape, dtype=torch.float64, device=like.device)
+
+    @staticmethod
+    def cat(xs: list, axis: int):
+        import torch
+        return torch.cat(xs, dim=axis)
+
+    @staticmethod
+    def fro(x) -> float:
+        import torch
+        return float(torch.linalg.norm(x))
+
+    @staticmethod
+    def sum_sq(x) -> float:
+        import torch
+        return float(torch.sum(torch.square(x.to(torch.float64))))
+
+    @staticmethod
+    def svd_us(y):
+        import torch
+        u, s, _ = torch.linalg.svd(y, full_matrices=False)
+        return u, s
+
+    @staticmethod
+    def qr_q(x):
+        import torch
+        return torch.linalg.qr(x)[0]
+
+    @staticmethod
+    def eigh_desc(g):
+        import torch
+        lam, u = torch.linalg.eigh(g)
+        return torch.flip(lam, (0,)), torch.flip(u, (1,))
+
+    @staticmethod
+    def randn(rng: np.random.Generator, shape: tuple, single: bool, like):
+        import torch
+        r = rng.standard_normal(shape, dtype=np.float32) if single else rng.standard_normal(shape)
+        return torch.from_numpy(r).to(like.device)
+
+    @staticmethod
+    def f32(x):
+        import torch
+        return x.to(torch.float32)
+
+    @staticmethod
+    def f64(x):
+        import torch
+        return x.to(torch.float64)
+
+    @staticmethod
+    def host(x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    @staticmethod
+    def any(x) -> bool:
+        return bool(x.any())
+
+
+def ops(x) -> type:
+    """The operations for `x`: numpy arrays or torch tensors."""
+    return _NumpyOps if isinstance(x, np.ndarray) else _TorchOps
+
+
+def to_device(x: np.ndarray, kernel: "Kernel | None"):
+    """`x` as the kernel's array: unchanged for numpy, a float tensor on its device for torch."""
+    if kernel is None or kernel.backend == "numpy":
+        return x
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(x)).to(kernel.device)
+
+
+def _np_sqrt(x):
+    return np.sqrt(x)
+
+
+def _np_max0(x) -> float:
+    return float(x.max(initial=0.0))
+
+
+def _np_take_cols(x, idx: np.ndarray):
+    return x[:, idx]
+
+
+def _t_sqrt(x):
+    import torch
+    return torch.sqrt(x)
+
+
+def _t_max0(x) -> float:
+    return float(x.max()) if x.numel() else 0.0
+
+
+def _t_take_cols(x, idx: np.ndarray):
+    import torch
+    return x[:, torch.as_tensor(idx, device=x.device)]
+
+
+_NumpyOps.sqrt, _NumpyOps.max0, _NumpyOps.take_cols = map(staticmethod, (_np_sqrt, _np_max0, _np_take_cols))
+_TorchOps.sqrt, _TorchOps.max0, _TorchOps.take_cols = map(staticmethod, (_t_sqrt, _t_max0, _t_take_cols))

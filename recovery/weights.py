@@ -108,7 +108,8 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     dir_layers = selection.pop("_dir_layers")
     n = len(models)
     gram = GramSums(n)
-    ranks = (RankFactors(n, do["metric"], rank_tol, do["seed"], do["low_rank_share"], do["rank_reduce"])
+    ranks = (RankFactors(n, do["metric"], rank_tol, do["seed"], do["low_rank_share"], do["rank_reduce"],
+                         kernel=kernel)
              if do["metric"] in ("lora_rank", "auto") else None)
     cue_acc = CueMoments(n, len(dir_layers), ro["seed"]) if ro["cues"] else None
     direction_acc = DirectionStats(n, dir_layers, ro["stat"], cue_acc)
@@ -215,7 +216,8 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
 def _nonfinite_rows(flat: np.ndarray) -> list[int]:
     """Rows of `flat` (n, p) holding a NaN or Inf: a row sum is finite unless one is (or the sum overflows, which
     the exact check of that row then clears)."""
-    sums = np.add.reduce(flat, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = np.add.reduce(flat, axis=1)
     return [int(i) for i in np.flatnonzero(~np.isfinite(sums)) if not np.isfinite(flat[i]).all()]
 
 

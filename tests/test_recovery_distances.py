@@ -143,10 +143,11 @@ def test_analyze_full_ft_auto_picks_l2_and_l2_is_eq1(tmp_path):
     w = {i: load_file(str(tmp_path / "models" / f"{i}.safetensors")) for i in res.ids}
     names = res.layers
     want = np.mean([np.linalg.norm(w["a"][k].astype(np.float64) - w["r"][k]) for k in names])
-    assert res.l2[res.ids.index("a"), res.ids.index("r")] == pytest.approx(want, rel=1e-9)
+    # float32 Gram blocks summed in float64 (recovery.kernels): float32-level agreement with the direct float64 value
+    assert res.l2[res.ids.index("a"), res.ids.index("r")] == pytest.approx(want, rel=1e-6)
     rms = analyze_folder(tmp_path, distance={"metric": "rms"}, progress=False)
     want = np.mean([np.sqrt(np.mean((w["a"][k].astype(np.float64) - w["r"][k]) ** 2)) for k in names])
-    assert rms.distance[res.ids.index("a"), res.ids.index("r")] == pytest.approx(want, rel=1e-9)
+    assert rms.distance[res.ids.index("a"), res.ids.index("r")] == pytest.approx(want, rel=1e-6)
     assert rms.distance_metric == "rms"
     np.testing.assert_array_equal(res.distance, res.distance.T)
 

@@ -164,4 +164,4 @@ def test_first_pass_edge_labels_equal_second_pass(tmp_path):
         for j, q in enumerate(ids):
             want = np.mean([np.linalg.norm(models[p][k][2 * dim:].astype(np.float64) - models[q][k][2 * dim:])
                             for k in root if "qkv" in k])
-            assert rows.l2[i, j] == pytest.approx(want, rel=1e-9, abs=1e-12)
+            assert rows.l2[i, j] == pytest.approx(want, rel=1e-6, abs=1e-12)   # float32 Gram blocks (kernels)
