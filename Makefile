@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,vtab,slurm,quant
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: run test install clean-venv
+.PHONY: run test test-fast install clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py
 
+# pytest exit code 5 (no tests collected) is a failure, not a pass.
+PYTEST_RC5 = if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as failure" >&2; exit 1; fi; exit $$rc
+
 test: $(STAMP)
-	@$(PY) -m pytest; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as failure" >&2; exit 1; fi; \
-	exit $$rc
+	@$(PY) -m pytest; rc=$$?; $(PYTEST_RC5)
+
+# The fast lane: everything but the end-to-end tests marked `slow` (pyproject.toml markers).
+test-fast: $(STAMP)
+	@$(PY) -m pytest -m "not slow"; rc=$$?; $(PYTEST_RC5)
 
 clean-venv:
 	rm -rf $(VENV)

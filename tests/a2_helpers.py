@@ -71,10 +71,19 @@ def compose_toy(experiment: str, tmp: Path, shared: Path, extra: list[str] | Non
     """Toy-scale config of `experiment`: results under tmp, models cached under shared/graphs."""
     from tests.conftest import compose
 
-    over = [f"+experiment={experiment}", "analysis.scale=toy", f"analysis.out_dir={tmp / 'results'}",
+    over = [f"+experiment={experiment}", "scale=toy", f"analysis.out_dir={tmp / 'results'}",
             f"paths.log_dir={tmp / 'logs'}", f"paths.results_dir={tmp / 'results'}",
             f"paths.graphs_dir={shared / 'graphs'}", f"paths.data_dir={shared / 'data'}", "num_threads=1"]
     return compose(over + list(extra or []), output_dir=tmp / "out")
+
+
+BUILTIN_VAL = 400  # validation images of every built-in task (data_gen.tasks, builtin/*)
+
+
+def is_count_of(accuracy, n: int) -> bool:
+    """An accuracy measured on `n` examples is k / n for an integer 0 <= k <= n."""
+    k = accuracy * n
+    return 0 <= accuracy <= 1 and abs(k - round(k)) < 1e-6
 
 
 # --- independent references: direct numpy, written apart from the code under test ------------------------------
@@ -91,9 +100,13 @@ def spearman_np(x, y) -> float:
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
-def moment_stat(w: np.ndarray, stat: str) -> float:
-    """variance, skewness or Pearson kurtosis (m4 / m2^2, not excess) of all values of `w`, in float64."""
+def moment_stat(w: np.ndarray, stat: str, bins: int = 256) -> float:
+    """variance, skewness, Pearson kurtosis (m4 / m2^2, not excess) or histogram entropy (nats, `bins` equal bins
+    over [min, max]) of all values of `w`, in float64."""
     c = np.asarray(w, dtype=np.float64).ravel()
+    if stat == "entropy":
+        p = np.histogram(c, bins=bins, range=(c.min(), c.max()))[0] / c.size
+        return float(-(p[p > 0] * np.log(p[p > 0])).sum())
     c = c - c.mean()
     m2, m3, m4 = (c ** 2).mean(), (c ** 3).mean(), (c ** 4).mean()
     return {"variance": m2, "skewness": m3 / m2 ** 1.5, "kurtosis": m4 / m2 ** 2}[stat]
@@ -118,3 +131,18 @@ def direct_sum(file, stat: str, kind: str = "dense") -> float:
                 w = w[third * n:(third + 1) * n]
             total += moment_stat(w, stat)
     return total
+
+
+def check_panels(results: dict) -> None:
+    """finetune_panels' summaries against the series they summarise: each root's Spearman rho recomputed by hand,
+    the panel's direction the sign of their mean, consistent iff every |rho| >= min_abs_rho with that sign."""
+    import pytest
+
+    for name, p in results["panels"].items():
+        mine = [s for s in results["series"] if s["panel"] == name]
+        rhos = {s["root"]: spearman_np(s["steps"], s["values"]) for s in mine}
+        assert p["spearman"] == pytest.approx(rhos, abs=1e-9), name
+        mean = float(np.mean(list(rhos.values())))
+        assert p["direction"] == ("up" if mean > 0 else "down"), name
+        assert p["consistent"] == all(abs(r) >= results["min_abs_rho"] and (r > 0) == (mean > 0)
+                                      for r in rhos.values()), name

@@ -1,13 +1,15 @@
 """Fig. 13 experiment: the direction score per layer type along fine-tuning (toy run on random-init stand-in
-roots, checked for kind and range; the q/k/v split is tested on synthetic weights)."""
+roots: step 0 against numpy on the root files, the panels against their series; the q/k/v split is tested on
+synthetic weights)."""
 from __future__ import annotations
 
 import math
 
+import pytest
 from omegaconf import open_dict
 
 from analysis.trajectories import series_stats
-from tests.a2_helpers import compose_toy, outlier_trajectory, shared_dir, toy_roots
+from tests.a2_helpers import check_panels, compose_toy, direct_sum, outlier_trajectory, shared_dir, toy_roots
 
 
 def test_kinds_split_fused_qkv(tmp_path):
@@ -19,6 +21,8 @@ def test_kinds_split_fused_qkv(tmp_path):
     assert not names["query"] & names["key"]
     assert len(names["dense"]) == 2 * 3  # per block: attn.proj, mlp.fc1, mlp.fc2
     assert len({s[k][0]["sum"] for k in ("query", "key", "value")}) == 3
+    for k in ("query", "key", "value", "dense"):  # q, k, v: the row thirds of qkv, by direct numpy
+        assert s[k][0]["sum"] == pytest.approx(direct_sum(f[0], "variance", k), rel=1e-9), k
 
 
 def test_fig13_toy_run(tmp_path_factory):
@@ -28,12 +32,14 @@ def test_fig13_toy_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fig13")
     cfg = compose_toy("fig13_layers", tmp, shared)
     with open_dict(cfg):
-        cfg.analysis.trajectory.scales.toy.roots = toy_roots(shared, 2)
+        cfg.analysis.trajectory.roots = toy_roots(shared, 2)
     results = fig13_layers.run(cfg)
     out = tmp / "results" / "fig13_layers"
     assert {"fig13_layers.png", "fig13_layers.md", "fig13_layers.tex"} <= {p.name for p in out.iterdir()}
     assert results["order"] == ["query", "key", "value", "dense"]
+    assert len(results["series"]) == 4 * 2
     for s in results["series"]:
-        assert s["steps"][0] == 0 and all(math.isfinite(v) and v > 0 for v in s["values"])
-    for p in results["panels"].values():
-        assert all(r is None or -1.0 <= r <= 1.0 for r in p["spearman"].values())
+        assert s["steps"][0] == 0 and all(math.isfinite(v) for v in s["values"])
+        # step 0 is the root: kurtosis of its q / k / v thirds of qkv or of its dense layers, summed over blocks
+        assert s["values"][0] == pytest.approx(direct_sum(s["root"], "kurtosis", s["kind"]), rel=1e-6)
+    check_panels(results)

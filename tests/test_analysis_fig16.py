@@ -1,11 +1,13 @@
 """Fig. 16 experiment: direction score vs learning rate (toy run: 2 lrs x 2 seeds on a random-init stand-in
-root, a few steps; checked for kind and range and for the convergence rule)."""
+root, a few steps; step 0 against numpy on the root, accuracy as a count of validation images, the convergence
+rule and the trends recomputed by hand)."""
 from __future__ import annotations
 
+import pytest
 from omegaconf import open_dict
 
 from analysis.experiments.fig16_lr import by_lr
-from tests.a2_helpers import compose_toy, shared_dir, toy_roots
+from tests.a2_helpers import BUILTIN_VAL, compose_toy, direct_sum, is_count_of, shared_dir, spearman_np, toy_roots
 
 
 def test_by_lr_aggregates_synthetic_runs():
@@ -33,9 +35,10 @@ def test_fig16_toy_run(tmp_path_factory):
     assert len(results["series"]) == 2 * 2
     assert len({s["seed"] for s in results["series"]}) == 4  # a unique seed per run
     for s in results["series"]:
-        assert 0.0 <= s["val_accuracy"] <= 1.0 and 0.0 < s["chance"] <= 0.5
+        assert is_count_of(s["val_accuracy"], BUILTIN_VAL) and s["chance"] == 0.5   # builtin/cells: 2 classes
+        assert s["steps"][0] == 0 and s["values"][0] == pytest.approx(direct_sum(cfg.analysis.fig16_lr.root,
+                                                                                  "kurtosis"), rel=1e-6)
         assert s["converged"] == (s["val_accuracy"] >= s["chance"] + results["min_gain"] * (1 - s["chance"]))
         assert s["dashed"] == (not s["converged"])
-        r = s["trend"]["spearman"]
-        assert r is None or -1.0 <= r <= 1.0
+        assert s["trend"]["spearman"] == pytest.approx(spearman_np(s["steps"], s["values"]), abs=1e-9)
     assert sum(r["runs"] for r in results["by_lr"]) == 4
