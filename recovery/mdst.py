@@ -16,12 +16,17 @@ import numpy as np
 _UNSEEN, _ON_PATH, _DONE = 0, 1, 2
 
 
-def min_arborescence(cost: np.ndarray, root: int | None = None) -> np.ndarray:
+def min_arborescence(cost: np.ndarray, root: int | None = None, duals: dict | None = None) -> np.ndarray:
     """Minimum spanning arborescence of the complete digraph with edge costs `cost`.
 
     Args:
         cost: (n, n) edge costs, `cost[i, j]` for i -> j. The diagonal is ignored; `+inf` marks a missing edge.
         root: node forced to be the root, or None to choose the root that gives the cheapest tree.
+        duals: if a dict, receives Edmonds' dual solution (recovery.sparse certifies candidate graphs with it):
+            `forest` (super node of each node, -1 at the top), `y` (the reduced cost each node or super node paid
+            for its in-edge), `src` (that edge's source; n = the virtual root) and `shift` (the constant taken off
+            every cost first: edge costs minus it, less the y of the super nodes holding its head but not its tail,
+            are >= 0).
 
     Returns:
         (n,) int array: `parent[j]` is the parent of node j, -1 for the root.
@@ -44,7 +49,9 @@ def min_arborescence(cost: np.ndarray, root: int | None = None) -> np.ndarray:
         return np.array([-1])
 
     incoming, top = _incoming_matrix(cost, root)
-    parent = _edmonds(incoming, top)
+    parent = _edmonds(incoming, top, duals)
+    if duals is not None:
+        duals["shift"] = 0.0 if root is not None else _shift(cost)
     if root is None:
         roots = np.flatnonzero(parent[:n] == n)
         if len(roots) != 1:
@@ -106,7 +113,13 @@ def _incoming_matrix(cost: np.ndarray, root: int | None) -> tuple[np.ndarray, in
     return incoming, n
 
 
-def _edmonds(incoming: np.ndarray, top: int) -> np.ndarray:
+def _shift(cost: np.ndarray) -> float:
+    """The constant `_incoming_matrix` subtracts from every finite cost for a free root."""
+    finite = cost[np.isfinite(cost) & ~np.eye(cost.shape[0], dtype=bool)]
+    return float(finite.min()) if finite.size else 0.0
+
+
+def _edmonds(incoming: np.ndarray, top: int, duals: dict | None = None) -> np.ndarray:
     """Parent array of the minimum arborescence rooted at `top` (`incoming` is overwritten)."""
     m = incoming.shape[0]
     ids = 2 * m  # original nodes 0..m-1, super nodes m..2m-2
@@ -163,6 +176,8 @@ def _edmonds(incoming: np.ndarray, top: int) -> np.ndarray:
             forest[cycle] = a
             comp[cycle] = a
 
+    if duals is not None:
+        duals.update(forest=forest[:next_id].copy(), y=in_cost[:next_id].copy(), src=in_src[:next_id].copy())
     parent = np.full(m, -1)
     stack = [x for x in range(next_id) if forest[x] == -1 and x != top]
     while stack:

@@ -9,7 +9,8 @@ get an exact distance:
    concatenate into the same answer as one process (strips start at multiples of `strip` either way).
 2. Groups: connected components of the neighbour graph. Inside each one, exact distances of every pair, in
    blocks (float64, the dense metric: the mean over distance layers of each layer's l2): each model keeps its
-   `knn` exact nearest as candidate edges, and the sums give lambda exactly.
+   `knn` exact nearest as candidate edges (plus its neighbour-graph edges, and the group's exact minimum spanning
+   tree when the group fits in one block), and the sums give lambda exactly.
 3. Links: between groups, the closest pair in the projection among up to `link_sample` seeded random members of
    each group (all members of smaller groups), at its exact distance. The
    single linkage is the minimum spanning tree of candidates + links: within groups its merge heights equal the
@@ -19,9 +20,14 @@ get an exact distance:
 4. Trees: per cluster, the paper's cost M = D + lambda (K xor T) (+ the stage-order term) on the candidate edges
    only, with lambda = c * mean of D over all pairs of the cluster (exact, from step 2 plus exact cross-group
    blocks when a cluster joins groups), and a minimum spanning arborescence on that sparse graph
-   (`min_arborescence_sparse`: Edmonds with mergeable heaps, O(m log^2 n)).
+   (`min_arborescence_sparse`: Edmonds with heaps merged small into large; recovery.mdst on a +inf-masked matrix
+   for clusters up to `dense_max` models).
+5. Certificate: Edmonds' dual solution bounds, per model v, what a missing edge into v would have to cost to
+   improve the tree; a model's k-th exact neighbour distance bounds every missing edge from below. Where that
+   bound does not clear the duals, v's exact distances to its cluster are computed, the pairs that could matter are
+   added, and the cluster is solved again. So each cluster's tree is optimal over all its pairs: equal to the
+   dense method's given equal clusters (up to exact ties), whatever `knn` is (a small knn costs more rounds).
 
-Equal to the dense result whenever the candidates hold the dense arborescence's edges and the clusters agree;
 scripts/bench_sparse.py measures both at 2,000 and 10,000 models.
 """
 from __future__ import annotations
@@ -112,9 +118,8 @@ def block_bounds(n: int, n_blocks: int, strip: int = 512) -> list[tuple[int, int
     """Split rows 0..n-1 into up to `n_blocks` contiguous blocks whose starts are multiples of `strip`."""
     if n_blocks < 1:
         raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
-    n_strips = -(-n // strip)
-    per = -(-n_strips // n_blocks)
-    return [(s * strip, min((s + per) * strip, n)) for s in range(0, n_strips, per)]
+    parts = np.array_split(np.arange(-(-n // strip)), min(n_blocks, -(-n // strip)))
+    return [(int(p[0]) * strip, min((int(p[-1]) + 1) * strip, n)) for p in parts]
 
 
 def merge_blocks(blocks: list[tuple[int, np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +173,7 @@ class Groups:
     j: np.ndarray
     d: np.ndarray
     pair_sum: np.ndarray             # per group: sum of D over ordered pairs (i != j)
+    floor: np.ndarray                # per model: a lower bound of its distance to any non-candidate in its group
     seconds: dict = field(default_factory=dict)
 
 
@@ -181,8 +187,11 @@ def group_candidates(x: np.ndarray, splits: list[int], nbr: np.ndarray, knn: int
     bounds = np.searchsorted(comp[order], np.arange(n_comp + 1))
     pi, pj, pd = [], [], []
     pair_sum = np.zeros(n_comp)
+    floor = np.full(n, np.inf)         # groups of <= knn + 1 models: every pair is a candidate
+    pos = np.empty(n, dtype=np.int64)
     for g in range(n_comp):
         members = order[bounds[g]:bounds[g + 1]]
+        pos[members] = np.arange(len(members))
         k = min(knn, len(members) - 1)
         for s in range(0, len(members), block):
             rows_g = members[s:s + block]
@@ -191,13 +200,26 @@ def group_candidates(x: np.ndarray, splits: list[int], nbr: np.ndarray, knn: int
             if k == 0:
                 continue
             dist[np.arange(len(rows_g)), s + np.arange(len(rows_g))] = np.inf
+            # the neighbour-graph edges keep the group connected; a group in one block adds its exact MST
+            pi.append(np.repeat(rows_g, nbr.shape[1]))
+            pj.append(nbr[rows_g].ravel())
+            pd.append(dist[np.arange(len(rows_g)).repeat(nbr.shape[1]), pos[nbr[rows_g].ravel()]])
+            if len(members) <= block:
+                w = np.where(np.isfinite(dist), np.maximum(dist, np.finfo(np.float64).tiny), 0.0)
+                mst = minimum_spanning_tree(w).tocoo()
+                pi.append(members[mst.row])
+                pj.append(members[mst.col])
+                pd.append(dist[mst.row, mst.col])
             near = np.argpartition(dist, k - 1, axis=1)[:, :k]
             pi.append(np.repeat(rows_g, k))
             pj.append(members[near].ravel())
-            pd.append(np.take_along_axis(dist, near, axis=1).ravel())
+            kept = np.take_along_axis(dist, near, axis=1)
+            pd.append(kept.ravel())
+            if k < len(members) - 1:
+                floor[rows_g] = kept.max(axis=1)
     i, j, d = (np.concatenate(a) if a else np.zeros(0, t) for a, t in ((pi, int), (pj, int), (pd, float)))
     i, j, d = _unique_pairs(i, j, d)
-    return Groups(comp, i, j, d, pair_sum)
+    return Groups(comp, i, j, d, pair_sum, floor)
 
 
 def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -321,13 +343,15 @@ def cluster_lambdas(x: np.ndarray, splits: list[int], groups: Groups, labels: np
 
 # ----------------------------------------------------------------------------------------------- arborescence
 def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray,
-                            root: int | None = None) -> np.ndarray:
+                            root: int | None = None, duals: dict | None = None) -> np.ndarray:
     """Minimum spanning arborescence of the digraph with edges src[e] -> dst[e] of cost cost[e].
 
     The same answer as recovery.mdst.min_arborescence on the dense matrix that holds these edges (+inf
     elsewhere), including the free root (`root=None`: a virtual root with one large edge into every node).
     Edmonds / Tarjan path growing; each node's incoming edges in a binary heap with a lazy offset, merged small into
     large when a cycle is contracted.
+
+    `duals`, if a dict, receives Edmonds' dual solution as recovery.mdst.min_arborescence gives it.
 
     Returns:
         (n,) parent array, -1 for the root.
@@ -353,7 +377,7 @@ def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.n
     if root is not None:
         keep &= dst != root
     src, dst, cost = src[keep], dst[keep], cost[keep]
-    top = root
+    top, lo = root, 0.0
     if root is None:
         lo, hi = (float(cost.min()), float(cost.max())) if cost.size else (0.0, 0.0)
         big = n * (hi - lo) + 1.0
@@ -362,7 +386,9 @@ def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.n
         dst = np.concatenate([dst, np.arange(n)])
         cost = np.concatenate([cost, np.full(n, big)])
         top = n
-    parent = _edmonds_sparse(n + (root is None), src, dst, cost, top)
+    parent = _edmonds_sparse(n + (root is None), src, dst, cost, top, duals)
+    if duals is not None:
+        duals["shift"] = lo
     if root is None:
         roots = np.flatnonzero(parent[:n] == n)
         if len(roots) != 1:
@@ -374,7 +400,8 @@ def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.n
     return parent
 
 
-def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, top: int) -> np.ndarray:
+def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, top: int,
+                    duals: dict | None = None) -> np.ndarray:
     """Parent array of the minimum arborescence of m nodes rooted at `top` over the given edges."""
     order = np.lexsort((np.arange(len(dst)), cost, dst))
     bounds = np.searchsorted(dst[order], np.arange(m + 1))
@@ -444,6 +471,9 @@ def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, 
             heaps[a], offset[a] = merged, base
             children[a] = cycle
 
+    if duals is not None:
+        duals.update(forest=np.array(forest[:next_id]), y=np.array(in_cost[:next_id]),
+                     src=np.array([src_l[e] if e >= 0 else -1 for e in in_edge[:next_id]]))
     parent = np.full(m, -1)
     dst_l = dst.tolist()
     stack = [x for x in range(next_id) if forest[x] == -1 and x != top]
@@ -469,40 +499,97 @@ def edge_costs(i: np.ndarray, j: np.ndarray, d: np.ndarray, direction: np.ndarra
     return m
 
 
+def chain_sums(duals: dict, n: int) -> np.ndarray:
+    """Per node 0..n-1, the sum of the duals y of the node and of every super node holding it, leaving out the one
+    that took its in-edge from the virtual root (it holds every node). Any edge u -> v not on the candidate graph
+    whose cost, less `duals["shift"]`, is at least this sum at v keeps the arborescence optimal with it added."""
+    forest, y, src = duals["forest"], duals["y"], duals["src"]
+    own = np.where(src == n, 0.0, y)
+    total = np.zeros(len(forest))
+    for x in range(len(forest) - 1, -1, -1):      # a super node's id exceeds those of its members
+        total[x] = own[x] + (total[forest[x]] if forest[x] >= 0 else 0.0)
+    return total[:n]
+
+
+def _solve_cluster(n: int, s: np.ndarray, t: np.ndarray, cost: np.ndarray, dense_max: int
+                   ) -> tuple[np.ndarray, dict]:
+    """Free-root minimum arborescence over local edges s -> t and its duals (mdst on a masked matrix when small)."""
+    duals: dict = {}
+    if n <= dense_max:        # same optimum, vectorised: the candidate edges in a matrix, +inf elsewhere
+        m = np.full((n, n), np.inf)
+        m[s, t] = cost
+        return min_arborescence(m, duals=duals), duals
+    return min_arborescence_sparse(n, s, t, cost, duals=duals), duals
+
+
 def recover_forest_sparse(i: np.ndarray, j: np.ndarray, d: np.ndarray, direction: np.ndarray,
                           generalization: np.ndarray, labels: np.ndarray, lams: dict[int, float],
-                          stage_order: bool = True, dense_max: int = 2000) -> np.ndarray:
+                          stage_order: bool = True, dense_max: int = 2000, floor: np.ndarray | None = None,
+                          rows=None, max_rounds: int = 20) -> tuple[np.ndarray, dict]:
     """recovery.mother.recover_forest on candidate pairs (i, j, d): per cluster, the minimum spanning
-    arborescence of M restricted to both directions of the pairs inside it. Clusters of up to `dense_max` models
-    are solved by recovery.mdst on a matrix holding only the candidate edges (+inf elsewhere; vectorised), larger
-    ones by `min_arborescence_sparse`: both give the optimum over the candidate edges. Returns the global parent
-    array."""
+    arborescence of M restricted to both directions of the pairs inside it (recovery.mdst on a +inf-masked
+    matrix up to `dense_max` models, else `min_arborescence_sparse`).
+
+    With `floor` (per model, a lower bound of its distance to any model of its cluster it has no candidate pair
+    with) and `rows(v, cols)` (exact distances), the result is certified optimal over all pairs of each cluster:
+    Edmonds' duals bound what any missing edge into v would have to cost to improve the tree; where the floor does
+    not clear that bound, v's exact distances to its cluster are computed, the pairs that could matter added, and
+    the cluster solved again (until none is missing, at most `max_rounds` times).
+
+    Returns the global parent array and evidence {"added_pairs", "rounds", "uncertified_clusters", "pairs": the
+    added pairs as (i, j, d) arrays}.
+    """
     labels = np.asarray(labels)
     same = labels[i] == labels[j]
     i, j, d = i[same], j[same], d[same]
-    src, dst, dd = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([d, d])
-    lab = labels[dst]
-    order = np.argsort(lab, kind="stable")
-    src, dst, dd, lab = src[order], dst[order], dd[order], lab[order]
+    order = np.argsort(labels[i], kind="stable")
+    i, j, d = i[order], j[order], d[order]
+    lab = labels[i]
     parent = np.full(len(labels), -1)
     local = np.full(len(labels), -1)
+    evidence = {"added_pairs": 0, "rounds": 0, "uncertified_clusters": []}
+    extra: list[tuple[int, int, float]] = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
         if len(idx) == 1:
             continue
         lo, hi = np.searchsorted(lab, [label, label + 1])
-        s, t_, w = src[lo:hi], dst[lo:hi], dd[lo:hi]
-        cost = edge_costs(s, t_, w, direction, generalization, lams[int(label)], stage_order)
+        ci, cj, cd = i[lo:hi], j[lo:hi], d[lo:hi]
         local[idx] = np.arange(len(idx))
-        if len(idx) <= dense_max:      # same optimum, vectorised: the candidate edges in a matrix, +inf elsewhere
-            m = np.full((len(idx), len(idx)), np.inf)
-            m[local[s], local[t_]] = cost
-            p = min_arborescence(m)
-        else:
-            p = min_arborescence_sparse(len(idx), local[s], local[t_], cost)
+        for rnd in range(max_rounds + 1):
+            s, t, w = np.concatenate([ci, cj]), np.concatenate([cj, ci]), np.concatenate([cd, cd])
+            cost = edge_costs(s, t, w, direction, generalization, lams[int(label)], stage_order)
+            p, duals = _solve_cluster(len(idx), local[s], local[t], cost, dense_max)
+            if floor is None or rows is None:
+                break
+            need = chain_sums(duals, len(idx))
+            check = np.flatnonzero(floor[idx] - duals["shift"] <= need * (1 + 1e-9) + 1e-12)
+            if len(check) == 0:
+                break
+            if rnd == max_rounds:
+                evidence["uncertified_clusters"].append(int(label))
+                break
+            dist = rows(idx[check], idx)
+            known = set(zip(ci.tolist(), cj.tolist()))
+            vi, ui = np.nonzero(dist - duals["shift"] <= need[check][:, None] * (1 + 1e-9) + 1e-12)
+            add = [(min(a, b), max(a, b), v) for a, b, v in zip(idx[check][vi].tolist(), idx[ui].tolist(),
+                                                               dist[vi, ui].tolist())
+                   if a != b and (min(a, b), max(a, b)) not in known]
+            add = list({(a, b): (a, b, v) for a, b, v in add}.values())
+            if not add:
+                break
+            evidence["added_pairs"] += len(add)
+            extra += add
+            evidence["rounds"] += 1
+            ci = np.concatenate([ci, [a for a, _, _ in add]])
+            cj = np.concatenate([cj, [b for _, b, _ in add]])
+            cd = np.concatenate([cd, [v for _, _, v in add]])
+            floor = floor.copy()
+            floor[idx[check]] = np.inf           # their exact rows are in: every pair that could matter is a candidate
         has = p >= 0
         parent[idx[has]] = idx[p[has]]
-    return parent
+    evidence["pairs"] = tuple(np.array([e[t] for e in extra], dtype=float if t == 2 else int) for t in range(3))
+    return parent, evidence
 
 
 # ----------------------------------------------------------------------------------------------- whole recovery
@@ -517,6 +604,7 @@ class SparseResult:
     d: np.ndarray
     n_groups: int
     seconds: dict
+    added: tuple = ()          # (i, j, d) of the pairs the certificate added to the nearest-neighbour candidates
 
     def edge_distance(self, p: int, c: int) -> float:
         """Exact distance of the candidate pair (p, c)."""
@@ -576,8 +664,16 @@ def recover_matrix(x: np.ndarray, direction: np.ndarray, generalization: np.ndar
     lams = cluster_lambdas(x, splits, groups, clustering.labels, c, opts["exact_block"])
     secs["cluster_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    parent = recover_forest_sparse(i, j, d, direction, gen, clustering.labels, lams, stage_order, opts["dense_max"])
+    floor = groups.floor.copy()
+    multi = [lab for lab in np.unique(clustering.labels)
+             if len(np.unique(groups.comp[clustering.labels == lab])) > 1]
+    floor[np.isin(clustering.labels, multi)] = 0.0     # no bound across groups: check those models directly
+    parent, cert = recover_forest_sparse(i, j, d, direction, gen, clustering.labels, lams, stage_order,
+                                         opts["dense_max"], floor, lambda r, c: exact_dists(x, splits, r, c))
+    ai, aj, ad = added = cert.pop("pairs")
+    i, j, d = _unique_pairs(np.concatenate([i, ai]), np.concatenate([j, aj]), np.concatenate([d, ad]))
+    clustering.evidence["candidates"]["certificate"] = cert
     secs["arborescence_s"] = time.perf_counter() - t
     log.info("sparse recovery of %d models: %d candidate pairs, %d groups, %d clusters; %s", n, len(i),
              int(groups.comp.max()) + 1, clustering.n_clusters, {k: round(v, 2) for k, v in secs.items()})
-    return SparseResult(clustering, parent, lams, i, j, d, int(groups.comp.max()) + 1, secs)
+    return SparseResult(clustering, parent, lams, i, j, d, int(groups.comp.max()) + 1, secs, added)

@@ -172,12 +172,16 @@ def recover_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     distance = dict(distance or {})
     if distance.get("metric", "auto") not in ("auto", "l2"):
         raise ConfigError(f"recovery.candidates=knn supports the l2 distance only, got "
-                          f"recovery.distance.metric={distance['metric']!r}")
+                          f"recovery.distance.metric={distance['metric']!r}; use recovery.candidates=dense")
     tree = dict(tree or {})
     if tree.get("orient", "edges") != "edges":
-        raise ConfigError("recovery.candidates=knn supports the paper's tree (recovery.tree.orient=edges) only")
+        raise ConfigError("recovery.candidates=knn supports the paper's tree (recovery.tree.orient=edges) only; use "
+                          "recovery=paper, or recovery.candidates=dense")
     t0 = time.perf_counter()
     fm = read_folder(path, layers=layers, direction=direction, stages_file=stages_file, strict=strict)
+    if distance.get("metric", "auto") == "auto":
+        fm.warnings.append("recovery.candidates=knn: distance metric auto taken as l2 (LoRA ranks need the dense "
+                           "path: recovery.candidates=dense)")
     t_read = time.perf_counter() - t0
     gen = np.array([fm.stages[i] == "generalization" for i in fm.ids])
     res = sparse.recover_matrix(fm.x, fm.direction, gen, splits=fm.splits, sparse=dict(sparse_opts or {}),
