@@ -58,6 +58,7 @@ def test_calibration_toy(cfg_factory, tmp_path):
     assert (tmp_path / "results" / "calibration" / "calibration.png").is_file()
 
 
+@pytest.mark.slow
 def test_scale_ladder_toy(cfg_factory, tmp_path):
     """A rung of a tiny width: root pretrained, FT and LoRA probe trees built from it, measures reported."""
     stage.run(cfg_factory(["+experiment=scale_ladder", "scale=toy", f"paths.data_dir={tmp_path / 'data'}"]))

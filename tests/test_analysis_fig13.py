@@ -25,6 +25,7 @@ def test_kinds_split_fused_qkv(tmp_path):
         assert s[k][0]["sum"] == pytest.approx(direct_sum(f[0], "variance", k), rel=1e-9), k
 
 
+@pytest.mark.slow
 def test_fig13_toy_run(tmp_path_factory):
     from analysis.experiments import fig13_layers
 

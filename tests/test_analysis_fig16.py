@@ -21,6 +21,7 @@ def test_by_lr_aggregates_synthetic_runs():
     assert rows[1]["converged"] == 1 and rows[1]["mean_spearman"] == -0.9
 
 
+@pytest.mark.slow
 def test_fig16_toy_run(tmp_path_factory):
     from analysis.experiments import fig16_lr
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from analysis.trajectories import (cached_finetune, checkpoint_series, monotone_fraction, series_stats,
-                                   spearman, trajectory_files, trend)
+from analysis.finetunes import cached_finetune, checkpoint_series
+from analysis.trajectories import series_stats, trajectory_files
+from analysis.trends import monotone_fraction, spearman, trend
 from common.io import read_json
 from tests.a2_helpers import (BUILTIN_VAL, compose_toy, direct_sum, is_count_of, outlier_trajectory, shared_dir,
                               spearman_np, toy_roots)
@@ -61,6 +62,7 @@ def test_series_stats_follow_shrinking_outliers(tmp_path):
     assert not any(n.startswith("head") for n in per["kurtosis"]["dense"][0]["per_layer"])  # heads left out
 
 
+@pytest.mark.slow
 def test_cached_finetune_trains_once_and_retrains_stale(tmp_path, monkeypatch):
     """A fake fine-tune (writes a weights file) is called once per spec; a changed file is retrained."""
     import data_gen.finetune as ft
@@ -117,6 +119,7 @@ def fig2_results(tmp_path_factory):
     return fig2_direction.run(cfg), tmp / "results" / "fig2_direction"
 
 
+@pytest.mark.slow
 def test_fig2_toy_run(fig2_results):
     results, out = fig2_results
     assert {"fig2_direction.png", "fig2_direction.md", "fig2_direction.tex", "fig2_direction.csv",

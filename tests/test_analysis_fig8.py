@@ -12,6 +12,7 @@ import pytest
 from omegaconf import open_dict
 
 import analysis.trajectories as tr
+from analysis.trends import panel_table
 from common.io import read_json
 from tests.a2_helpers import check_panels, compose_toy, direct_sum, outlier_trajectory, shared_dir, toy_roots
 
@@ -27,10 +28,11 @@ def test_panels_on_synthetic_trajectories(tmp_path, monkeypatch):
     assert k["consistent"] and k["direction"] == "down" and k["mean_monotone_fraction"] == 1.0
     assert all(r == pytest.approx(-1.0) for r in k["spearman"].values())
     assert len(out["series"]) == 4
-    table = tr.panel_table(out["panels"])
+    table = panel_table(out["panels"])
     assert list(table["panel"]) == ["kurtosis", "variance"] and table.loc[0, "consistent"] == "yes"
 
 
+@pytest.mark.slow
 def test_fig8_toy_run(tmp_path_factory):
     """Toy scale: 2 stand-in roots, 4 statistics; step 0 against numpy on the roots, summaries against series."""
     from analysis.experiments import fig8_stats

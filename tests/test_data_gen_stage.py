@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from common.io import read_json
 from tests.conftest import ROOT
 from tests.test_graph_build import TINY, tiny_cfg
@@ -24,6 +26,7 @@ def test_stage_builds_and_summarises(tmp_path):
     assert again["built"] == [] and again["skipped"] == ["vit_a1", "vit_a1-0"]
 
 
+@pytest.mark.slow
 def test_cli_builds_a_mini_graph_experiment(tmp_path):
     """`python run.py +experiment=graph_lora_v_mini` (cut to one tree, one child, a few steps) builds it."""
     tiny = [o for o in TINY if not o.startswith(("data_gen=", "data_gen.name", "data_gen.roots"))

@@ -128,6 +128,7 @@ def report_gpu(folder: str, expected: int) -> tuple[int, str | None]:
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
+@pytest.mark.slow
 def test_pool_workers_each_take_their_own_gpu(tmp_path, monkeypatch):
     """Real spawned build workers: each holds a different CUDA_VISIBLE_DEVICES (set before CUDA could start in
     it); the parent's environment is untouched. Each task waits for the other worker, so both must run one."""

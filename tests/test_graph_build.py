@@ -51,6 +51,7 @@ def baseline(tmp_path_factory):
     return tmp, summary, read_json(summary["graph_json"])
 
 
+@pytest.mark.slow
 def test_tiny_graph_end_to_end(baseline):
     tmp, summary, graph = baseline
     assert summary["complete"] and len(summary["built"]) == 6 and summary["skipped"] == []
@@ -74,6 +75,7 @@ def test_tiny_graph_end_to_end(baseline):
                 assert (gdir / meta["adapter"]).is_dir()
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_identical_hashes(baseline, tmp_path):
     """One level's nodes built in 2 worker processes or one after another: the same weights, bit for bit."""
     tmp, summary, graph = baseline
@@ -83,6 +85,7 @@ def test_parallel_workers_give_identical_hashes(baseline, tmp_path):
     assert hashes(read_json(serial["graph_json"])) == hashes(read_json(parallel["graph_json"])) == hashes(graph)
 
 
+@pytest.mark.slow
 def test_rerun_skips_everything(baseline):
     tmp, _, graph = baseline
     counting = Counting()
@@ -91,6 +94,7 @@ def test_rerun_skips_everything(baseline):
     assert hashes(read_json(summary["graph_json"])) == hashes(graph)
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_with_identical_hashes(baseline, tmp_path):
     """Crash at the 3rd fine-tune; the rerun trains only the 2 unfinished nodes. Both builds, from one seed,
     end with the baseline's weights bit for bit."""
@@ -106,6 +110,7 @@ def test_interrupted_build_resumes_with_identical_hashes(baseline, tmp_path):
     assert hashes(read_json(summary["graph_json"])) == hashes(base_graph)
 
 
+@pytest.mark.slow
 def test_force_rebuilds_and_tampering_is_detected(baseline, tmp_path):
     tmp, _, base_graph = baseline
     counting = Counting()
@@ -123,6 +128,7 @@ def test_force_rebuilds_and_tampering_is_detected(baseline, tmp_path):
     assert sha256_file(path) == base_graph["meta"]["vit_b1-0"]["sha256"]
 
 
+@pytest.mark.slow
 def test_changed_parent_or_recipe_invalidates_node(baseline):
     """A node trained from other parent weights, or recorded with another recipe, is not done."""
     tmp, _, graph = baseline
@@ -136,6 +142,7 @@ def test_changed_parent_or_recipe_invalidates_node(baseline):
     assert not is_done(gdir, {**job, "recipe": {**job["recipe"], "lr": 0.5}}, parent_sha)
 
 
+@pytest.mark.slow
 def test_changed_root_source_rebuilds_its_tree(baseline, tmp_path):
     """A root whose source now gives other weights (a rebuilt built-in root) is stale with its whole tree;
     the other tree is kept."""

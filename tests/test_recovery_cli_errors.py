@@ -32,6 +32,7 @@ def _warning_lines(res, file_id: str) -> list[str]:
             if "[WARNING]" in line and f"{file_id}.safetensors" in line]
 
 
+@pytest.mark.slow
 def test_plain_mlp_folder_with_defaults(tmp_path):
     """Acceptance: a folder of plain-MLP checkpoints recovers with default settings."""
     models, edges = forest(SHAPES)
@@ -44,6 +45,7 @@ def test_plain_mlp_folder_with_defaults(tmp_path):
     assert len(fallback) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_each_bad_file_is_left_out(case, tmp_path):
     bad = bad_folder(tmp_path / "models", SHAPES, WIDE, (case,))[case]
@@ -62,6 +64,7 @@ def test_each_bad_file_is_left_out(case, tmp_path):
     # strict, case by case: tests/test_recovery_bad_input.py; through the command line: test_all_bad_files_at_once
 
 
+@pytest.mark.slow
 def test_all_bad_files_at_once(tmp_path):
     """Acceptance: 4 good models + a truncated file, a NaN model, another width and a duplicate: exit 0, the 4
     recovered, each bad file named in one warning line and in `excluded`; strict: exit 2, one message, no traceback;
@@ -84,6 +87,7 @@ def test_all_bad_files_at_once(tmp_path):
     assert debug.returncode not in (0, 2) and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(tmp_path):
     """Empty folder, missing folder, one usable model, a bad option, a missing ground truth: one message each."""
     (tmp_path / "empty").mkdir()

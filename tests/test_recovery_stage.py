@@ -108,6 +108,7 @@ def test_missing_input_is_a_clear_error(cfg_factory):
         run(cfg_factory(["+experiment=recover"]))
 
 
+@pytest.mark.slow
 def test_command_line_on_graph_folder(tmp_path):
     """`python run.py +experiment=recover input=GRAPH_DIR ground_truth=graph.json` as a user would run it."""
     models, edges = synthetic_forest(n_trees=2, children=2, grandchildren=1, seed=1)

@@ -8,6 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 SLURM_TOOLS = {"sinfo", "sbatch", "srun", "salloc", "sacct", "scancel", "squeue", "scontrol", "sacctmgr"}
@@ -27,6 +29,7 @@ def _path_without_slurm(bin_dir: Path) -> str:
     return str(bin_dir)
 
 
+@pytest.mark.slow
 def test_slurm_module_skips_without_a_cluster(tmp_path):
     env = {**os.environ, "PATH": _path_without_slurm(tmp_path / "bin")}
     report = tmp_path / "report.xml"

@@ -84,6 +84,7 @@ def test_consistent_objects_fixes_mock_object_lists():
     assert out["image"] is ex["image"] and consistent_objects({"label": 1}) == {"label": 1}
 
 
+@pytest.mark.slow
 @needs_tf
 def test_mock_vtab_loads_every_paper_task():
     """Every VTAB task of the paper configs loads from the mock with labels in range (random mock data)."""
