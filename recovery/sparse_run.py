@@ -42,9 +42,9 @@ class FolderMatrix:
 
 
 def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: Mapping | None = None,
-                stages_file: str | Path | None = None, strict: bool = False) -> FolderMatrix:
+                stages_file: str | Path | None = None, strict: bool = False, chunk: int = 4096) -> FolderMatrix:
     """Read every model's distance layers (flattened) and direction statistic, with the dense path's layer
-    choice (recovery.layers.choose_layers, same kinds and fallback)."""
+    choice (recovery.layers.choose_layers, same kinds and fallback); `chunk` models are open at a time."""
     from recovery.checkpoints import discover, iter_stacked, open_all
     from recovery.direction import weight_stat
     from recovery.layers import choose_layers, split_architectures
@@ -64,20 +64,21 @@ def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: M
                         f"{dir_fb or ro['kinds']} for direction")
     n = len(models)
     names = list(dict.fromkeys([l.tensor for l in dist_layers] + [l.tensor for l in dir_layers]))
-    parts: dict[str, np.ndarray] = {}
+    parts: dict[str, list[np.ndarray]] = {l.name: [] for l in dist_layers}
     dvals = np.zeros((n, len(dir_layers)))
-    stack, readers = open_all(models)
-    with stack:
-        for name, xs in iter_stacked(readers, names):
-            for layer in dist_layers:
-                if layer.tensor == name:
-                    parts[layer.name] = layer.take(xs).reshape(n, -1).astype(np.float32)
-            for k, layer in enumerate(dir_layers):
-                if layer.tensor == name:
-                    y = layer.take(xs)
-                    dvals[:, k] = [weight_stat(y[i], ro["stat"]) for i in range(n)]
-    x = np.concatenate([parts[l.name] for l in dist_layers], axis=1)
-    splits = np.cumsum([0] + [parts[l.name].shape[1] for l in dist_layers]).tolist()
+    for start in range(0, n, chunk):      # a chunk of models open at a time (open-file limits)
+        stack, readers = open_all(models[start:start + chunk])
+        with stack:
+            for name, xs in iter_stacked(readers, names):
+                for layer in dist_layers:
+                    if layer.tensor == name:
+                        parts[layer.name].append(layer.take(xs).reshape(len(readers), -1).astype(np.float32))
+                for k, layer in enumerate(dir_layers):
+                    if layer.tensor == name:
+                        y = layer.take(xs)
+                        dvals[start:start + len(readers), k] = [weight_stat(y[i], ro["stat"]) for i in range(len(y))]
+    x = np.concatenate([np.concatenate(parts[l.name]) for l in dist_layers], axis=1)
+    splits = np.cumsum([0] + [sum(p.shape[1] for p in parts[l.name][:1]) for l in dist_layers]).tolist()
     good = np.isfinite(x).all(axis=1) & np.isfinite(dvals).all(axis=1)
     for i in np.flatnonzero(~good):
         excluded[models[i].id] = f"{models[i].path}: NaN/Inf weights or undefined direction statistic"

@@ -1,8 +1,11 @@
 """Benchmark of the sparse recovery (recovery/sparse.py, issue 15 goal 4).
 
-    .venv/bin/python scripts/bench_sparse.py [--compare 2000 10000] [--large 100000] [--files 10000] [--knn 96]
+    .venv/bin/python scripts/bench_sparse.py [--large-files 100000] [--large 100000] [--compare 2000 10000]
+        [--files 10000] [--knn 96]
 
 Prints, each part in a fresh process (its own peak RSS):
+- `large_files N`: N models written as files by a child process (its time printed, not counted), then
+  `recover(folder, candidates=knn)` end to end: discovery, reading, recovery, scoring.
 - `compare N`: dense method (pairwise l2, scipy single linkage, dense MDST) vs sparse on the same in-memory forest:
   edge accuracy of both, whether parents and clusters are equal, recall among the candidates of the true edges and
   of the dense method's edges, merge heights, times.
@@ -108,6 +111,39 @@ def large(n: int, knn: int, seed: int = 0) -> dict:
             "added_pairs": int(len(res.added[0])), "clusters": res.clustering.n_clusters, "groups": res.n_groups}
 
 
+def write(n: int, folder: str, seed: int = 0) -> dict:
+    """Generate a forest of n models and write it as a model folder (safetensors files + graph.json)."""
+    from recovery.synthetic_large import large_forest, write_folder
+
+    t = time.perf_counter()
+    f = large_forest(n, seed=seed)
+    t_gen = time.perf_counter() - t
+    t = time.perf_counter()
+    write_folder(f, folder)
+    return {"part": "write", "n": n, "generate_s": t_gen, "write_s": time.perf_counter() - t,
+            "trees": int(f.tree.max()) + 1, "max_depth": int(f.depth.max())}
+
+
+def large_files(n: int, knn: int, seed: int = 0) -> dict:
+    """End to end from files: a child process writes n model files; this one runs `recover(candidates=knn)`
+    on the folder (discovery, reading, recovery, tree.json dict, scoring against graph.json)."""
+    from recovery.stage import recover
+
+    with tempfile.TemporaryDirectory(prefix="bench_sparse_", dir=os.environ.get("BENCH_SPARSE_TMP")) as tmp:
+        w = _run_part("write", n, knn, extra=[str(Path(tmp) / "forest")])
+        folder = Path(tmp) / "forest"
+        t = time.perf_counter()
+        r = recover(folder, candidates="knn", sparse={"knn": knn}, ground_truth=folder / "graph.json", plot=False,
+                    quiet=True, distance={"metric": "l2"})
+        t_rec = time.perf_counter() - t
+    info = r["tree"]["info"]
+    return {"part": "large_files", "n": n, "trees": w["trees"], "max_depth": w["max_depth"], "write_s": w["write_s"],
+            "recover_s": t_rec, "read_s": info["read_s"],
+            "steps_s": {k: info[k] for k in ("neighbours_s", "groups_s", "links_s", "cluster_s", "arborescence_s")},
+            "peak_rss_gib": _peak_mib() / 1024, "accuracy": r["metrics"]["edge_accuracy"],
+            "clusters": len(r["tree"]["trees"]), "candidate_pairs": info["n_candidate_pairs"]}
+
+
 def files(n: int, knn: int, seed: int = 0) -> dict:
     """The folder path: write n files, recover with candidates=knn and =dense through recovery.stage.recover."""
     from recovery.stage import recover
@@ -131,11 +167,11 @@ def files(n: int, knn: int, seed: int = 0) -> dict:
             "parents_equal": par(sp) == par(de), "peak_rss_gib": _peak_mib() / 1024}
 
 
-def _run_part(part: str, n: int, knn: int) -> dict:
+def _run_part(part: str, n: int, knn: int, extra: list[str] | None = None) -> dict:
     """One part in a fresh process (clean peak RSS); returns its JSON line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, __file__, "--part", part, str(n), "--knn", str(knn)], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    cmd = [sys.executable, __file__, "--part", part, str(n), "--knn", str(knn)] + (["--dir", *extra] if extra else [])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -152,6 +188,12 @@ def report(r: dict) -> str:
                 f"{r['heights_within_groups_max_rel_diff']:.1e}, between groups "
                 f"{r['heights_between_groups_max_rel_diff']:.1e}; dense {r['dense_s']:.1f} s, sparse "
                 f"{r['sparse_s']:.1f} s ({load})")
+    if r["part"] == "large_files":
+        steps = ", ".join(f"{k[:-2]} {v:.0f}" for k, v in r["steps_s"].items())
+        return (f"large n={r['n']} from files ({r['trees']} trees, depth <= {r['max_depth']}; writing the files took "
+                f"{r['write_s']:.0f} s, not counted): recover(candidates=knn) end to end {r['recover_s']:.0f} s (read "
+                f"{r['read_s']:.0f}, {steps}), peak RSS {r['peak_rss_gib']:.2f} GiB; edge accuracy "
+                f"{r['accuracy']:.4f}; {r['clusters']} clusters, {r['candidate_pairs']} candidate pairs ({load})")
     if r["part"] == "large":
         steps = ", ".join(f"{k[:-2]} {v:.0f}" for k, v in r["steps_s"].items())
         return (f"large n={r['n']} in memory ({r['trees']} trees, depth <= {r['max_depth']}): end to end "
@@ -172,14 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large", type=int, nargs="*", default=[100000])
     ap.add_argument("--files", type=int, nargs="*", default=[10000])
     ap.add_argument("--knn", type=int, default=96)
+    ap.add_argument("--large-files", type=int, nargs="*", default=[100000])
     ap.add_argument("--part", nargs=2, metavar=("PART", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.part:
-        fn = {"compare": compare, "large": large, "files": files}[a.part[0]]
+        if a.part[0] == "write":
+            print(json.dumps(write(int(a.part[1]), a.dir)))
+            return 0
+        fn = {"compare": compare, "large": large, "large_files": large_files, "files": files}[a.part[0]]
         print(json.dumps(fn(int(a.part[1]), a.knn)))
         return 0
     print(f"bench_sparse: {os.cpu_count()} cores, knn={a.knn}")
-    for part, sizes in (("large", a.large), ("compare", a.compare), ("files", a.files)):
+    for part, sizes in (("large_files", a.large_files), ("large", a.large), ("compare", a.compare),
+                        ("files", a.files)):
         for n in sizes:
             print(report(_run_part(part, n, a.knn)), flush=True)
     return 0
