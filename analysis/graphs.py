@@ -18,12 +18,12 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.io import atomic_write, read_json, sha256_file, write_json
+from common.io import atomic_write, jsonable, read_json, sha256_file, write_json
 from common.seed import derive_seed
 
 log = logging.getLogger("mother.analysis")
@@ -271,6 +271,42 @@ def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, ch
 def read_graph(graph_dir: Path) -> dict:
     """graph.json of a graph folder (clear error naming the file when missing or broken)."""
     return read_json(Path(graph_dir) / "graph.json")
+
+
+def graph_folder(folder: str | Path, models: Mapping[str, str | Path], edges: Sequence[tuple[str, str]],
+                 meta: Mapping[str, Mapping] | None = None) -> Path:
+    """A data_gen-style graph folder (graph.json + models/<id>.safetensors) holding exactly `models`.
+
+    Files are hard-linked (copied when linking fails); models whose parent is not in `edges` as a child are
+    roots, staged "generalization" as data_gen stages roots, all others "specialization". Stale files in
+    `folder/models` not among `models` are removed, so recovery sees exactly this set.
+    """
+    import os
+    import shutil
+
+    folder = Path(folder)
+    mdir = folder / "models"
+    mdir.mkdir(parents=True, exist_ok=True)
+    for p in mdir.glob("*.safetensors"):
+        if p.stem not in models:
+            p.unlink()
+    for mid, src in models.items():
+        dst = mdir / f"{mid}.safetensors"
+        if dst.is_file() and sha256_file(dst) == sha256_file(src):
+            continue
+        tmp = mdir / f".{mid}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    children = {c for _, c in edges}
+    graph = {"nodes": sorted(models), "edges": [list(e) for e in edges],
+             "stage": {m: ("specialization" if m in children else "generalization") for m in sorted(models)},
+             "meta": {m: dict((meta or {}).get(m, {})) for m in sorted(models)}}
+    write_json(folder / "graph.json", jsonable(graph))
+    return folder
 
 
 # ------------------------------------------------------------------------------------------- derived

@@ -6,10 +6,10 @@ experiment is, the scale it ran at, the command that regenerates it and the pape
 """
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -19,6 +19,7 @@ from common.io import atomic_write, read_json, write_json, write_text
 RECORD = "experiment.json"
 RESULTS = "results.json"
 SCALES = ("toy", "mini", "paper")
+log = logging.getLogger("mother.analysis")
 
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -115,6 +116,36 @@ def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
                             lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     finally:
         plt.close(fig)
+
+
+def plot_panels(series: Sequence[Mapping], panels: Sequence[str], *, ylabel: str, titles: Mapping | None = None,
+                xlabel: str = "training step", ncols: int | None = None, sharey: bool = False):
+    """Figure with one axis per panel; each series (dict with panel, label, steps, values) is one line.
+
+    A series with `"dashed": True` is drawn dashed (used for runs that did not converge).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = ncols or len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=sharey)
+    for ax, panel in zip(axes.flat, panels):
+        for s in (s for s in series if s["panel"] == panel):
+            ax.plot(s["steps"], s["values"], marker=".", linestyle="--" if s.get("dashed") else "-",
+                    label=s["label"])
+        ax.set_title((titles or {}).get(panel, panel), fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
 
 
 def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale: str, command: str,
@@ -266,7 +297,7 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     text = describe(results)
     write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
                             command=regenerate_command(cfg), files=files, seed=int(cfg.seed), **text)
-    print(f"[analysis] {name}: {text['ours']}", file=sys.stderr)
+    log.info("%s: %s", name, text["ours"])
     return results
 
 

@@ -1,12 +1,18 @@
-"""Atomic writes: a file appears whole or not at all (temp file in the same folder + os.replace)."""
+"""Files: atomic writes (a file appears whole or not at all: temp file in the same folder + os.replace), JSON in
+plain types (`jsonable`), sha256."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
+from omegaconf import OmegaConf
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -31,6 +37,27 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return atomic_write(path, _write)
+
+
+def jsonable(x: Any) -> Any:
+    """`x` in plain JSON types: OmegaConf containers resolved, mappings as dicts with str keys, tuples and numpy
+    arrays as lists, numpy scalars unpacked, paths as str, NaN and infinities as None (JSON has none: a measure
+    that does not apply is null)."""
+    if OmegaConf.is_config(x):
+        x = OmegaConf.to_container(x, resolve=True)
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -96,6 +96,12 @@ class ModelSource:
     fmt: str                        # "safetensors" | "torch" | "peft" (base model + merged LoRA, recovery.hf)
     adapter: object | None = None   # recovery.hf.Adapter for fmt "peft"
 
+    @classmethod
+    def from_safetensors(cls, path: str | Path, model_id: str | None = None) -> "ModelSource":
+        """The model in one safetensors file (id: the file stem unless given), its header read and validated."""
+        path = Path(path)
+        return cls(model_id or path.stem, path, [path], read_safetensors_header(path), "safetensors")
+
 
 @dataclass
 class Catalog:
@@ -229,8 +235,7 @@ def _folder_entries(search: Path, notes: list[str]) -> list[Entry]:
         if p.name.startswith("."):
             continue
         if p.is_file() and p.suffix == ".safetensors" and not _SHARD.match(p.name):
-            entries.append((p.stem, p, lambda p=p: ModelSource(p.stem, p, [p], read_safetensors_header(p),
-                                                               "safetensors")))
+            entries.append((p.stem, p, lambda p=p: ModelSource.from_safetensors(p)))
         elif p.is_dir() and cache_repo_id(p) is not None:
             entries.append((cache_repo_id(p), p, lambda p=p: cache_entry(p, notes)))
         elif p.is_dir():

@@ -28,7 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from common.seed import derive_seed
-from recovery.direction import _central_moments
+from recovery.direction import central_moments
 
 STAGE_CUES = ("kurtosis",)
 FREE_CUES = ("init_distance", "variance", "centrality")
@@ -38,7 +38,7 @@ REDUCE = ("sum", "votes")
 
 def layer_moments(y: np.ndarray) -> np.ndarray:
     """Central moments (m2, m3, m4) in float64 of each model's tensor in a stack (n, ...) -> (n, 3)."""
-    return np.array([_central_moments(np.asarray(v).ravel()) for v in y])
+    return np.array([central_moments(np.asarray(v).ravel()) for v in y])
 
 
 def stats_from_moments(m: np.ndarray) -> dict[str, np.ndarray]:

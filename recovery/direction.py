@@ -32,7 +32,7 @@ def weight_stat(x: np.ndarray, stat: str = "kurtosis") -> float:
         counts = np.histogram(v, bins=ENTROPY_BINS, range=(lo, hi))[0]
         p = counts[counts > 0] / v.size
         return float(-(p * np.log(p)).sum())
-    m2, m3, m4 = _central_moments(v)
+    m2, m3, m4 = central_moments(v)
     if stat == "variance":
         return m2
     if m2 <= 0.0:
@@ -42,7 +42,7 @@ def weight_stat(x: np.ndarray, stat: str = "kurtosis") -> float:
     return m4 / (m2 * m2)
 
 
-def _central_moments(v: np.ndarray, chunk: int = 1 << 16) -> tuple[float, float, float]:
+def central_moments(v: np.ndarray, chunk: int = 1 << 16) -> tuple[float, float, float]:
     """Second, third and fourth central moments (float64) of a flat float array, in chunks (dot products, no big temporaries)."""
     n = v.size
     mu = float(np.add.reduce(v, dtype=np.float64)) / n

@@ -59,6 +59,22 @@ class WeightAnalysis:
     selected: list[Layer] = field(default_factory=list)          # the distance layers (edge_relations reuses them)
     rank_evidence: RankEvidence | SketchEvidence | None = None   # per-layer pair ranks / certificates (edge labels)
 
+    def subset(self, ids: list[str]) -> "WeightAnalysis":
+        """This analysis restricted to the models `ids`, in that order, as if the others were not in the folder.
+
+        Distances, direction scores, cues and sources are sliced; `rank_evidence` (indexed by the full analysis'
+        models) is dropped, so edge labels of a subset are read again from the files.
+        """
+        from dataclasses import replace
+
+        idx = [self.ids.index(i) for i in ids]
+        sq = np.ix_(idx, idx)
+        return replace(self, ids=list(ids), stages={i: self.stages[i] for i in ids}, distance=self.distance[sq],
+                       l2=self.l2[sq], sq_l2=None if self.sq_l2 is None else self.sq_l2[sq],
+                       direction=self.direction[idx], direction_per_layer=self.direction_per_layer[idx],
+                       cues={k: v[idx] for k, v in self.cues.items()},
+                       sources=[self.sources[j] for j in idx] if self.sources else [], rank_evidence=None)
+
 
 def _options(given: Mapping, defaults: dict, what: str) -> dict:
     given = dict(given or {})

@@ -14,8 +14,11 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis import report
-from analysis.trajectories import (EXPECTED, to_plain, analysis_cache, finetune_run, plot_panels,
-                                   series_stats, trajectory_files, trend, trend_rows)
+from analysis.finetunes import analysis_cache, finetune_run
+from analysis.report import plot_panels
+from analysis.trajectories import series_stats, trajectory_files
+from analysis.trends import EXPECTED, trend, trend_rows
+from common.io import jsonable
 from common.seed import derive_seed
 
 NAME = "fig16_lr"
@@ -30,7 +33,7 @@ def compute(cfg: DictConfig) -> dict:
     series = []
     for lr in [float(x) for x in k.lrs]:
         for i in range(int(k.seeds)):
-            recipe = {**to_plain(k.recipe), "lr": lr, "seed": derive_seed(cfg.seed, NAME, f"{lr:g}", i)}
+            recipe = {**jsonable(k.recipe), "lr": lr, "seed": derive_seed(cfg.seed, NAME, f"{lr:g}", i)}
             run = finetune_run(cfg, cache, root=str(k.root), task=str(k.task), recipe=recipe,
                                image_size=int(k.image_size), data_seed=derive_seed(cfg.seed, "data", str(k.task)),
                                checkpoint_every=int(k.checkpoint_every))

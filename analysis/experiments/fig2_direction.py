@@ -16,8 +16,10 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis import report
-from analysis.trajectories import (EXPECTED, node_name, plot_panels, root_trajectories, series_stats,
-                                   trend, trend_rows)
+from analysis.finetunes import node_name
+from analysis.report import plot_panels
+from analysis.trajectories import root_trajectories, series_stats
+from analysis.trends import EXPECTED, trend, trend_rows
 
 NAME = "fig2_direction"
 PANELS = ("generalization", "specialization")
@@ -29,7 +31,7 @@ def pretraining_series(cfg: DictConfig, root: str, folders: dict | None = None) 
     A root listed in `folders` (root spec -> folder of step_<k>.safetensors) is read from there; a built-in
     root's checkpoints come from data_gen.roots (built with the root if missing).
     """
-    from analysis.trajectories import checkpoint_series, roots_cache
+    from analysis.finetunes import checkpoint_series, roots_cache
 
     if folders and str(root) in folders:
         pairs = checkpoint_series(folders[str(root)])

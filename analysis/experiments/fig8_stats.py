@@ -13,7 +13,9 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis import report
-from analysis.trajectories import finetune_panels, panel_table, plot_panels, trend_rows
+from analysis.report import plot_panels
+from analysis.trajectories import finetune_panels
+from analysis.trends import panel_table, trend_rows
 
 NAME = "fig8_stats"
 

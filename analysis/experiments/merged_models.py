@@ -25,8 +25,9 @@ from omegaconf import DictConfig
 from analysis.experiments import experiment
 from analysis import report
 from analysis.cosines import VECTORS, cosine_to_centres, soup, top_k_parents
-from analysis.trajectories import (to_plain, analysis_cache, finetune_run, graph_folder, load_root_state,
-                                   node_name, save_state)
+from analysis.finetunes import analysis_cache, finetune_run, load_root_state, node_name, save_state
+from analysis.graphs import graph_folder
+from common.io import jsonable
 from common.seed import derive_seed
 
 NAME = "merged_models"
@@ -68,7 +69,7 @@ def build(cfg: DictConfig, k) -> tuple[Path, dict[str, dict], dict[str, str]]:
             init = (arch, load_file(p["init"]))
         for i in range(int(k.children)):
             task = str(k.tasks[i % len(k.tasks)])
-            recipe = {**to_plain(k.recipe), "seed": derive_seed(cfg.seed, NAME, name, i)}
+            recipe = {**jsonable(k.recipe), "seed": derive_seed(cfg.seed, NAME, name, i)}
             run = finetune_run(cfg, cache, root=p["root"], task=task, recipe=recipe, image_size=int(k.image_size),
                                data_seed=derive_seed(cfg.seed, "data", task), checkpoint_every=None,
                                init=init, init_name=name)
@@ -120,7 +121,7 @@ def compute(cfg: DictConfig) -> dict:
     return {"originals": originals, "soups": soups, "children_per_parent": int(k.children),
             "clustering_accuracy": clus["clustering_accuracy"], "n_clusters": int(clustering.n_clusters),
             "cosine_layers": len(layer_names), "vectors": str(k.vectors), "tables": tables,
-            "cosines": cos, "folder": str(folder), "tasks": [str(t) for t in k.tasks], "recipe": to_plain(k.recipe)}
+            "cosines": cos, "folder": str(folder), "tasks": [str(t) for t in k.tasks], "recipe": jsonable(k.recipe)}
 
 
 def render(results: dict, out_dir: Path) -> None:

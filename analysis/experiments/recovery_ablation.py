@@ -58,16 +58,6 @@ def compute(cfg: DictConfig) -> dict:
             "missing": missing, "missing_grid": grid}
 
 
-def subset(wa, keep: list[str]):
-    """The WeightAnalysis restricted to the models `keep` (as if the others were not in the folder)."""
-    idx = [wa.ids.index(i) for i in keep]
-    sq = np.ix_(idx, idx)
-    return dataclasses.replace(
-        wa, ids=list(keep), stages={i: wa.stages[i] for i in keep}, distance=wa.distance[sq], l2=wa.l2[sq],
-        sq_l2=wa.sq_l2[sq], direction=wa.direction[idx], direction_per_layer=wa.direction_per_layer[idx],
-        cues={k: v[idx] for k, v in wa.cues.items()})
-
-
 def missing_parent_trials(wa, truth, label: str, knobs: dict, tree: dict) -> list[dict]:
     """Drop one internal model at a time (up to knobs["per_graph"], first in id order) and check that the
     missing-parent report names its children; also count the groups reported on the intact graph (false alarms).
@@ -91,7 +81,7 @@ def missing_parent_trials(wa, truth, label: str, knobs: dict, tree: dict) -> lis
     for m in internal:
         keep = [i for i in wa.ids if i != m]
         edges = [(parent[m], c) if p == m else (p, c) for p, c in truth.edges if c != m]
-        sub = subset(wa, keep)
+        sub = wa.subset(keep)
         groups = forest(sub, Graph(nodes=keep, edges=edges), cluster={"n_trees": "truth"}, tree=tree)["missing"]
         out.append({"graph": label, "dropped": m, "children": len(kids[m]),
                     "found": any(set(g["models"]) == set(kids[m]) for g in groups),

@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis import report
-from analysis.trajectories import to_plain, analysis_cache, finetune_run, graph_folder, node_name
+from analysis.finetunes import analysis_cache, finetune_run, node_name
+from analysis.graphs import graph_folder
+from common.io import jsonable
 from common.seed import derive_seed
 
 NAME = "similar_models"
@@ -34,7 +36,7 @@ def build(cfg: DictConfig, k) -> tuple[Path, dict[str, list[str]]]:
         parent = node_name(root)
         family[parent] = []
         for i in range(int(k.siblings)):
-            recipe = {**to_plain(k.recipe), "seed": derive_seed(cfg.seed, NAME, root, i)}
+            recipe = {**jsonable(k.recipe), "seed": derive_seed(cfg.seed, NAME, root, i)}
             run = finetune_run(cfg, cache, root=str(root), task=task, recipe=recipe, image_size=int(k.image_size),
                                data_seed=derive_seed(cfg.seed, "data", task), checkpoint_every=None)
             child = f"{parent}-sib{i}"
@@ -74,7 +76,7 @@ def compute(cfg: DictConfig) -> dict:
     return {"distance": "l2 (paper Eq. 1) on the layers of recovery.layers", "per_parent": per_parent,
             "recovery_metric": wa.distance_metric, "edge_accuracy": m["edge_accuracy"],
             "clustering_accuracy": m["clustering_accuracy"], "recovered_edges": [list(e) for e in rec["edges"]],
-            "folder": str(folder), "recipe": to_plain(k.recipe), "tasks": [str(t) for t in k.tasks]}
+            "folder": str(folder), "recipe": jsonable(k.recipe), "tasks": [str(t) for t in k.tasks]}
 
 
 def render(results: dict, out_dir: Path) -> None:
