@@ -49,3 +49,20 @@ def cfg_factory(tmp_path):
                 f"paths.results_dir={tmp_path / 'results'}"]
         return compose(base + list(overrides or []), output_dir=tmp_path / "out")
     return factory
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved during the test, in order: the data drawn can be read back from its axes
+    (lines' get_xydata(), collections' get_offsets()) and checked against the results it was drawn from."""
+    from matplotlib.figure import Figure
+
+    saved: list = []
+    original = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved

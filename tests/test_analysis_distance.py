@@ -1,6 +1,6 @@
 """Smoke tests at toy scale for Fig. 1 (distance vs edge distance), Fig. 6 (clustering vs size) and the c sweep.
 
-Synthetic graphs (analysis.graphs.write_synthetic_graph): each child is its parent plus an independent delta, so
+Synthetic graphs (recovery.synthetic.write_synthetic_graph): each child is its parent plus an independent delta, so
 the trees separate, the nearest model is always a parent or child and recovery is exact; the tests check that, and
 recompute the reported correlation from the reported points by hand. Not the paper's claims.
 """
@@ -42,7 +42,7 @@ def test_draw_keeps_every_tree():
         assert sorted(tree_of[idx]) == [0, 1, 2]
 
 
-def test_fig1_toy(cfg_factory, tmp_path):
+def test_fig1_toy(cfg_factory, tmp_path, saved_figures):
     stage.run(cfg_factory(["+experiment=fig1_distance", "scale=toy"]))
     panels = _results(tmp_path, "fig1_distance")["panels"]
     assert set(panels) == {"l2 (full fine-tuning)", "rank (LoRA)"}
@@ -57,6 +57,15 @@ def test_fig1_toy(cfg_factory, tmp_path):
     assert l2["1"] < l2["2"] < l2["4"]
     assert panels["rank (LoRA)"]["metric"] == "lora_rank"
     assert (tmp_path / "results" / "fig1_distance" / "fig1_distance.png").is_file()
+    # the figure draws these numbers: every pair (jittered in x only) and the mean per edge distance
+    (fig,) = saved_figures
+    for ax, p in zip(fig.axes, panels.values()):
+        (points,) = ax.collections
+        xy = points.get_offsets()
+        assert np.allclose(xy[:, 1], p["distance"]) and np.all(np.abs(xy[:, 0] - np.array(p["hops"])) <= 0.12)
+        hops, dist = np.array(p["hops"]), np.array(p["distance"])
+        means = [dist[hops == h].mean() for h in (1, 2, 3, 4)]        # by hand from the pairs
+        assert np.allclose(ax.lines[0].get_xydata(), np.c_[[1, 2, 3, 4], means])
 
 
 def test_fig6_toy(cfg_factory, tmp_path):

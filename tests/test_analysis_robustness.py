@@ -1,6 +1,6 @@
 """Pruning (Table 4) and quantization (Table 5): the weight transforms, derived graph copies, and toy-scale runs.
 
-Toy runs use synthetic graphs (analysis.graphs.write_synthetic_graph), on which the unmodified graph is recovered
+Toy runs use synthetic graphs (recovery.synthetic.write_synthetic_graph), on which the unmodified graph is recovered
 exactly: the tests check that baseline, the counts behind each accuracy and the transforms, not the paper's claims.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 from analysis import stage
 from analysis.experiments.pruning import prune_tensor
 from analysis.experiments.quantization import int8_rowwise_torch, quantizer
-from analysis.graphs import derived_graph, read_graph, write_synthetic_graph
+from analysis.graphs import derived_graph, read_graph
+from recovery.synthetic import write_synthetic_graph
 
 
 def _results(tmp_path, name):
@@ -68,7 +69,7 @@ def test_derived_graph_links_and_caches(tmp_path):
     assert read_graph(dst)["derived"]["nodes"] == ["root0-1"]                  # a different tag/set rebuilds
 
 
-def test_pruning_toy(cfg_factory, tmp_path):
+def test_pruning_toy(cfg_factory, tmp_path, saved_figures):
     stage.run(cfg_factory(["+experiment=pruning", "scale=toy"]))
     rows = _results(tmp_path, "pruning")["rows"]
     assert [r["amount"] for r in rows] == [0.0, 0.5, 0.9]
@@ -79,6 +80,9 @@ def test_pruning_toy(cfg_factory, tmp_path):
         total = r["pruned_params"] + r["kept_params"]
         assert abs(r["pruned_params"] - r["amount"] * total) <= 0.01 * total   # the asked fraction is pruned
     assert (tmp_path / "results" / "pruning" / "pruning.png").is_file()
+    (fig,) = saved_figures                  # the line drawn is ours: pruned % against the accuracies above
+    drawn = fig.axes[0].lines[0].get_xydata().tolist()
+    assert drawn == [[pct, r["edge_accuracy"]] for pct, r in zip((0, 50, 90), rows)]
 
 
 def test_quantization_toy(cfg_factory, tmp_path):

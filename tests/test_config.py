@@ -68,6 +68,7 @@ def test_cli_misspelled_override_fails_clearly(tmp_path):
     assert "Could not override 'seeed'" in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_writes_nothing_into_cwd(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

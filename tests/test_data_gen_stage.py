@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from common.io import read_json
+from tests.a2_helpers import is_count_of
 from tests.conftest import ROOT
 from tests.test_graph_build import TINY, tiny_cfg
 
@@ -19,9 +20,11 @@ def test_stage_builds_and_summarises(tmp_path):
     cfg = tiny_cfg(tmp_path, "stages=[data_gen]", *ONE_TREE)
     out = run.run_stages(cfg)["data_gen"]
     assert out["complete"] and out["built"] == ["vit_a1", "vit_a1-0"] and out["skipped"] == []
-    assert 0.0 <= out["mean_val_accuracy"] <= 1.0
     graph = read_json(out["graph_json"])
     assert graph["edges"] == [["vit_a1", "vit_a1-0"]]
+    accs = [m["val_accuracy"] for m in graph["meta"].values() if m.get("val_accuracy") is not None]
+    assert accs and out["mean_val_accuracy"] == pytest.approx(sum(accs) / len(accs))  # the nodes' own, averaged
+    assert is_count_of(graph["meta"]["vit_a1-0"]["val_accuracy"], 64)                 # TINY: n_val=64
     again = run.run_stages(cfg)["data_gen"]
     assert again["built"] == [] and again["skipped"] == ["vit_a1", "vit_a1-0"]
 

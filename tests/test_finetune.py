@@ -130,6 +130,7 @@ def test_recipe_errors():
         run(Path("/nonexistent-never-written"), method="lora", lora_targets=["query"])
 
 
+@pytest.mark.slow
 def test_wandb_logger_offline_one_run_per_node(tmp_path, monkeypatch):
     """The conf/logger/wandb.yaml shape, offline: each node gets its own finished run (no network)."""
     monkeypatch.setenv("WANDB_MODE", "offline")

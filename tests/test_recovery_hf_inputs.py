@@ -252,6 +252,7 @@ def test_ids_file_download_fetches_only_weight_files(tmp_path, monkeypatch):
     assert hub.pick_weight_files(["README.md", "sub/model.safetensors"]) == []
 
 
+@pytest.mark.slow
 def test_ids_file_offline_through_the_command_line(tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("google/vit-base-patch16-224\n")

@@ -138,6 +138,7 @@ def test_launcher_config_maps_to_submitit_slurm_executor(tmp_path):
     assert ex._executor.parameters["cpus_per_task"] == 1 and ex._executor.max_num_timeout == 3
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_graph_build_on_slurm_resumes_and_matches_local(tmp_path, job_names, monkeypatch):
     """Two-level synthetic graph, one array per level: one level-1 task is preempted (requeued by submitit),
@@ -228,6 +229,7 @@ def _weights(graph_dir: Path, node: str) -> tuple[dict, dict]:
         return f.metadata(), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_recovery_sweep_on_slurm_collects_one_table(tmp_path, job_names):
     """A multirun over recovery.tree.c through hydra/launcher=slurm (one array of 2 jobs) on a synthetic graph;
