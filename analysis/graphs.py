@@ -1,4 +1,5 @@
-"""Model graphs for the experiments: built (or reused) through data_gen, or synthetic for smoke tests.
+"""Model graphs for the experiments: built (or reused) through data_gen, synthetic (recovery.synthetic) for smoke
+tests, derived from another graph, or assembled from given model files (`graph_folder`).
 
 `ensure_graph(cfg, "ft_mini")` composes `conf/data_gen/ft_mini.yaml` with Hydra's compose API (so its
 `defaults:` list resolves exactly as `python run.py data_gen=ft_mini` would), places it into a copy of the
@@ -8,7 +9,7 @@ reused without importing data_gen at all (`analysis.reuse_graphs: false` hands i
 
 Experiments name their graphs with a *graph spec* (`resolve_graph`): a data_gen config name (string), or a
 mapping `{data_gen: NAME, overrides: {...}}`, `{path: DIR}` (an existing graph folder), or
-`{synthetic: {...}}` (a synthetic graph written by `write_synthetic_graph`: toy scale only), or
+`{synthetic: {...}}` (a synthetic graph written by `recovery.synthetic.write_synthetic_graph`: toy scale only), or
 `{pretraining: {roots: [...], every: N}}` (the built-in roots' pretraining checkpoints as chains init -> ... ->
 final, every node in the generalization stage: `pretraining_chains`).
 """
@@ -20,11 +21,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.io import atomic_write, jsonable, read_json, sha256_file, write_json
-from common.seed import derive_seed
 
 log = logging.getLogger("mother.analysis")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -106,6 +105,8 @@ def resolve_graph(cfg: DictConfig, spec: str | Mapping) -> Path:
             raise FileNotFoundError(f"{path}: no graph.json (graph spec {spec})")
         return path
     if "synthetic" in spec:
+        from recovery.synthetic import write_synthetic_graph
+
         opts = dict(spec["synthetic"])
         name = opts.pop("name", "synthetic-" + hashlib.sha256(
             json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8])
@@ -157,114 +158,6 @@ def pretraining_chains(cfg: DictConfig, roots: list[str], every: int = 100, name
             prev = node
     write_json(graph_dir / "graph.json", {"nodes": nodes, "edges": edges, "stage": dict.fromkeys(nodes, "generalization"),
                                           "meta": meta, "name": name, "complete": True})
-    return graph_dir
-
-
-# ------------------------------------------------------------------------------------------ synthetic
-def _root_state(rng: np.random.Generator, dim: int, blocks: int, classes: int) -> dict[str, np.ndarray]:
-    """timm-ViT-named float32 tensors; 2-D weights heavy-tailed (Student t, df 4) like pretrained weights."""
-    def t(*shape: int) -> np.ndarray:
-        return (rng.standard_t(4, size=shape) * 0.02).astype(np.float32)
-    state = {}
-    for b in range(blocks):
-        p = f"blocks.{b}."
-        state |= {p + "attn.qkv.weight": t(3 * dim, dim), p + "attn.proj.weight": t(dim, dim),
-                  p + "mlp.fc1.weight": t(4 * dim, dim), p + "mlp.fc2.weight": t(dim, 4 * dim),
-                  p + "norm1.weight": np.ones(dim, np.float32)}
-    state["head.weight"] = t(classes, dim)
-    return state
-
-
-def _resnet_state(rng: np.random.Generator, dim: int, blocks: int, classes: int) -> dict[str, np.ndarray]:
-    """timm-ResNet-named float32 tensors: heavy-tailed 3x3 / 1x1 convolutions, BN weights, a head."""
-    def t(*shape: int) -> np.ndarray:
-        return (rng.standard_t(4, size=shape) * 0.05).astype(np.float32)
-    state = {"conv1.weight": t(dim, 3, 3, 3), "bn1.weight": np.ones(dim, np.float32)}
-    for b in range(blocks):
-        p = f"layer1.{b}."
-        state |= {p + "conv1.weight": t(dim, dim, 1, 1), p + "conv2.weight": t(dim, dim, 3, 3),
-                  p + "conv3.weight": t(dim, dim, 1, 1), p + "bn1.weight": np.ones(dim, np.float32)}
-    state["fc.weight"] = t(classes, dim)
-    return state
-
-
-def _child_state(parent: Mapping[str, np.ndarray], rng: np.random.Generator, method: str, rank: int,
-                 scale: float) -> dict[str, np.ndarray]:
-    """Parent + a dense Gaussian delta (method full) or a rank-`rank` delta B @ A (method lora, qkv only)."""
-    out = {}
-    for name, w in parent.items():
-        if name.startswith(("head", "fc.")):  # a new classifier per task
-            out[name] = (rng.standard_normal(w.shape) * 0.02).astype(np.float32)
-            continue
-        if w.ndim < 2:
-            out[name] = w
-            continue
-        if method == "full":
-            delta = rng.standard_normal(w.shape) * scale
-        elif "qkv" in name and w.ndim == 2:
-            delta = (rng.standard_normal((w.shape[0], rank)) @ rng.standard_normal((rank, w.shape[1]))
-                     ) * scale / np.sqrt(rank)
-        else:
-            delta = 0.0
-        out[name] = (w + delta).astype(np.float32)
-    return out
-
-
-def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, children: int = 2,
-                          method: str = "full", ranks: list[int] | tuple[int, ...] = (4,), dim: int = 32,
-                          blocks: int = 2, classes: int = 5, scale: float = 0.004, arch: str = "vit",
-                          seed: int = 0) -> Path:
-    """Write a synthetic model graph (graph.json + models/<id>.safetensors) with a known heritage.
-
-    Synthetic data for smoke tests: roots are independent heavy-tailed random weights, each child is its parent
-    plus an independent delta (dense for "full", low rank on qkv for "lora", each node's rank drawn from
-    `ranks`; "mixed" picks per node). `arch` "vit" names tensors like timm's ViT, "resnet" like timm's ResNet.
-    Adding Gaussian deltas lowers kurtosis, as the paper observes for fine-tuning, so recovery works here by
-    construction: these graphs test mechanics, not the paper's claims.
-    """
-    from safetensors.numpy import save_file
-
-    if arch not in ("vit", "resnet"):
-        raise ValueError(f"synthetic graph arch must be vit or resnet, got {arch!r}")
-    if method not in ("full", "lora", "mixed"):
-        raise ValueError(f"synthetic graph method must be full, lora or mixed, got {method!r}")
-    graph_dir = Path(graph_dir)
-    (graph_dir / "models").mkdir(parents=True, exist_ok=True)
-    nodes, edges, stage, meta = [], [], {}, {}
-    states: dict[str, dict[str, np.ndarray]] = {}
-    frontier: list[str] = []
-    for t in range(trees):
-        rid = f"root{t}"
-        make_root = _root_state if arch == "vit" else _resnet_state
-        states[rid] = make_root(np.random.default_rng(derive_seed(seed, rid)), dim, blocks, classes)
-        nodes.append(rid)
-        stage[rid] = "generalization"
-        meta[rid] = {"task": "synthetic/pretrain", "method": None, "parent": None, "synthetic": True}
-        frontier.append(rid)
-    for _ in range(depth):
-        nxt = []
-        for pid in frontier:
-            for c in range(children):
-                cid = f"{pid}-{c}"
-                rng = np.random.default_rng(derive_seed(seed, cid))
-                m = method if method != "mixed" else ("full" if rng.random() < 0.5 else "lora")
-                rank = int(rng.choice(list(ranks)))
-                states[cid] = _child_state(states[pid], rng, m, rank, scale)
-                nodes.append(cid)
-                edges.append([pid, cid])
-                stage[cid] = "specialization"
-                meta[cid] = {"task": f"synthetic/task{c}", "method": m, "lora_rank": rank if m == "lora" else None,
-                             "parent": pid, "seed": derive_seed(seed, cid), "synthetic": True}
-                nxt.append(cid)
-        frontier = nxt
-    for nid in nodes:
-        atomic_write(graph_dir / "models" / f"{nid}.safetensors", lambda tmp, s=states[nid]: save_file(s, tmp))
-    graph = {"nodes": nodes, "edges": edges, "stage": stage, "meta": meta, "complete": True,
-             "name": graph_dir.name, "synthetic": {"trees": trees, "depth": depth, "children": children,
-                                                   "method": method, "ranks": list(ranks), "dim": dim,
-                                                   "blocks": blocks, "scale": scale, "arch": arch,
-                                                   "seed": seed}}
-    write_json(graph_dir / "graph.json", graph)
     return graph_dir
 
 

@@ -1,17 +1,21 @@
 """Synthetic model trees with known answers, for tests and benchmarks (not evidence for the paper's claims).
 
-Full fine-tuning is simulated by a dense random delta on every tensor, LoRA by a merged low-rank delta B @ A on the
+Two generators share the heavy-tailed draw (`heavy_tailed`): `write_tree` (any shapes; flat files or a graph folder)
+and `write_synthetic_graph` (timm-ViT- or ResNet-named models in a data_gen-style graph folder, the analysis
+experiments' toy graphs). Full fine-tuning is simulated by a dense random delta on every tensor, LoRA by a merged low-rank delta B @ A on the
 chosen 2-D matrices; children inherit their parent's weights. Fine-tuning also shrinks large values a little
 (specialization lowers kurtosis), so direction scores decrease from parent to child.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from common.io import write_json
+from common.io import atomic_write, write_json
+from common.seed import derive_seed
 
 
 def vit_shapes(dim: int = 768, depth: int = 12, mlp_ratio: int = 4, num_classes: int = 10,
@@ -58,9 +62,14 @@ def tiny_transformer_shapes(dim: int = 16, depth: int = 2, vocab: int = 50) -> d
     return s
 
 
+def heavy_tailed(rng: np.random.Generator, shape: tuple[int, ...], df: int = 5, scale: float = 0.02) -> np.ndarray:
+    """Heavy-tailed float32 values (Student t with `df` degrees of freedom, times `scale`), like pre-trained weights."""
+    return (scale * rng.standard_t(df, size=shape)).astype(np.float32)
+
+
 def random_weights(shapes: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Heavy-tailed random weights (Student t), float32, like a pre-trained model's."""
-    return {k: (0.02 * rng.standard_t(5, size=v)).astype(np.float32) for k, v in shapes.items()}
+    """Heavy-tailed random weights for `shapes` (`heavy_tailed`, df 5), float32, like a pre-trained model's."""
+    return {k: heavy_tailed(rng, v) for k, v in shapes.items()}
 
 
 def finetune(w: dict, rng: np.random.Generator, method: str = "full", scale: float = 1e-3, rank: int = 8,
@@ -100,3 +109,110 @@ def write_tree(folder: str | Path, shapes: dict, children: dict[str, list[str]],
     if graph:
         write_json(folder / "graph.json", g)
     return g
+
+
+# --- data_gen-style graphs (graph.json with stages and meta, complete: true), as the analysis experiments use
+
+def vit_state(rng: np.random.Generator, dim: int, blocks: int, classes: int) -> dict[str, np.ndarray]:
+    """timm-ViT-named float32 tensors; 2-D weights heavy-tailed (Student t, df 4) like pretrained weights."""
+    def t(*shape: int) -> np.ndarray:
+        return heavy_tailed(rng, shape, df=4, scale=0.02)
+    state = {}
+    for b in range(blocks):
+        p = f"blocks.{b}."
+        state |= {p + "attn.qkv.weight": t(3 * dim, dim), p + "attn.proj.weight": t(dim, dim),
+                  p + "mlp.fc1.weight": t(4 * dim, dim), p + "mlp.fc2.weight": t(dim, 4 * dim),
+                  p + "norm1.weight": np.ones(dim, np.float32)}
+    state["head.weight"] = t(classes, dim)
+    return state
+
+
+def resnet_state(rng: np.random.Generator, dim: int, blocks: int, classes: int) -> dict[str, np.ndarray]:
+    """timm-ResNet-named float32 tensors: heavy-tailed 3x3 / 1x1 convolutions, BN weights, a head."""
+    def t(*shape: int) -> np.ndarray:
+        return heavy_tailed(rng, shape, df=4, scale=0.05)
+    state = {"conv1.weight": t(dim, 3, 3, 3), "bn1.weight": np.ones(dim, np.float32)}
+    for b in range(blocks):
+        p = f"layer1.{b}."
+        state |= {p + "conv1.weight": t(dim, dim, 1, 1), p + "conv2.weight": t(dim, dim, 3, 3),
+                  p + "conv3.weight": t(dim, dim, 1, 1), p + "bn1.weight": np.ones(dim, np.float32)}
+    state["fc.weight"] = t(classes, dim)
+    return state
+
+
+def child_state(parent: Mapping[str, np.ndarray], rng: np.random.Generator, method: str, rank: int,
+                scale: float) -> dict[str, np.ndarray]:
+    """Parent + a dense Gaussian delta (method full) or a rank-`rank` delta B @ A (method lora, qkv only)."""
+    out = {}
+    for name, w in parent.items():
+        if name.startswith(("head", "fc.")):  # a new classifier per task
+            out[name] = (rng.standard_normal(w.shape) * 0.02).astype(np.float32)
+            continue
+        if w.ndim < 2:
+            out[name] = w
+            continue
+        if method == "full":
+            delta = rng.standard_normal(w.shape) * scale
+        elif "qkv" in name and w.ndim == 2:
+            delta = (rng.standard_normal((w.shape[0], rank)) @ rng.standard_normal((rank, w.shape[1]))
+                     ) * scale / np.sqrt(rank)
+        else:
+            delta = 0.0
+        out[name] = (w + delta).astype(np.float32)
+    return out
+
+
+def write_synthetic_graph(graph_dir: Path, *, trees: int = 2, depth: int = 2, children: int = 2,
+                          method: str = "full", ranks: list[int] | tuple[int, ...] = (4,), dim: int = 32,
+                          blocks: int = 2, classes: int = 5, scale: float = 0.004, arch: str = "vit",
+                          seed: int = 0) -> Path:
+    """Write a synthetic model graph (graph.json + models/<id>.safetensors) with a known heritage.
+
+    Synthetic data for smoke tests: roots are independent heavy-tailed random weights, each child is its parent
+    plus an independent delta (dense for "full", low rank on qkv for "lora", each node's rank drawn from
+    `ranks`; "mixed" picks per node). `arch` "vit" names tensors like timm's ViT, "resnet" like timm's ResNet.
+    Adding Gaussian deltas lowers kurtosis, as the paper observes for fine-tuning, so recovery works here by
+    construction: these graphs test mechanics, not the paper's claims.
+    """
+    if arch not in ("vit", "resnet"):
+        raise ValueError(f"synthetic graph arch must be vit or resnet, got {arch!r}")
+    if method not in ("full", "lora", "mixed"):
+        raise ValueError(f"synthetic graph method must be full, lora or mixed, got {method!r}")
+    graph_dir = Path(graph_dir)
+    (graph_dir / "models").mkdir(parents=True, exist_ok=True)
+    nodes, edges, stage, meta = [], [], {}, {}
+    states: dict[str, dict[str, np.ndarray]] = {}
+    frontier: list[str] = []
+    for t in range(trees):
+        rid = f"root{t}"
+        make_root = vit_state if arch == "vit" else resnet_state
+        states[rid] = make_root(np.random.default_rng(derive_seed(seed, rid)), dim, blocks, classes)
+        nodes.append(rid)
+        stage[rid] = "generalization"
+        meta[rid] = {"task": "synthetic/pretrain", "method": None, "parent": None, "synthetic": True}
+        frontier.append(rid)
+    for _ in range(depth):
+        nxt = []
+        for pid in frontier:
+            for c in range(children):
+                cid = f"{pid}-{c}"
+                rng = np.random.default_rng(derive_seed(seed, cid))
+                m = method if method != "mixed" else ("full" if rng.random() < 0.5 else "lora")
+                rank = int(rng.choice(list(ranks)))
+                states[cid] = child_state(states[pid], rng, m, rank, scale)
+                nodes.append(cid)
+                edges.append([pid, cid])
+                stage[cid] = "specialization"
+                meta[cid] = {"task": f"synthetic/task{c}", "method": m, "lora_rank": rank if m == "lora" else None,
+                             "parent": pid, "seed": derive_seed(seed, cid), "synthetic": True}
+                nxt.append(cid)
+        frontier = nxt
+    for nid in nodes:
+        atomic_write(graph_dir / "models" / f"{nid}.safetensors", lambda tmp, s=states[nid]: save_file(s, tmp))
+    graph = {"nodes": nodes, "edges": edges, "stage": stage, "meta": meta, "complete": True,
+             "name": graph_dir.name, "synthetic": {"trees": trees, "depth": depth, "children": children,
+                                                   "method": method, "ranks": list(ranks), "dim": dim,
+                                                   "blocks": blocks, "scale": scale, "arch": arch,
+                                                   "seed": seed}}
+    write_json(graph_dir / "graph.json", graph)
+    return graph_dir

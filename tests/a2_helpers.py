@@ -7,28 +7,18 @@ from pathlib import Path
 import numpy as np
 
 
-def vit_like_state(rng: np.random.Generator, d: int = 16, blocks: int = 2, classes: int = 5) -> dict[str, np.ndarray]:
-    """Random float32 weights with timm ViT tensor names (fused qkv, attn.proj, mlp.fc1/fc2, head)."""
-    s = {}
-    for b in range(blocks):
-        p = f"blocks.{b}."
-        s[p + "attn.qkv.weight"] = rng.standard_normal((3 * d, d))
-        s[p + "attn.proj.weight"] = rng.standard_normal((d, d))
-        s[p + "mlp.fc1.weight"] = rng.standard_normal((4 * d, d))
-        s[p + "mlp.fc2.weight"] = rng.standard_normal((d, 4 * d))
-        s[p + "norm1.weight"] = np.ones(d)
-    s["head.weight"] = rng.standard_normal((classes, d))
-    return {k: v.astype(np.float32) for k, v in s.items()}
-
-
 def outlier_trajectory(folder: Path, steps: list[int], *, seed: int = 0, shrink: bool = True) -> list[Path]:
-    """Synthetic checkpoints W_t = G + a_t * O with sparse outliers O: kurtosis falls with t when `shrink`
+    """Synthetic checkpoints W_t = G + a_t * O, G a heavy-tailed timm-ViT-named state (recovery.synthetic.vit_state)
+    and O sparse outliers (12 standard deviations of G's tensor): kurtosis falls with t when `shrink`
     (a_t from 1 down to 0.1), rises otherwise. Writes folder/step_<t>.safetensors; returns the files."""
     from safetensors.numpy import save_file
 
+    from recovery.synthetic import vit_state
+
     rng = np.random.default_rng(seed)
-    base = vit_like_state(rng)
-    outliers = {k: (rng.random(v.shape) < 0.02) * rng.standard_normal(v.shape) * 12 for k, v in base.items()}
+    base = vit_state(rng, dim=16, blocks=2, classes=5)
+    outliers = {k: (rng.random(v.shape) < 0.02) * rng.standard_normal(v.shape) * 12 * v.std()
+                for k, v in base.items()}
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for i, t in enumerate(steps):

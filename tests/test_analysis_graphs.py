@@ -10,6 +10,7 @@ import pytest
 
 import data_gen.graph
 from analysis import graphs
+from recovery.synthetic import write_synthetic_graph
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def fake_build(monkeypatch):
 
     def build(cfg, **kw):
         calls.append(cfg)
-        graphs.write_synthetic_graph(cfg.data_gen.dir, trees=1, depth=1, children=1)
+        write_synthetic_graph(cfg.data_gen.dir, trees=1, depth=1, children=1)
         return {"complete": True}
     monkeypatch.setattr(data_gen.graph, "build_graph", build)
     return calls
@@ -69,11 +70,11 @@ def test_synthetic_graph_deltas(tmp_path):
     """LoRA children differ from their parent by the drawn rank on qkv only; full children everywhere."""
     from safetensors.numpy import load_file
 
-    d = graphs.write_synthetic_graph(tmp_path / "g", trees=1, depth=1, children=2, method="lora", ranks=[3])
+    d = write_synthetic_graph(tmp_path / "g", trees=1, depth=1, children=2, method="lora", ranks=[3])
     parent, child = (load_file(str(d / "models" / f"{n}.safetensors")) for n in ("root0", "root0-0"))
     assert np.linalg.matrix_rank(child["blocks.0.attn.qkv.weight"] - parent["blocks.0.attn.qkv.weight"]) == 3
     assert np.array_equal(child["blocks.0.mlp.fc1.weight"], parent["blocks.0.mlp.fc1.weight"])
-    r = graphs.write_synthetic_graph(tmp_path / "r", trees=1, depth=1, children=1, arch="resnet")
+    r = write_synthetic_graph(tmp_path / "r", trees=1, depth=1, children=1, arch="resnet")
     assert load_file(str(r / "models" / "root0.safetensors"))["layer1.0.conv2.weight"].ndim == 4
     with pytest.raises(ValueError, match="method"):
-        graphs.write_synthetic_graph(tmp_path / "x", method="adapter")
+        write_synthetic_graph(tmp_path / "x", method="adapter")

@@ -10,7 +10,7 @@ import pytest
 
 from analysis import stage
 from analysis.experiments.stable_diffusion import HubUnavailableError
-from analysis.graphs import write_synthetic_graph
+from recovery.synthetic import write_synthetic_graph
 
 
 def _results(tmp_path, name):

@@ -1,6 +1,6 @@
 """Smoke tests at toy scale for the accuracy experiments: Table 1, the LoRA ablation, ResNet and the deep tree.
 
-They run on synthetic graphs (random weights with a known heritage, analysis.graphs.write_synthetic_graph): each
+They run on synthetic graphs (random weights with a known heritage, recovery.synthetic.write_synthetic_graph): each
 child is its parent plus an independent Gaussian delta (dense or low rank), which separates the trees, makes the
 true edges the nearest pairs and lowers kurtosis along every edge, so recovery must be exact there (1.0). They check
 the mechanics and that exactness, not the paper's claims.
