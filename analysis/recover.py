@@ -135,11 +135,11 @@ def forest(wa: Any, truth: Any, *, labels: np.ndarray | None = None, cluster: Ma
     from recovery.evaluate import evaluate
     from recovery.stage import solve
 
-    clustering, parent, _, _, missing = solve(wa, cluster=dict(cluster or {}), tree={"c": c, **dict(tree or {})},
-                                              truth=truth, labels=labels)
-    edges = [(wa.ids[p], wa.ids[j]) for j, p in enumerate(parent) if p >= 0]
-    metrics, _ = evaluate(wa.ids, edges, clustering.labels.tolist(), truth)
-    return {"edges": edges, "labels": clustering.labels.tolist(), "metrics": metrics, "missing": missing}
+    solved = solve(wa, cluster=dict(cluster or {}), tree={"c": c, **dict(tree or {})}, truth=truth, labels=labels)
+    edges = [(wa.ids[p], wa.ids[j]) for j, p in enumerate(solved.parent) if p >= 0]
+    labels = solved.clustering.labels.tolist()
+    metrics, _ = evaluate(wa.ids, edges, labels, truth)
+    return {"edges": edges, "labels": labels, "metrics": metrics, "missing": solved.missing}
 
 
 def per_tree(metrics: Mapping) -> dict[str, float | None]:

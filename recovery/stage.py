@@ -10,19 +10,28 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from common.errors import ConfigError, InputError
-from common.io import write_json
-from recovery.cluster import cluster_trees
+from common.io import jsonable, write_json
+from recovery.cluster import Clustering, cluster_trees
 from recovery.evaluate import evaluate, load_graph
 from recovery.mother import recover_forest, recover_forest_rooted, tree_options
 from recovery.orient import depths
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mother.recovery")
+
+
+class SolveResult(NamedTuple):
+    """What `solve` recovers from a WeightAnalysis (indices follow the analysis' `ids`)."""
+    clustering: Clustering
+    parent: np.ndarray               # parent index per model, -1 for a root
+    lambdas: dict[int, float]        # weight of the direction prior per cluster (the paper's tree)
+    tree_evidence: dict[int, dict]   # orientation evidence per cluster (tree.orient=root)
+    missing: list[dict]              # missing-parent groups, with model ids (tree.missing)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -131,11 +140,11 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     paths: dict[str, str] = {}
     if output_dir is not None:
         out = Path(output_dir)
-        paths["tree"] = str(write_json(out / "tree.json", _jsonable(doc)))
+        paths["tree"] = str(write_json(out / "tree.json", jsonable(doc)))
         from recovery.export import write_exports
-        paths.update(write_exports(_jsonable(doc), out))
+        paths.update(write_exports(jsonable(doc), out))
         if metrics is not None:
-            paths["metrics"] = str(write_json(out / "metrics.json", _jsonable(metrics)))
+            paths["metrics"] = str(write_json(out / "metrics.json", jsonable(metrics)))
         if plot:
             from recovery.plot import plot_tree
             paths["plot"] = str(plot_tree(doc, out / "tree.png", metrics))
@@ -156,17 +165,13 @@ def _use_knn(path: str | Path, candidates: str, sparse: Mapping | None, stages_f
 
 
 def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source: Any = None,
-          labels: np.ndarray | None = None) -> tuple:
+          labels: np.ndarray | None = None) -> SolveResult:
     """Clusters and parents from a WeightAnalysis (the part of `recover` after reading the weights).
 
     `labels` fixes the clusters (experiments that subsample or sweep reuse one clustering); else `cluster` decides.
-
-    Returns (clustering, parent array, lambda per cluster, orientation evidence per cluster, missing-parent groups
-    with model ids).
     """
     tree = tree_options(dict(tree))
     if labels is not None:
-        from recovery.cluster import Clustering
         labels = np.asarray(labels)
         clustering = Clustering(labels, int(labels.max()) + 1, {"rule": "labels given"})
     elif cluster.get("n_trees") == "truth":
@@ -189,13 +194,11 @@ def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source
         tau = tree["sibling_tau"] if tree["missing_siblings"] else None
         for m in missing_parents(parent, wa.sq_l2, tree["missing_ratio"], tree["missing_min_shared"], tau):
             missing.append({**m, "attached_to": wa.ids[m["attached_to"]], "models": [wa.ids[j] for j in m["models"]]})
-    return clustering, parent, lambdas, tree_evidence, missing
+    return SolveResult(clustering, parent, lambdas, tree_evidence, missing)
 
 
 def truth_clusters(ids: list[str], truth: Any, source: Any) -> Any:
     """The ground truth's trees as the clustering (the paper recovers each already-clustered tree on its own)."""
-    from recovery.cluster import Clustering
-
     root_of = truth.roots()
     missing = [i for i in ids if i not in root_of]
     if missing:
@@ -274,20 +277,3 @@ def summary(doc: dict, metrics: dict | None, paths: Mapping[str, str]) -> str:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars and arrays unpacked, tuples as lists, non-finite floats as null."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
