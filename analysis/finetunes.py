@@ -141,12 +141,13 @@ def save_state(path: str | Path, state: Mapping, arch: str) -> Path:
     return path
 
 
-def load_task_data(cfg: Any, name: str, *, image_size: int, seed: int) -> Any:
-    """data_gen's task loader (torch/Lightning imported first: with TensorFlow first, training segfaults)."""
+def load_task_data(cfg: Any, name: str, **options: Any) -> Any:
+    """`data_gen.tasks.load_task(name, data_dir=cfg.paths.data_dir, **options)` for the analysis experiments, with
+    torch/Lightning imported first (with TensorFlow first, training segfaults at the first optimizer step)."""
     import data_gen.finetune  # noqa: F401
     from data_gen.tasks import load_task
 
-    return load_task(name, image_size=image_size, seed=seed, data_dir=cfg.paths.data_dir)
+    return load_task(name, data_dir=str(cfg.paths.data_dir), **options)
 
 
 def finetune_run(cfg: Any, cache: Path, *, root: str, task: str, recipe: Mapping, image_size: int,

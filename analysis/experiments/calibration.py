@@ -30,7 +30,7 @@ from analysis.experiments.fig1_distance import hop_distances
 from analysis.graphs import read_graph, resolve_graph
 from analysis.recover import analyze, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
-from common.io import read_json, write_json
+from common.io import jsonable, read_json, write_json
 from common.seed import derive_seed
 
 NAME = "calibration"
@@ -95,9 +95,9 @@ def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor
     """Fine-tune `n` seeded-random nodes again from their parents with `factor`x the steps; cached in work_dir."""
     from safetensors.torch import load_file
 
-    import data_gen.finetune as ft  # torch/lightning before any TensorFlow import (tasks)
+    import data_gen.finetune as ft
+    from analysis.finetunes import load_task_data
     from data_gen.graph import read_record, weights_path
-    from data_gen.tasks import load_task
 
     children = [c for _, c in graph["edges"]]
     if not children or n <= 0:
@@ -117,7 +117,7 @@ def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor
             out.append(read_json(stamp))
             continue
         arch = read_record(graph_dir, job["root"])["meta"]["arch"]
-        task = load_task(job["task"], data_dir=str(cfg.paths.data_dir), **job.get("data", {}))
+        task = load_task_data(cfg, job["task"], **job.get("data", {}))
         res = ft.finetune(arch=arch, init_state=load_file(weights_path(graph_dir, job["parent"])), task=task,
                           recipe=recipe, out_dir=work, node_id=node, num_threads=cfg.get("num_threads"),
                           progress=False, save_adapter=False)
@@ -184,17 +184,6 @@ def root_measures(name: str) -> dict[str, Any]:
             "kurtosis_last": kurt[-1] if kurt else math.nan}
 
 
-def json_safe(x: Any) -> Any:
-    """`x` with every NaN float replaced by None (JSON has no NaN: a measure that does not apply is null)."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
 def _num(x: Any) -> float:
     """None (a measure that does not apply) as NaN, for tables and plots."""
     return math.nan if x is None else float(x)
@@ -217,7 +206,7 @@ def compute(cfg: DictConfig) -> dict:
     dists = [float(np.linalg.norm(vectors[a] - vectors[b]) / np.linalg.norm(vectors[a]))
              for i, a in enumerate(names) for b in names[i + 1:] if vectors[a].shape == vectors[b].shape]
     largest = max(g["edge_max"] for g in graphs.values()) if graphs else math.nan
-    return json_safe({"graphs": graphs, "roots": roots,
+    return jsonable({"graphs": graphs, "roots": roots,
             "root_separation": {"closest_roots": min(dists) if dists else math.nan, "largest_edge": largest,
                                 "ratio": (min(dists) / largest) if dists else math.nan},
             "targets": TARGETS, "longer_factor": int(k.longer_factor)})

@@ -16,11 +16,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.experiments import experiment
-from analysis.experiments.calibration import _num, graph_measures, json_safe, plateau_drop
+from analysis.experiments.calibration import _num, graph_measures, plateau_drop
 from analysis.graphs import ensure_graph
 from analysis.recover import accuracy_run
 from analysis.report import knobs, run_experiment, save_figure, write_table
-from common.io import read_json, write_json
+from common.io import jsonable, read_json, write_json
 from common.seed import derive_seed
 
 NAME = "scale_ladder"
@@ -29,9 +29,8 @@ log = logging.getLogger("mother.analysis")
 
 def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict[str, Any]:
     """Pretrain (or reuse, or resume) the root of one rung; returns its record with the weights path."""
-    import data_gen.finetune  # noqa: F401  (torch/lightning before any TensorFlow import)
+    from analysis.finetunes import load_task_data
     from data_gen.pretraining import pretrain
-    from data_gen.tasks import load_task
 
     arch = f"vit_mini_d{int(rung['width'])}"
     folder = Path(cfg.analysis.work_dir) / NAME / "roots" / label
@@ -40,8 +39,7 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
     record = folder / "root.json"
     if record.is_file() and read_json(record).get("recipe") == recipe and (folder / "final.safetensors").is_file():
         return read_json(record)
-    task = load_task(str(k.mix), seed=0, data_dir=str(cfg.paths.data_dir), n_train=int(k.n_train),
-                     n_val=int(k.n_val))
+    task = load_task_data(cfg, str(k.mix), seed=0, n_train=int(k.n_train), n_val=int(k.n_val))
     res = pretrain(arch=arch, task=task, recipe=recipe, folder=folder, checkpoint_every=int(rung["steps"]),
                    eval_every=int(k.eval_every), num_threads=cfg.get("num_threads"), progress=True)
     curve = res["curve"]
@@ -86,7 +84,7 @@ def compute(cfg: DictConfig) -> dict:
                                      "undirected_accuracy": acc["undirected_accuracy"]}
         rungs[label] = {"root": {kk: v for kk, v in root.items() if kk != "curve"}, "curve": root["curve"],
                         "probes": probes}
-    return json_safe({"rungs": rungs})
+    return jsonable({"rungs": rungs})
 
 
 def render(results: dict, out_dir: Path) -> None:
