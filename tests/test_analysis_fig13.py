@@ -9,7 +9,7 @@ import pytest
 from omegaconf import open_dict
 
 from analysis.trajectories import series_stats
-from tests.a2_helpers import check_panels, compose_toy, direct_sum, outlier_trajectory, shared_dir, toy_roots
+from tests.toy_runs import check_panels, compose_toy, direct_sum, outlier_trajectory, shared_dir, toy_roots
 
 
 def test_kinds_split_fused_qkv(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import open_dict
 
 from analysis.experiments.fig16_lr import by_lr
-from tests.a2_helpers import BUILTIN_VAL, compose_toy, direct_sum, is_count_of, shared_dir, spearman_np, toy_roots
+from tests.toy_runs import BUILTIN_VAL, compose_toy, direct_sum, is_count_of, shared_dir, spearman_np, toy_roots
 
 
 def test_by_lr_aggregates_synthetic_runs():

@@ -17,7 +17,7 @@ from analysis.finetunes import cached_finetune, checkpoint_series
 from analysis.trajectories import series_stats, trajectory_files
 from analysis.trends import monotone_fraction, spearman, trend
 from common.io import read_json
-from tests.a2_helpers import (BUILTIN_VAL, compose_toy, direct_sum, is_count_of, outlier_trajectory, shared_dir,
+from tests.toy_runs import (BUILTIN_VAL, compose_toy, direct_sum, is_count_of, outlier_trajectory, shared_dir,
                               spearman_np, toy_roots)
 
 

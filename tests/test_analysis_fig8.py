@@ -14,7 +14,7 @@ from omegaconf import open_dict
 import analysis.trajectories as tr
 from analysis.trends import panel_table
 from common.io import read_json
-from tests.a2_helpers import check_panels, compose_toy, direct_sum, outlier_trajectory, shared_dir, toy_roots
+from tests.toy_runs import check_panels, compose_toy, direct_sum, outlier_trajectory, shared_dir, toy_roots
 
 
 def test_panels_on_synthetic_trajectories(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from safetensors.numpy import save_file
 
 from analysis.cosines import cosine_to_centres, soup, top_k_parents
-from tests.a2_helpers import compose_toy, shared_dir, toy_roots
+from tests.toy_runs import compose_toy, shared_dir, toy_roots
 
 
 def test_soup_averages_shared_tensors():

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 from analysis.graphs import graph_folder
 from common.io import read_json
-from tests.a2_helpers import compose_toy, shared_dir, toy_roots
+from tests.toy_runs import compose_toy, shared_dir, toy_roots
 
 
 def test_graph_folder_holds_exactly_the_set(tmp_path):

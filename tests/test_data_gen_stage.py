@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from common.io import read_json
-from tests.a2_helpers import is_count_of
+from tests.toy_runs import is_count_of
 from tests.conftest import ROOT
 from tests.test_graph_build import TINY, tiny_cfg
 

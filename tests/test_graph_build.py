@@ -10,7 +10,7 @@ import pytest
 
 from common.io import read_json, sha256_file
 from data_gen.graph import build_graph, is_done, weights_path
-from tests.a2_helpers import is_count_of
+from tests.toy_runs import is_count_of
 from tests.conftest import compose
 
 # 2 trees x 3 models (root -> child -> grandchild), each fine-tune full or LoRA, a few steps on small sets.

@@ -1,4 +1,5 @@
-"""Shared helpers for A2's analysis tests (synthetic weight trajectories, toy configs). Not a test module."""
+"""Toy-scale analysis runs and what their tests check against: toy configs and stand-in roots, synthetic weight
+trajectories, and independent numpy references (Spearman rho, moments, layer sums). Not a test module."""
 from __future__ import annotations
 
 import re
@@ -30,9 +31,9 @@ def outlier_trajectory(folder: Path, steps: list[int], *, seed: int = 0, shrink:
 
 
 def shared_dir(tmp_path_factory) -> Path:
-    """One folder per test session shared by A2's test modules: toy roots and trained models are cached
+    """One folder per test session shared by the toy analysis tests: toy roots and trained models are cached
     there (by spec hash), so Fig. 2, 8 and 13 train their shared runs once."""
-    d = tmp_path_factory.getbasetemp() / "a2_shared"
+    d = tmp_path_factory.getbasetemp() / "toy_shared"
     d.mkdir(exist_ok=True)
     return d
 
