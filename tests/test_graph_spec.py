@@ -120,7 +120,9 @@ def test_sample_values():
     assert sample(5, rng) == 5 and sample([1, 2], rng) == [1, 2]
     assert {sample({"choices": [1, 2, 3]}, rng) for _ in range(50)} == {1, 2, 3}
     assert {sample({"range": [2, 4]}, rng) for _ in range(50)} == {2, 3, 4}
-    assert 0.5 <= sample({"range": [0.5, 1.0]}, rng) <= 1.0
+    floats = [sample({"range": [0.5, 1.0]}, rng) for _ in range(200)]   # uniform on [0.5, 1]: spans it, stays in
+    assert all(isinstance(x, float) and 0.5 <= x <= 1.0 for x in floats) and min(floats) < 0.55 < 0.95 < max(floats)
+    assert 0.7 < sum(floats) / len(floats) < 0.8
     with pytest.raises(ValueError, match="choices"):
         sample({"choice": [1]}, rng)
 
