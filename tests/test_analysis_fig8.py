@@ -33,7 +33,7 @@ def test_panels_on_synthetic_trajectories(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_fig8_toy_run(tmp_path_factory):
+def test_fig8_toy_run(tmp_path_factory, saved_figures):
     """Toy scale: 2 stand-in roots, 4 statistics; step 0 against numpy on the roots, summaries against series."""
     from analysis.experiments import fig8_stats
 
@@ -55,3 +55,8 @@ def test_fig8_toy_run(tmp_path_factory):
         assert s["steps"][0] == 0 and s["values"][0] == pytest.approx(direct_sum(s["root"], s["stat"]), rel=1e-6)
     check_panels(results)
     assert "consistently monotone" in read_json(out / "experiment.json")["ours"]
+    (fig,) = saved_figures          # one panel per statistic, one line per root: the series' own points
+    for ax, stat in zip(fig.axes, results["order"]):
+        drawn = sorted(line.get_xydata().tolist() for line in ax.lines)
+        assert drawn == sorted([list(map(float, p)) for p in zip(s["steps"], s["values"])]
+                               for s in results["series"] if s["stat"] == stat), stat
