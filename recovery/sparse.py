@@ -48,7 +48,7 @@ from recovery.mdst import min_arborescence
 log = logging.getLogger("mother.recovery.sparse")
 
 SPARSE_DEFAULTS = {"knn": 96, "pool": 16, "project_dim": 64, "strip": 512, "seed": 0, "auto_above": 20000,
-                   "exact_block": 2048, "link_sample": 64, "dense_max": 2000}
+                   "exact_block": 2048, "link_sample": 64, "dense_max": 2000, "blocks": 1}
 CANDIDATES = ("dense", "knn", "auto")
 
 
@@ -59,7 +59,7 @@ def sparse_options(given: dict | None) -> dict:
     if unknown:
         raise ConfigError(f"recovery.sparse: unknown option(s) {unknown}; known: {sorted(SPARSE_DEFAULTS)}")
     o = {**SPARSE_DEFAULTS, **given}
-    for key in ("knn", "pool", "strip", "auto_above", "exact_block", "link_sample", "dense_max"):
+    for key in ("knn", "pool", "strip", "auto_above", "exact_block", "link_sample", "dense_max", "blocks"):
         if not isinstance(o[key], int) or o[key] < 1:
             raise ConfigError(f"recovery.sparse.{key} must be a positive integer, got {o[key]!r}")
     if o["project_dim"] is not None and (not isinstance(o["project_dim"], int) or o["project_dim"] < 1):
@@ -405,8 +405,8 @@ def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, 
     """Parent array of the minimum arborescence of m nodes rooted at `top` over the given edges."""
     order = np.lexsort((np.arange(len(dst)), cost, dst))
     bounds = np.searchsorted(dst[order], np.arange(m + 1))
-    heaps: list[list] = [list(zip(cost[order[bounds[v]:bounds[v + 1]]].tolist(), order[bounds[v]:bounds[v + 1]].tolist()))
-                         for v in range(m)]            # sorted lists are valid heaps
+    heaps: list[list] = [list(zip(cost[order[a:b]].tolist(), order[a:b].tolist()))
+                         for a, b in zip(bounds[:-1], bounds[1:])]    # sorted lists are valid heaps
     heaps += [[] for _ in range(m)]                       # super nodes m .. 2m-2
     offset = [0.0] * (2 * m)
     comp = list(range(2 * m))

@@ -162,8 +162,12 @@ class _EdgeLookup:
 def recover_folder(path: str | Path, *, stages_file: str | Path | None = None, layers: Mapping | None = None,
                    distance: Mapping | None = None, direction: Mapping | None = None,
                    cluster: Mapping | None = None, tree: Mapping | None = None, sparse_opts: Mapping | None = None,
-                   strict: bool = False, blocks: list | None = None) -> tuple[Any, Any, np.ndarray, dict, dict]:
+                   strict: bool = False, blocks: list | None = None, launcher: Mapping[str, Any] | None = None,
+                   blocks_dir: str | Path | None = None) -> tuple[Any, Any, np.ndarray, dict, dict]:
     """Read the folder and recover it on candidate edges.
+
+    With `sparse_opts["blocks"]` > 1 the neighbour search runs as that many array tasks of the submitit
+    `launcher` (a Hydra launcher config; recovery.stage takes the run's own), writing into `blocks_dir`.
 
     Returns (analysis namespace shaped like recovery.weights.WeightAnalysis for recovery.stage's tree.json,
     clustering, parent array, lambda per cluster, timings).
@@ -185,6 +189,14 @@ def recover_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                            "path: recovery.candidates=dense)")
     t_read = time.perf_counter() - t0
     gen = np.array([fm.stages[i] == "generalization" for i in fm.ids])
+    opts = sparse.sparse_options(dict(sparse_opts or {}))
+    if blocks is None and opts["blocks"] > 1:
+        if launcher is None:
+            raise ConfigError(f"recovery.sparse.blocks={opts['blocks']} needs a submitit launcher: run with "
+                              f"hydra/launcher=slurm (or local)")
+        read = {"layers": layers, "direction": direction, "stages_file": stages_file, "strict": strict}
+        out = Path(blocks_dir) if blocks_dir is not None else Path(path) / ".knn_blocks"
+        blocks = load_blocks(neighbours_on_launcher(path, len(fm.ids), opts, opts["blocks"], out, launcher, read))
     res = sparse.recover_matrix(fm.x, fm.direction, gen, splits=fm.splits, sparse=dict(sparse_opts or {}),
                                 cluster=dict(cluster or {}), c=float(tree.get("c", 0.3)),
                                 stage_order=bool(tree.get("stage_order", True)), blocks=blocks)
@@ -196,7 +208,8 @@ def recover_folder(path: str | Path, *, stages_file: str | Path | None = None, l
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
     wa = SimpleNamespace(ids=fm.ids, stages=fm.stages, distance=dist, l2=dist, distance_metric="l2",
                          direction=fm.direction, direction_per_layer=fm.direction_per_layer,
-                         direction_layers=fm.direction_layers, direction_stat=dict(direction or {}).get("stat", "kurtosis"),
+                         direction_layers=fm.direction_layers,
+                         direction_stat=dict(direction or {}).get("stat", "kurtosis"),
                          layers=fm.layers, dropped={}, excluded=fm.excluded, warnings=fm.warnings, info=info,
                          aliases={}, layer_selection={}, sources=None, selected=None, rank_evidence=None)
     return wa, res.clustering, res.parent, res.lambdas, info

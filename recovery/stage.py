@@ -95,9 +95,14 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         from recovery.sparse_run import recover_folder
         if cluster["n_trees"] == "truth":
             raise ConfigError("recovery.candidates=knn does not support recovery.cluster.n_trees=truth")
-        wa, clustering, parent, lambdas, _ = recover_folder(path, stages_file=stages_file, layers=layers,
-                                                            distance=distance, direction=direction, cluster=cluster,
-                                                            tree=tree, sparse_opts=sparse, strict=strict)
+        launcher = None
+        if int(dict(sparse or {}).get("blocks", 1)) > 1:   # neighbour blocks as an array of the run's launcher
+            from data_gen.slurm import launcher_config
+            launcher = launcher_config()
+        wa, clustering, parent, lambdas, _ = recover_folder(
+            path, stages_file=stages_file, layers=layers, distance=distance, direction=direction, cluster=cluster,
+            tree=tree, sparse_opts=sparse, strict=strict, launcher=launcher,
+            blocks_dir=Path(output_dir) / "knn_blocks" if output_dir is not None else None)
         tree_evidence, missing = {}, []
     else:
         wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction,
@@ -158,8 +163,8 @@ def _use_knn(path: str | Path, candidates: str, sparse: Mapping | None, stages_f
     from recovery.sparse import sparse_options, use_knn
 
     opts = sparse_options(dict(sparse or {}))
-    if candidates != "auto":
-        return use_knn(candidates, 0, opts["auto_above"])
+    if candidates != "auto" or not Path(path).is_dir():   # auto never downloads to count (hub id lists: dense)
+        return use_knn(candidates if candidates != "auto" else "dense", 0, opts["auto_above"])
     from recovery.checkpoints import discover
     return use_knn(candidates, len(discover(path, stages_file, strict=strict).models), opts["auto_above"])
 
