@@ -97,7 +97,7 @@ def cached_finetune(cache_dir: str | Path, node_id: str, *, spec: Mapping, arch:
 
 def load_root_state(cfg: Any, root: str) -> tuple[str, dict]:
     """(arch, state dict) of a root spec, built-in roots cached under `roots_cache(cfg)`."""
-    from data_gen.models import load_root
+    from data_gen.sources import load_root
 
     return load_root(root, cache_dir=roots_cache(cfg), data_dir=cfg.paths.data_dir,
                      num_threads=cfg.get("num_threads"))
@@ -142,9 +142,8 @@ def save_state(path: str | Path, state: Mapping, arch: str) -> Path:
 
 
 def load_task_data(cfg: Any, name: str, **options: Any) -> Any:
-    """`data_gen.tasks.load_task(name, data_dir=cfg.paths.data_dir, **options)` for the analysis experiments, with
-    torch/Lightning imported first (with TensorFlow first, training segfaults at the first optimizer step)."""
-    import data_gen.finetune  # noqa: F401
+    """`data_gen.tasks.load_task(name, data_dir=cfg.paths.data_dir, **options)` for the analysis experiments (VTAB
+    tasks import TensorFlow after torch themselves: `data_gen.tasks.vtab.import_tfds`)."""
     from data_gen.tasks import load_task
 
     return load_task(name, data_dir=str(cfg.paths.data_dir), **options)

@@ -99,7 +99,7 @@ def _default_load_root(root: str | Mapping, **kwargs: Any) -> tuple[str, dict[st
     if source.startswith("random:"):  # a smoke run's stand-in for a hub root (data_gen.smoke)
         from data_gen.smoke import random_root
         return random_root(source)
-    from data_gen.models import load_root
+    from data_gen.sources import load_root
     return load_root(root, **kwargs)
 
 
@@ -110,9 +110,7 @@ def _default_finetune(**kwargs: Any) -> dict:
 
 def _default_load_task(name: str, mock: int | None = None, **kwargs: Any):
     """`data_gen.tasks.load_task`; `mock` (smoke runs): VTAB from tfds' mock data, that many examples a split."""
-    # torch/lightning before TensorFlow: with TensorFlow loaded first, training segfaults at the first optimizer step
-    import data_gen.finetune  # noqa: F401
-    from data_gen.tasks import load_task
+    from data_gen.tasks import load_task  # TensorFlow, when a VTAB task needs it, loads after torch (import_tfds)
     if mock:
         from data_gen.smoke import mock_vtab
         with mock_vtab(int(mock)):
@@ -282,7 +280,7 @@ def _root_unchanged(graph_dir: Path, job: Mapping, *, cache_dir: str | Path | No
     replaced, the graph's copy is stale and so is every node below it. Loading a root is cheap (a copy), so it
     is re-materialised and hashed; an unreachable source (offline hub) keeps the verified copy, with a warning.
     """
-    from data_gen.models import RootUnavailableError
+    from data_gen.sources import RootUnavailableError
 
     recorded = (read_record(graph_dir, job["id"]) or {}).get("meta", {}).get("sha256")
     with tempfile.TemporaryDirectory(dir=graph_dir) as tmp:

@@ -149,7 +149,7 @@ def test_changed_root_source_rebuilds_its_tree(baseline, tmp_path):
     the other tree is kept."""
     import shutil
 
-    from data_gen.models import load_root
+    from data_gen.sources import load_root
 
     tmp, _, base_graph = baseline
     shutil.copytree(tmp / "graphs", tmp_path / "graphs")

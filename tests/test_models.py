@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data_gen import models
-from data_gen.models import Preprocess, RootUnavailableError, classifier_name, create_model, load_root
+from data_gen import models, sources
+from data_gen.models import Preprocess, classifier_name, create_model
+from data_gen.sources import RootUnavailableError, load_root
 
 
 @pytest.mark.parametrize("arch,head", [("vit_mini", "head"), ("resnet_mini", "fc")])
@@ -78,7 +79,7 @@ def test_hub_root_unreachable_endpoint_fails_clearly(tmp_path, monkeypatch, empt
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    assert "unreachable" in models.hub_offline_reason()
+    assert "unreachable" in sources.hub_offline_reason()
     with pytest.raises(RootUnavailableError, match="127.0.0.1:9 is unreachable.*local Hugging Face cache"):
         load_root("timm:vit_tiny_patch16_224.augreg_in21k", cache_dir=tmp_path)
     assert constants.HF_HUB_OFFLINE is False  # the offline switch is restored after the call
@@ -102,7 +103,7 @@ def test_transformers_vit_names_convert_to_timm():
             q, k, v = timm_state[f"blocks.{i}.attn.qkv.{p}"].chunk(3)
             for n, x in zip(("query", "key", "value"), (q, k, v)):
                 hf[f"vit.encoder.layer.{i}.attention.attention.{n}.{p}"] = x
-    out = models.hf_vit_to_timm(hf, depth=4)
+    out = sources.hf_vit_to_timm(hf, depth=4)
     assert set(out) == set(timm_state) and all(torch.equal(out[k], timm_state[k]) for k in out)
-    assert models.vit_arch_from_hf({"hidden_size": 768, "patch_size": 16, "image_size": 224}) == \
+    assert sources.vit_arch_from_hf({"hidden_size": 768, "patch_size": 16, "image_size": 224}) == \
         "vit_base_patch16_224"

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from common.io import read_json, sha256_file
 from data_gen import finetune as finetune_mod
 from data_gen import roots
-from data_gen.models import create_model, load_root
+from data_gen.models import create_model
+from data_gen.sources import load_root
 
 
 def test_registry_has_unrelated_roots():

@@ -4,12 +4,14 @@ tested by the pure split tests)."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+from common.paths import project_root
 from data_gen.tasks import list_tasks, load_task, vtab
 
 HAS_TFDS = importlib.util.find_spec("tensorflow_datasets") is not None
@@ -201,6 +203,31 @@ def test_training_after_mock_loading(mock_tfds):
     torch.nn.functional.cross_entropy(model(t.x_train.float().flatten(1)), t.y_train).backward()
     opt.step()
     assert torch.isfinite(model.weight).all()
+
+
+@needs_tf
+@pytest.mark.slow
+def test_vtab_loading_alone_then_training_in_a_fresh_process():
+    """In a fresh interpreter that imports only data_gen.tasks (no Lightning, no data_gen.finetune, which callers
+    once imported first as a workaround), a VTAB load through import_tfds then an AdamW step works."""
+    code = "\n".join([
+        "from data_gen.tasks import load_task",
+        "from data_gen.tasks.vtab import import_tfds",
+        "tfds = import_tfds()",
+        "tfds.core.DatasetBuilder.is_prepared = lambda self: True",
+        "with tfds.testing.mock_data(num_examples=4):",
+        "    t = load_task('vtab/svhn', image_size=8)",
+        "import sys, torch",
+        "assert 'tensorflow' in sys.modules and 'pytorch_lightning' not in sys.modules",
+        "m = torch.nn.Linear(3 * 8 * 8, 10)",
+        "opt = torch.optim.AdamW(m.parameters())",
+        "torch.nn.functional.cross_entropy(m(t.x_train.float().flatten(1)), t.y_train).backward()",
+        "opt.step()",
+        "print('finite', bool(torch.isfinite(m.weight).all()))",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], cwd=project_root(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("finite True")
 
 
 @needs_tf

@@ -63,7 +63,7 @@ def prepare(k: DictConfig) -> Path:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             reason = "HF_HUB_OFFLINE is set"  # decided without importing the model stack
         else:
-            from data_gen.models import hub_offline_reason
+            from data_gen.sources import hub_offline_reason
 
             reason = hub_offline_reason()
         if reason:

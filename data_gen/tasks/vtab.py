@@ -249,12 +249,12 @@ def get_builder(task: str, data_dir: str | Path | None, allow_download: bool) ->
 
 def iterate(builder: Any, split: str) -> Iterator[dict]:
     """Examples of `split` as numpy dicts, in file order (tf.data when TensorFlow is installed, else data_source)."""
+    tfds = import_tfds()  # before TensorFlow: torch first (see import_tfds)
     try:
         import tensorflow  # noqa: F401
     except ImportError:
         yield from builder.as_data_source(split=split)
         return
-    tfds = import_tfds()
     yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
 
 
