@@ -18,6 +18,7 @@ Outputs under `folder`:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from common.io import atomic_write, read_json, write_json
 from common.seed import derive_seed, seed_everything
 from data_gen.finetune import augment_batch, resolve_recipe
 from data_gen.models import Preprocess, classifier_name, create_model, save_weights, trainable_state
+
+log = logging.getLogger("mother.data_gen")
 
 
 def lr_factor(step: int, *, warmup: int, total: int, scheduler: str, final: float = 0.0) -> float:
@@ -138,7 +141,7 @@ def pretrain(*, arch: str, task, recipe: Mapping, folder: Path, checkpoint_every
         eval_every: evaluate on the validation split every N steps (and at the end).
         resume_every: save the resume state every N steps (default: checkpoint_every); a multiple of eval_every.
         num_threads: torch threads (bit-identity holds per thread count; recorded).
-        progress: print a progress line at each evaluation.
+        progress: log a progress line (logger mother.data_gen, INFO) at each evaluation.
         arch_kwargs: extra constructor arguments of `arch` (e.g. embed_dim).
 
     Returns:
@@ -207,9 +210,8 @@ def pretrain(*, arch: str, task, recipe: Mapping, folder: Path, checkpoint_every
                     curve.setdefault(key, []).append(v)
                 window = []
                 if progress:
-                    print(f"  {folder.name} step {done}/{total} train_loss {curve['train_loss'][-1]:.4f} "
-                          f"val_acc {acc:.4f} val_loss {vloss:.4f} "
-                          f"({(time.perf_counter() - t0) / (done - start):.3f} s/step)", flush=True)
+                    log.info("%s step %d/%d train_loss %.4f val_acc %.4f val_loss %.4f (%.3f s/step)", folder.name,
+                             done, total, curve["train_loss"][-1], acc, vloss, (time.perf_counter() - t0) / (done - start))
             if checkpoint_every and done % checkpoint_every == 0:
                 save_weights(folder / "checkpoints" / f"step_{done}.safetensors", trainable_state(model),
                              {**meta, "step": done})

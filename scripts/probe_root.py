@@ -8,6 +8,7 @@ resume after a stop. Used to choose the built-in roots' recipe by training evide
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     graphs = Path(os.environ.get("MOTHER_GRAPHS_DIR", project_root() / "graphs"))
     data_dir = Path(os.environ.get("MOTHER_DATA_DIR", project_root() / "data"))
     task = load_task(f"pretrain/{args.mix}", seed=0, data_dir=data_dir, n_train=args.n_train, n_val=args.n_val)
