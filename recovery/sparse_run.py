@@ -59,9 +59,10 @@ def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: M
     excluded = {**catalog.excluded, **other}
     dist_layers, _, dist_fb = choose_layers(models, lo["kinds"], lo["regex"], lo["exclude_heads"], lo["fallback"])
     dir_layers, _, dir_fb = choose_layers(models, ro["kinds"], ro["regex"], lo["exclude_heads"], lo["fallback"])
-    if dist_fb or dir_fb:
-        warnings.append(f"layers: kinds matched no tensor; used kinds {dist_fb or lo['kinds']} for distances and "
-                        f"{dir_fb or ro['kinds']} for direction")
+    fell = [f"{role} kinds {asked} match no tensor of these models, used kinds {used}"
+            for role, asked, used in (("distance", lo["kinds"], dist_fb), ("direction", ro["kinds"], dir_fb)) if used]
+    if fell:
+        warnings.append("layers: " + "; ".join(fell))
     n = len(models)
     names = list(dict.fromkeys([l.tensor for l in dist_layers] + [l.tensor for l in dir_layers]))
     parts: dict[str, list[np.ndarray]] = {l.name: [] for l in dist_layers}

@@ -52,9 +52,15 @@ def _local_launcher() -> dict:
 
 
 @pytest.mark.slow
-def test_neighbour_blocks_through_local_launcher_equal_one_process(folder, tmp_path):
-    files = neighbours_on_launcher(folder, N, OPTS, 4, tmp_path / "blocks", _local_launcher(), name="knn_local")
-    _check_equal_to_one_process(folder, files)
+def test_recover_folder_with_blocks_on_local_launcher_equals_one_process(folder, tmp_path):
+    """recovery.sparse.blocks=4 through the local launcher (no cluster): same trees as one process."""
+    from recovery.sparse_run import recover_folder
+
+    _, cl, parent, _, _ = recover_folder(folder, sparse_opts={**OPTS, "blocks": 4}, launcher=_local_launcher(),
+                                         blocks_dir=tmp_path / "blocks")
+    _, cl1, parent1, _, _ = recover_folder(folder, sparse_opts=OPTS)
+    assert parent.tolist() == parent1.tolist() and cl.labels.tolist() == cl1.labels.tolist()
+    _check_equal_to_one_process(folder, sorted(str(p) for p in (tmp_path / "blocks").glob("block_*.npz")))
 
 
 @needs_slurm
