@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recovery.kernels import ops, to_device
+from recovery.kernels import centred_gram, ops, to_device
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -39,16 +39,6 @@ RANK_TOLS = ("weight", "delta")
 
 
 # ----------------------------------------------------------------------------------------------- l2 / rms
-def _centred_gram(x: np.ndarray, chunk: int) -> np.ndarray:
-    """Gram matrix of the rows of `x` centred on their mean, in float64, one column chunk at a time."""
-    g = np.zeros((x.shape[0], x.shape[0]))
-    for s in range(0, x.shape[1], chunk):
-        c = x[:, s:s + chunk].astype(np.float64)
-        c -= c.mean(axis=0)
-        g += c @ c.T
-    return g
-
-
 def _sq_from_gram(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.diag(g)
     scale = d[:, None] + d[None, :]
@@ -81,10 +71,10 @@ def pairwise_sq_dists(x: np.ndarray, chunk: int = 1 << 14, rel: float = 1e-4, ke
     """
     x = x.reshape(x.shape[0], -1)
     if kernel is None:
-        first, exact = _centred_gram(x, chunk), True
+        first, exact = centred_gram(x, chunk), True
     else:
         first, exact = kernel.gram(x), kernel.exact or x.dtype != np.float32
-    gram = (lambda a: _centred_gram(a, chunk)) if kernel is None or not kernel.exact else kernel.gram
+    gram = (lambda a: centred_gram(a, chunk)) if kernel is None or not kernel.exact else kernel.gram
     if not exact:
         from recovery.kernels import REL32
         rel = max(rel, REL32)

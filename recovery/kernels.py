@@ -7,7 +7,7 @@ distance code calls:
     ||c_i||^2 + ||c_j||^2 per pair); pairs closer than `REL32` of that scale are recomputed in float64
     (recovery.distances.pairwise_sq_dists), so the error stays ~1e-5 of each pair's own squared distance at most.
   * torch (device "cuda", or "cpu" for tests): the same centred Gram in float64 on that device, bit-for-bit the
-    method of the float64 reference (`recovery.distances._centred_gram`) up to the order of the sums.
+    method of the float64 reference (`centred_gram`) up to the order of the sums.
 The LoRA rank factorizations take the same `Kernel` (recovery.distances: `to_device` / `from_device`).
 """
 from __future__ import annotations
@@ -72,11 +72,11 @@ class Kernel:
         """Gram matrix (n, n) float64 of the rows of `x` (n, p) centred on their mean."""
         if self.backend == "torch":
             return _gram_torch(x, self.device)
-        return _gram32(x) if x.dtype == np.float32 else _gram64(x)
+        return _gram32(x) if x.dtype == np.float32 else centred_gram(x)
 
 
-def _gram64(x: np.ndarray, chunk: int = BLOCK) -> np.ndarray:
-    """Float64 centred Gram (same method as recovery.distances._centred_gram)."""
+def centred_gram(x: np.ndarray, chunk: int = BLOCK) -> np.ndarray:
+    """Gram matrix of the rows of `x` centred on their mean, in float64, one column chunk at a time (the reference)."""
     g = np.zeros((x.shape[0], x.shape[0]))
     for s in range(0, x.shape[1], chunk):
         c = x[:, s:s + chunk].astype(np.float64)
