@@ -87,7 +87,8 @@ def compare(n: int, knn: int, seed: int = 0) -> dict:
             "heights_within_groups_max_rel_diff": float(np.max(np.abs(hd[:within] - hs[:within]) / hd[:within])),
             "heights_between_groups_max_rel_diff": float(np.max(np.abs(hd[within:] - hs[within:]) / hd[within:]))
             if within < len(hd) else 0.0,
-            "candidate_pairs": int(len(res.i)), "added_pairs": int(len(res.added[0])), "dense_s": t_dense, "sparse_s": t_sparse, "sparse_steps_s": res.seconds}
+            "candidate_pairs": int(len(res.i)), "added_pairs": int(len(res.added[0])), "dense_s": t_dense,
+            "sparse_s": t_sparse, "sparse_steps_s": res.seconds}
 
 
 def large(n: int, knn: int, seed: int = 0) -> dict:
@@ -200,7 +201,8 @@ def report(r: dict) -> str:
                 f"{r['end_to_end_s']:.0f} s (generate {r['generate_s']:.0f}, kurtosis {r['kurtosis_s']:.0f}, "
                 f"recover {r['recover_s']:.0f}: {steps}), peak RSS {r['peak_rss_gib']:.2f} GiB; edge accuracy "
                 f"{r['accuracy']:.4f}, recall of true edges {r['recall_true_edges']:.4f} among the nearest-neighbour "
-                f"candidates ({r['candidate_pairs']} pairs with {r['added_pairs']} added by the certificate); {r['groups']} groups, {r['clusters']} clusters ({load})")
+                f"candidates ({r['candidate_pairs']} pairs with {r['added_pairs']} added by the certificate); "
+                f"{r['groups']} groups, {r['clusters']} clusters ({load})")
     return (f"files n={r['n']}: wrote {r['n']} safetensors files in {r['write_s']:.0f} s; recover candidates=knn "
             f"{r['sparse_s']:.0f} s (accuracy {r['sparse_accuracy']:.4f}), candidates=dense {r['dense_s']:.0f} s "
             f"(accuracy {r['dense_accuracy']:.4f}); parents equal {r['parents_equal']}; peak RSS "
