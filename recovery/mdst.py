@@ -52,14 +52,20 @@ def min_arborescence(cost: np.ndarray, root: int | None = None, duals: dict | No
     parent = _edmonds(incoming, top, duals)
     if duals is not None:
         duals["shift"] = 0.0 if root is not None else _shift(cost)
-    if root is None:
-        roots = np.flatnonzero(parent[:n] == n)
-        if len(roots) != 1:
-            raise ValueError(f"no spanning arborescence: the finite edges leave {len(roots)} separate parts")
-        parent = parent[:n].copy()
-        parent[roots[0]] = -1
-    else:
+    return root_parent(parent, n, root, "finite edges")
+
+
+def root_parent(parent: np.ndarray, n: int, root: int | None, edges: str) -> np.ndarray:
+    """Parents of an arborescence solved with a virtual top node `n` when `root` is None: the one child of the
+    top becomes the root (-1); more than one means the `edges` leave separate parts (ValueError)."""
+    if root is not None:
         parent[root] = -1
+        return parent
+    roots = np.flatnonzero(parent[:n] == n)
+    if len(roots) != 1:
+        raise ValueError(f"no spanning arborescence: the {edges} leave {len(roots)} separate parts")
+    parent = parent[:n].copy()
+    parent[roots[0]] = -1
     return parent
 
 

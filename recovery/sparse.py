@@ -43,7 +43,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from common.errors import ConfigError
 from recovery.cluster import Clustering, cluster_linkage
-from recovery.mdst import min_arborescence
+from recovery.mdst import min_arborescence, root_parent
 
 log = logging.getLogger("mother.recovery.sparse")
 
@@ -389,15 +389,7 @@ def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.n
     parent = _edmonds_sparse(n + (root is None), src, dst, cost, top, duals)
     if duals is not None:
         duals["shift"] = lo
-    if root is None:
-        roots = np.flatnonzero(parent[:n] == n)
-        if len(roots) != 1:
-            raise ValueError(f"no spanning arborescence: the candidate edges leave {len(roots)} separate parts")
-        parent = parent[:n].copy()
-        parent[roots[0]] = -1
-    else:
-        parent[root] = -1
-    return parent
+    return root_parent(parent, n, root, "candidate edges")
 
 
 def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, top: int,
