@@ -10,6 +10,8 @@ l2: `--l2-models` ViT-sized full fine-tunes of one root; ``python run.py +experi
 recovery.distance.metric=l2`` on them against ``cat`` of the same files, each in the same cache state: cold (files
 evicted from the page cache with posix_fadvise before each of the two) and warm (read twice first); its peak RSS
 and the bytes it read; a few recovered edge distances against a direct float64 computation.
+Sparse (`scripts/bench_sparse.py`): 100,000 one-layer models recovered end to end on nearest-neighbour candidate
+edges, and sparse == dense at 2,000 and 10,000 models.
 Synthetic weights: speed and memory only, not evidence for the paper.
 """
 from __future__ import annotations
@@ -243,7 +245,9 @@ def main() -> None:
     p.add_argument("--l2-models", type=int, default=105)
     p.add_argument("--l2-depth", type=int, default=12)
     p.add_argument("--direct-pairs", type=int, default=10, help="pairs the direct method runs on (0 = all)")
-    p.add_argument("--only", choices=["lora", "l2"], default=None)
+    p.add_argument("--only", choices=["lora", "l2", "sparse"], default=None)
+    p.add_argument("--sparse-args", default="", help="arguments for scripts/bench_sparse.py (default: its own: "
+                   "100k models from files and in memory, sparse vs dense at 2k and 10k)")
     p.add_argument("--device", default="auto", help="recovery.device for the l2 recover run (auto | cpu | cuda)")
     p.add_argument("--quick", action="store_true", help="small sizes: dim 192, depth 2, 12 l2 models")
     p.add_argument("--tmp", default=None, help="scratch folder (default: system temp); check free space first")
@@ -261,6 +265,9 @@ def main() -> None:
         if args.only in (None, "l2"):
             (base / "l2").mkdir()
             bench_l2(args, base / "l2")
+        if args.only in (None, "sparse"):  # goal 4: past the dense matrix (each part in its own process)
+            from scripts import bench_sparse
+            bench_sparse.main(args.sparse_args.split())
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
