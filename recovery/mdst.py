@@ -55,6 +55,16 @@ def min_arborescence(cost: np.ndarray, root: int | None = None, duals: dict | No
     return root_parent(parent, n, root, "finite edges")
 
 
+def find_root(comp: list[int] | np.ndarray, x: int) -> int:
+    """Union-find: the representative of `x` in the parent list `comp`, compressing the path on the way."""
+    r = x
+    while comp[r] != r:
+        r = comp[r]
+    while comp[x] != r:
+        comp[x], x = r, comp[x]
+    return r
+
+
 def root_parent(parent: np.ndarray, n: int, root: int | None, edges: str) -> np.ndarray:
     """Parents of an arborescence solved with a virtual top node `n` when `root` is None: the one child of the
     top becomes the root (-1); more than one means the `edges` leave separate parts (ValueError)."""
@@ -143,12 +153,7 @@ def _edmonds(incoming: np.ndarray, top: int, duals: dict | None = None) -> np.nd
     next_id = m
 
     def find(x: int) -> int:
-        r = x
-        while comp[r] != r:
-            r = comp[r]
-        while comp[x] != r:
-            comp[x], x = r, comp[x]
-        return r
+        return find_root(comp, x)
 
     first = np.argmin(incoming, axis=1)  # every original node's cheapest incoming edge, in one pass
     for start in range(m):

@@ -43,7 +43,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from common.errors import ConfigError
 from recovery.cluster import Clustering, cluster_linkage
-from recovery.mdst import min_arborescence, root_parent
+from recovery.mdst import find_root, min_arborescence, root_parent
 
 log = logging.getLogger("mother.recovery.sparse")
 
@@ -410,12 +410,7 @@ def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, 
     src_l = src.tolist()
 
     def find(a: int) -> int:
-        r = a
-        while comp[r] != r:
-            r = comp[r]
-        while comp[a] != r:
-            comp[a], a = r, comp[a]
-        return r
+        return find_root(comp, a)
 
     state[top] = 2
     next_id = m
