@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from analysis import stage
-from analysis.experiments.calibration import pearson, tree_measures, trees_of
+from analysis.experiments.calibration import path_edges, path_prediction, pearson, tree_measures, trees_of
 
 
 def test_trees_of_groups_by_root():
@@ -28,6 +28,37 @@ def test_tree_measures_on_additive_orthogonal_edges():
     assert m["nearest_is_neighbour"] == 1.0 and m["pairs"] == 6
     assert m["same_task_pairs"] == 0 and m["other_task_pairs"] == 2  # non-neighbours with tasks: (a,b), (b,c)
     assert m["other_task_closer"] == 0.0
+    # orthogonal moves add in quadrature: the path prediction is exact
+    assert m["rho_path"] == pytest.approx(1.0) and m["additivity"] == pytest.approx(1.0)
+
+
+def test_path_measures_separate_edge_sizes_from_geometry():
+    # orthogonal edges of sizes 1, 3, 0.5 (r -> a, r -> b, a -> c): hops mislead, the path prediction does not
+    pos = {"r": np.zeros(3), "a": np.eye(3)[0], "b": 3 * np.eye(3)[1], "c": np.eye(3)[0] + 0.5 * np.eye(3)[2]}
+    ids = list(pos)
+    dist = np.array([[np.linalg.norm(pos[u] - pos[v]) for v in ids] for u in ids])
+    m = tree_measures(ids, [["r", "a"], ["r", "b"], ["a", "c"]], dist, {n: i for i, n in enumerate(ids)}, {})
+    assert m["rho"] < 0.8
+    assert m["rho_path"] == pytest.approx(1.0) and m["additivity"] == pytest.approx(1.0)
+    # three siblings that moved the same way: sibling pairs lie far closer than the quadrature prediction
+    near = {"r": np.zeros(2), "a": np.array([1.0, 0.0]), "b": np.array([1.0, 0.1]), "c": np.array([1.0, -0.2])}
+    ids = list(near)
+    dist = np.array([[np.linalg.norm(near[u] - near[v]) for v in ids] for u in ids])
+    m = tree_measures(ids, [["r", "a"], ["r", "b"], ["r", "c"]], dist, {n: i for i, n in enumerate(ids)}, {})
+    ratios = [1.0, 1.0, 1.0] + [np.linalg.norm(near[u] - near[v]) / np.hypot(np.linalg.norm(near[u]),
+                                                                             np.linalg.norm(near[v]))
+                                for u, v in (("a", "b"), ("a", "c"), ("b", "c"))]
+    assert m["additivity"] == pytest.approx(np.median(ratios)) and m["additivity"] < 0.7
+
+
+def test_path_edges_and_prediction():
+    parent = {"a": "r", "b": "r", "c": "a", "d": "c"}
+    assert path_edges("d", "b", parent) == ["d", "c", "a", "b"]
+    assert path_edges("c", "r", parent) == ["c", "a"]
+    assert sorted(path_edges("r", "d", parent)) == ["a", "c", "d"]
+    assert path_edges("b", "b", parent) == []
+    assert path_prediction([3.0, 4.0], "l2") == pytest.approx(5.0)
+    assert path_prediction([3.0, 4.0], "lora_rank") == pytest.approx(7.0)
 
 
 def test_tree_measures_detect_same_task_attraction():

@@ -7,6 +7,10 @@ For every graph (built at a seed that no reported result uses) and every root it
     - edge sizes ||W_child - W_parent|| / ||W_parent|| (min / median / max, and max / min);
     - Fig. 1 rho: Pearson correlation of the weight distance (l2 on FT trees, rank on LoRA trees) with the number
       of tree edges between every two models of a tree (paper: 0.99);
+    - path rho: Pearson correlation of the same distance with the one the tree's own edges predict for each pair
+      (l2: independent moves add in quadrature, sqrt of the sum of squared edge distances along the path; rank:
+      ranks add). High path rho with a lower Fig. 1 rho says the geometry is the paper's and edges differ in size;
+      `additivity` is the median of distance / prediction (1: orthogonal moves, < 1: moves partly cancel);
     - same-task attraction: the share of pairs of same-task models that are not parent and child and lie closer
       than the tree's median edge (and, for reference, the share for different-task pairs);
     - nearest model is parent/child: the share of models whose nearest model (same tree) is a tree neighbour;
@@ -70,23 +74,47 @@ def pearson(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else float("nan")
 
 
+def path_edges(u: str, v: str, parent: Mapping[str, str]) -> list[str]:
+    """The children naming the tree edges on the path between `u` and `v` (each edge by its child)."""
+    up = [u]
+    while up[-1] in parent:
+        up.append(parent[up[-1]])
+    seen = set(up)
+    down = [v]
+    while down[-1] not in seen:
+        down.append(parent[down[-1]])
+    meet = down[-1]
+    return up[:up.index(meet)] + down[:-1]
+
+
+def path_prediction(lengths: list[float], metric: str) -> float:
+    """A pair's distance predicted from the edges on its path: ranks add; l2 moves add in quadrature."""
+    return float(sum(lengths)) if "rank" in metric else float(np.sqrt(np.sum(np.square(lengths))))
+
+
 def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, index: Mapping[str, int],
-                  tasks: Mapping[str, str]) -> dict[str, Any]:
-    """rho (distance vs hops), nearest-is-neighbour and same-task attraction within one tree."""
+                  tasks: Mapping[str, str], metric: str = "l2") -> dict[str, Any]:
+    """rho (distance vs hops and vs the path prediction), nearest-is-neighbour and same-task attraction in one tree."""
     hops = hop_distances(members, edges)
     tree_edges = [(p, c) for p, c in edges if p in hops and c in hops]
     median_edge = float(np.median([dist[index[p], index[c]] for p, c in tree_edges])) if tree_edges else math.nan
-    xs, ys, same, other = [], [], [], []
+    parent = {c: p for p, c in tree_edges}
+    edge_len = {c: float(dist[index[p], index[c]]) for p, c in tree_edges}
+    xs, ys, preds, same, other = [], [], [], [], []
     for a, u in enumerate(members):
         for v in members[a + 1:]:
             d = float(dist[index[u], index[v]])
             xs.append(hops[u][v])
             ys.append(d)
+            preds.append(path_prediction([edge_len[c] for c in path_edges(u, v, parent)], metric))
             if hops[u][v] > 1 and tasks.get(u) and tasks.get(v):
                 (same if tasks[u] == tasks[v] else other).append(d < median_edge)
     near = [hops[u][min((v for v in members if v != u), key=lambda v: dist[index[u], index[v]])] == 1
             for u in members]
-    return {"rho": pearson(xs, ys), "nearest_is_neighbour": float(np.mean(near)), "pairs": len(xs),
+    ratio = [y / p for y, p in zip(ys, preds) if p > 0]
+    return {"rho": pearson(xs, ys), "rho_path": pearson(preds, ys),
+            "additivity": float(np.median(ratio)) if ratio else math.nan,
+            "nearest_is_neighbour": float(np.mean(near)), "pairs": len(xs),
             "same_task_closer": float(np.mean(same)) if same else math.nan, "same_task_pairs": len(same),
             "other_task_closer": float(np.mean(other)) if other else math.nan, "other_task_pairs": len(other)}
 
@@ -143,8 +171,8 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
              if p in index and c in index]
     accs = [meta[n]["val_accuracy"] for n in tasks if meta[n].get("val_accuracy") is not None]
     chance = [1.0 / meta[n]["num_classes"] for n in tasks if meta[n].get("num_classes")]
-    per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks)
-                for root, members in trees_of(graph).items()}
+    per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks,
+                                    wa.distance_metric) for root, members in trees_of(graph).items()}
     longer = longer_runs(cfg, graph_dir, graph, int(k.longer_nodes), int(k.longer_factor))
     def mean(key: str) -> float:  # over the trees where the measure applies (nan when none)
         vals = [t[key] for t in per_tree.values() if not math.isnan(t[key])]
@@ -153,7 +181,8 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
             "median_accuracy": float(np.median(accs)) if accs else math.nan,
             "median_chance": float(np.median(chance)) if chance else math.nan,
             "edge_min": min(rel), "edge_median": float(np.median(rel)), "edge_max": max(rel),
-            "edge_spread": max(rel) / min(rel), "rho": mean("rho"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
+            "edge_spread": max(rel) / min(rel), "rho": mean("rho"), "rho_path": mean("rho_path"),
+            "additivity": mean("additivity"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
             "same_task_closer": mean("same_task_closer"), "other_task_closer": mean("other_task_closer"),
             "kurtosis_falls": float(np.mean(falls)) if falls else math.nan, "per_tree": per_tree,
             "longer": longer,
@@ -228,7 +257,8 @@ def render(results: dict, out_dir: Path) -> None:
              "median val acc": g["median_accuracy"], "median chance": g["median_chance"],
              f"gain at {results['longer_factor']}x steps": g["longer_gain"],
              "edge size min": g["edge_min"], "edge size median": g["edge_median"], "edge size max": g["edge_max"],
-             "max/min": g["edge_spread"], "Fig. 1 rho": g["rho"], "same-task closer": g["same_task_closer"],
+             "max/min": g["edge_spread"], "Fig. 1 rho": g["rho"], "path rho": g["rho_path"],
+             "additivity": g["additivity"], "same-task closer": g["same_task_closer"],
              "other-task closer": g["other_task_closer"], "nearest is parent/child": g["nearest_is_neighbour"],
              "kurtosis falls": g["kurtosis_falls"],
              "in regime (acc, rho, spread)": "/".join([_ok(g["median_accuracy"], t["median_accuracy"]),
@@ -268,7 +298,8 @@ def render(results: dict, out_dir: Path) -> None:
 def describe(results: dict) -> dict:
     gs = [{k: (_num(v) if k != "label" and not isinstance(v, (str, dict, list)) else v) for k, v in g.items()}
           for g in results["graphs"].values()]
-    ours = "; ".join(f"{g['label']}: median acc {g['median_accuracy']:.2f}, rho {g['rho']:.2f}, edge spread "
+    ours = "; ".join(f"{g['label']}: median acc {g['median_accuracy']:.2f}, rho {g['rho']:.2f} (path rho "
+                     f"{g['rho_path']:.2f}), edge spread "
                      f"{g['edge_spread']:.0f}x, same-task closer {g['same_task_closer']:.0%}, kurtosis falls on "
                      f"{g['kurtosis_falls']:.0%}" for g in gs)
     sep = results["root_separation"]
