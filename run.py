@@ -37,10 +37,13 @@ def get_stage(name: str) -> Callable[[DictConfig], dict]:
 
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
-    """Run cfg.stages in order, record config + seed in the output folder, return each stage's result."""
+    """Check the stage options (keys added with `+key=value` too), run cfg.stages in order, record config + seed in
+    the output folder, return each stage's result."""
     from common.runinfo import save_run_record
+    from common.schema import check_config
     from common.seed import seed_everything
 
+    check_config(cfg)
     if cfg.get("num_threads"):
         import torch
         torch.set_num_threads(int(cfg.num_threads))

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.io import atomic_write, jsonable, read_json, sha256_file, write_json
+from common.paths import register_resolvers
 
 log = logging.getLogger("mother.analysis")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -35,6 +36,7 @@ def _compose_data_gen(cfg: DictConfig, name: str) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_resolvers()   # the configs extend the schemas in Hydra's ConfigStore
     if not (CONF_DIR / "data_gen" / f"{name}.yaml").is_file():
         known = sorted(p.stem for p in (CONF_DIR / "data_gen").glob("*.yaml"))
         raise FileNotFoundError(f"conf/data_gen/{name}.yaml not found; known graph configs: {known}")
@@ -55,8 +57,7 @@ def graph_cfg(cfg: DictConfig, data_gen_name: str, **overrides: Any) -> DictConf
     """
     dg = _compose_data_gen(cfg, data_gen_name)
     if overrides:
-        OmegaConf.set_struct(dg, False)  # overrides may add keys the file leaves to data_gen's defaults
-        dg = OmegaConf.merge(dg, overrides)
+        dg = OmegaConf.merge(dg, overrides)   # checked against data_gen's schema: a misspelled key is an error
         if "name" not in overrides:
             digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()
             dg.name = f"{dg.name}-{digest[:8]}"

@@ -129,7 +129,7 @@ def forest(wa: Any, truth: Any, *, labels: np.ndarray | None = None, cluster: Ma
            c: float = 0.3, tree: Mapping | None = None) -> dict:
     """Cluster (unless `labels` are given) and recover the forest from a WeightAnalysis; score against `truth`.
 
-    `tree` takes recovery's tree options (recovery.mother.TREE_DEFAULTS; default: the paper's with this `c`).
+    `tree` takes recovery's tree options (recovery.config.TreeOptions; default: the paper's with this `c`).
     Returns {"edges", "labels", "metrics", "missing"} with recovery.evaluate's metrics.
     """
     from recovery.evaluate import evaluate

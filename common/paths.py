@@ -1,4 +1,5 @@
-"""Locate the project root; register the `mother_root` OmegaConf resolver and the generated experiment configs."""
+"""Locate the project root; register the `mother_root` OmegaConf resolver, the config schemas and the generated
+experiment configs."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
+
+from common.schema import register_schemas
 
 MARKER = ".project-root"
 
@@ -29,9 +32,11 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def register_resolvers() -> None:
-    """Register `${mother_root:}` and the generated `experiment/<name>` configs (idempotent). Call before composing."""
+    """Register `${mother_root:}`, the stages' config schemas (common.schema) and the generated `experiment/<name>`
+    configs (idempotent). Call before composing."""
     if not OmegaConf.has_resolver("mother_root"):
         OmegaConf.register_new_resolver("mother_root", lambda: str(project_root()))
+    register_schemas()
     register_experiment_configs()
 
 

@@ -36,29 +36,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.io import sha256_file
+from common.schema import merge_options
 from common.seed import derive_seed, seed_everything
+from data_gen.config import Recipe
 from data_gen.models import (Preprocess, classifier_name, create_model, load_init_state, save_weights,
                              trainable_state)
-
-RECIPE_DEFAULTS: dict[str, Any] = {
-    "method": "full",          # "full" | "lora"
-    "lora_rank": 16,
-    "lora_alpha": 16,
-    "lora_targets": ["qkv"],   # module-name patterns (see module docstring)
-    "lora_dropout": 0.0,
-    "lr": 1e-3,
-    "epochs": 1,
-    "batch_size": 64,
-    "seed": 0,
-    "max_steps": None,         # optional cap on optimizer steps
-    "optimizer": "adamw",      # "adamw" | "adam" | "sgd"
-    "weight_decay": 0.0,
-    "momentum": 0.9,           # sgd only
-    "scheduler": "constant",   # "constant" | "cosine" (to zero over the run, after warmup)
-    "warmup_steps": 0,
-    "augment": [],             # any of "flip" (horizontal), "crop" (pad 4 + random 32x32 crop)
-}
-
 
 ACCELERATORS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "mps": "mps"}
 PRECISIONS = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
@@ -104,19 +86,14 @@ def resolve_trainer(accelerator: str = "auto", devices: int | str = 1,
 
 
 def resolve_recipe(recipe: Mapping) -> dict[str, Any]:
-    """Recipe with defaults filled in; unknown keys and bad values are errors (they would be silently ignored)."""
-    unknown = sorted(set(recipe) - set(RECIPE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"recipe has unknown keys {unknown}; known: {sorted(RECIPE_DEFAULTS)}")
-    r = {**RECIPE_DEFAULTS, **dict(recipe)}
+    """Recipe with defaults filled in (data_gen.config.Recipe); unknown keys and bad values are errors (they would
+    be silently ignored)."""
+    r = merge_options(Recipe, recipe, "recipe")
     r["lora_targets"] = [r["lora_targets"]] if isinstance(r["lora_targets"], str) else list(r["lora_targets"])
     r["augment"] = [r["augment"]] if isinstance(r["augment"], str) else list(r["augment"])
-    checks = {"method": r["method"] in ("full", "lora"), "optimizer": r["optimizer"] in ("adamw", "adam", "sgd"),
-              "scheduler": r["scheduler"] in ("constant", "cosine"),
-              "augment": set(r["augment"]) <= {"flip", "crop"}, "lr": float(r["lr"]) > 0,
-              "epochs": int(r["epochs"]) >= 1, "batch_size": int(r["batch_size"]) >= 1,
-              "lora_rank": int(r["lora_rank"]) >= 1,
-              "max_steps": r["max_steps"] is None or int(r["max_steps"]) >= 1}
+    checks = {"augment": set(r["augment"]) <= {"flip", "crop"}, "lr": r["lr"] > 0, "epochs": r["epochs"] >= 1,
+              "batch_size": r["batch_size"] >= 1, "lora_rank": r["lora_rank"] >= 1,
+              "max_steps": r["max_steps"] is None or r["max_steps"] >= 1}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"recipe has bad values: {({k: r[k] for k in bad})}")
@@ -348,7 +325,7 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
         arch: model architecture (see `data_gen.models.create_model`).
         init_state: parent weights (timm names); None trains from a seeded random init (root pretraining).
         task: a `data_gen.tasks.TaskData` (uint8 images, int64 labels).
-        recipe: training recipe (keys and defaults: `RECIPE_DEFAULTS`).
+        recipe: training recipe (keys and defaults: `data_gen.config.Recipe`).
         out_dir: graph folder; outputs go to models/, adapters/, checkpoints/ below it.
         node_id: file stem of this node's outputs.
         logger_cfg: the `logger:` dict of conf/logger/*.yaml (None: no experiment logger).

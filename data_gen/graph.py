@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.io import read_json, sha256_file, write_json
 from common.runinfo import versions
-from data_gen.spec import build_spec
+from data_gen.spec import active_methods, build_spec
 
 log = logging.getLogger("mother.data_gen")
 # Recipe keys every node's meta holds (null where they do not apply: roots, LoRA keys of full fine-tunes).
@@ -234,9 +234,11 @@ def write_graph(graph_dir: str | Path, jobs: list[Mapping], extra: Mapping[str, 
 
 
 def graph_config(cfg: DictConfig) -> dict:
-    """The resolved `data_gen` config as a plain dict; with `smoke=true`, the smoke run's config
-    (`data_gen.smoke.smoke_config`: its own folder, a small tree, random-init stand-ins for hub roots)."""
+    """The resolved `data_gen` config as a plain dict, its `methods` the blocks in use with the keys they set
+    (`data_gen.spec.active_methods`); with `smoke=true`, the smoke run's config (`data_gen.smoke.smoke_config`: its
+    own folder, a small tree, random-init stand-ins for hub roots)."""
     dg = OmegaConf.to_container(cfg.data_gen, resolve=True)
+    dg["methods"] = active_methods(dg)
     if cfg.get("smoke"):
         from data_gen.smoke import smoke_config
         dg = smoke_config(dg)

@@ -22,23 +22,21 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from common.schema import merge_options
 from common.seed import derive_seed
+from data_gen.config import SmokeConfig
 
 RANDOM_PREFIX = "random:"
-# Settings used when conf/data_gen/*.yaml has no `smoke:` block (base.yaml has one).
-SMOKE_DEFAULTS: dict[str, Any] = {"roots": 1, "depth": 2, "children": 2, "steps": 3, "batch_size": 8,
-                                  "examples": 16, "archs": {}}
 # Objects per CLEVR image (its count task has 3..10 objects): mock object lists are cut or tiled into this range.
 MOCK_OBJECTS = (3, 10)
 
 
 def smoke_settings(dg: Mapping) -> dict[str, Any]:
-    """`dg["smoke"]` with defaults filled in; unknown keys are errors."""
-    given = dict(dg.get("smoke") or {})
-    unknown = sorted(set(given) - set(SMOKE_DEFAULTS) - {"enabled"})
-    if unknown:
-        raise ValueError(f"data_gen.smoke has unknown keys {unknown}; known: {sorted(SMOKE_DEFAULTS)}")
-    out = {**SMOKE_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    """`dg["smoke"]` with defaults (data_gen.config.SmokeConfig) filled in for the keys unset or null; unknown keys
+    are errors. `enabled` (set by `smoke_config`, never by a config file) is passed through."""
+    given = {k: v for k, v in dict(dg.get("smoke") or {}).items() if v is not None}
+    enabled = {"enabled": given.pop("enabled")} if "enabled" in given else {}
+    out = {**merge_options(SmokeConfig, given, "data_gen.smoke"), **enabled}
     for key in ("roots", "steps", "batch_size", "examples"):
         if int(out[key]) < 1:
             raise ValueError(f"data_gen.smoke.{key} must be >= 1, got {out[key]}")

@@ -21,14 +21,12 @@ import random
 import re
 from typing import Any, Mapping
 
+from common.schema import merge_options
 from common.seed import derive_seed
+from data_gen.config import Methods
 
-METHODS = ("full", "lora")
-LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
-# Keys a method block may hold: `tasks` plus data_gen.finetune's recipe keys (anything else fails loudly).
+# The keys a method block may hold: data_gen.config.FullMethod / LoraMethod (anything else fails loudly).
 DATA_KEYS = ("n_train", "n_val")  # split sizes of built-in tasks (go to load_task, not to the recipe)
-METHOD_KEYS = {"tasks", *DATA_KEYS, "lr", "epochs", "batch_size", "max_steps", "optimizer", "weight_decay", "momentum",
-               "scheduler", "warmup_steps", "augment", *LORA_KEYS}
 REQUIRED = {"full": ("tasks", "lr", "epochs", "batch_size"),
             "lora": ("tasks", "lr", "epochs", "batch_size", "lora_rank", "lora_alpha")}
 DEFAULTS = {"max_steps": None, "optimizer": "adamw", "weight_decay": 0.0}
@@ -78,17 +76,11 @@ def _check(dg: Mapping) -> None:
     children = dg.get("children")
     if not isinstance(children, int) and len(list(children)) != depth:
         raise ValueError(f"{where}: 'children' is an int or a list of {depth} ints (one per level)")
+    merge_options(Methods, dg.get("methods"), "data_gen.methods")
     methods = active_methods(dg)
     if depth and not methods:
         raise ValueError(f"{where}: 'methods' is empty")
     for name, block in methods.items():
-        if name not in METHODS:
-            raise ValueError(f"{where}: unknown method {name!r}; known: {list(METHODS)}")
-        unknown = set(block) - METHOD_KEYS
-        if name == "full":
-            unknown |= set(block) & set(LORA_KEYS)
-        if unknown:
-            raise ValueError(f"{where}: methods.{name} has unknown keys {sorted(unknown)}; known: {sorted(METHOD_KEYS)}")
         missing = [k for k in REQUIRED[name] if block.get(k) is None]
         if missing:
             raise ValueError(f"{where}: methods.{name} is missing {missing}")
@@ -98,8 +90,10 @@ def _check(dg: Mapping) -> None:
 
 
 def active_methods(dg: Mapping) -> dict:
-    """The config's method blocks, without those set to null (how a derived config drops one)."""
-    return {k: v for k, v in (dg.get("methods") or {}).items() if v is not None}
+    """The config's method blocks, without those set to null (how a derived config drops one), each with the keys
+    it sets (a null key is unset: the recipe's default applies)."""
+    return {name: {k: v for k, v in block.items() if v is not None}
+            for name, block in (dg.get("methods") or {}).items() if block is not None}
 
 
 def _children_at(children: int | list[int], level: int) -> int:

@@ -209,7 +209,7 @@ def choose_layers(models: list[ModelSource], kinds: Iterable[str], regex: str | 
     except NoLayerError as e:
         if not fallback or regex:
             raise NoLayerError(f"{e}; choose other layers (recovery.layers / recovery.direction kinds or regex)"
-                               + ("" if regex else " or drop +recovery.layers.fallback=false")) from None
+                               + ("" if regex else " or drop recovery.layers.fallback=false")) from None
     for wider in FALLBACK_KINDS:
         try:
             layers, dropped = select_layers(models, wider, None, exclude_heads)

@@ -12,9 +12,13 @@ generalization should, and both cost the same. Graphs whose nodes all share one 
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
 from common.errors import ConfigError
+from common.schema import merge_options
+from recovery.config import PAPER_CUES, TreeOptions
 from recovery.mdst import min_arborescence
 
 
@@ -72,25 +76,11 @@ def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: 
     return parent, lams
 
 
-TREE_DEFAULTS = {"c": 0.3, "stage_order": True, "orient": "edges", "structure": "mst", "cues": {"kurtosis": 1.0},
-                 "cue_reduce": "sum", "stage": "given", "siblings": False, "sibling_tau": 0.5,
-                 "missing": False, "missing_ratio": 0.75, "missing_min_shared": 0.0, "missing_siblings": False,
-                 "max_hops": None}
-
-
-def tree_options(given: dict | None) -> dict:
-    """The tree options with defaults (paper: orient=edges); unknown keys and bad values are errors."""
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(TREE_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"recovery.tree: unknown option(s) {unknown}; known: {sorted(TREE_DEFAULTS)}")
-    t = {**TREE_DEFAULTS, **given}
-    allowed = {"orient": ("edges", "root"), "structure": ("mst", "mdst"), "stage": ("given", "auto"),
-               "cue_reduce": ("sum", "votes")}
-    for key, values in allowed.items():
-        if t[key] not in values:
-            raise ConfigError(f"recovery.tree.{key} must be one of {values}, got {t[key]!r}")
-    t["cues"] = {str(k): float(v) for k, v in dict(t["cues"]).items()}
+def tree_options(given: Mapping | None) -> dict:
+    """The tree options (recovery.config.TreeOptions) with defaults filled in, the paper's (orient=edges) unless
+    given, and `cues: null` read as PAPER_CUES; unknown keys and bad values are ConfigErrors."""
+    t = merge_options(TreeOptions, given, "recovery.tree")
+    t["cues"] = {str(k): float(v) for k, v in (PAPER_CUES if t["cues"] is None else t["cues"]).items()}
     return t
 
 

@@ -36,33 +36,31 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from common.errors import ConfigError
+from common.schema import merge_options
 from recovery.cluster import Clustering, cluster_linkage
+from recovery.config import ClusterOptions, SparseOptions
 from recovery.mdst import find_root, min_arborescence, root_parent
 
 log = logging.getLogger("mother.recovery.sparse")
 
-SPARSE_DEFAULTS = {"knn": 96, "pool": 16, "project_dim": 64, "strip": 512, "seed": 0, "auto_above": 20000,
-                   "exact_block": 2048, "link_sample": 64, "dense_max": 2000, "blocks": 1}
 CANDIDATES = ("dense", "knn", "auto")
 
 
-def sparse_options(given: dict | None) -> dict:
-    """The sparse options with defaults; unknown keys and bad values are one-line errors."""
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(SPARSE_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"recovery.sparse: unknown option(s) {unknown}; known: {sorted(SPARSE_DEFAULTS)}")
-    o = {**SPARSE_DEFAULTS, **given}
+def sparse_options(given: Mapping | None) -> dict:
+    """The sparse options (recovery.config.SparseOptions) with defaults; unknown keys and bad values are one-line
+    errors."""
+    o = merge_options(SparseOptions, given, "recovery.sparse")
     for key in ("knn", "pool", "strip", "auto_above", "exact_block", "link_sample", "dense_max", "blocks"):
-        if not isinstance(o[key], int) or o[key] < 1:
+        if o[key] < 1:
             raise ConfigError(f"recovery.sparse.{key} must be a positive integer, got {o[key]!r}")
-    if o["project_dim"] is not None and (not isinstance(o["project_dim"], int) or o["project_dim"] < 1):
+    if o["project_dim"] is not None and o["project_dim"] < 1:
         raise ConfigError(f"recovery.sparse.project_dim must be a positive integer or null, got {o['project_dim']!r}")
     return o
 
@@ -316,7 +314,7 @@ def single_linkage(n: int, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> np.nd
 
 def cluster_sparse(n: int, i: np.ndarray, j: np.ndarray, d: np.ndarray, cluster: dict) -> Clustering:
     """recovery.cluster's single-linkage clustering on the candidate graph (only `linkage: single`)."""
-    opts = {"n_trees": "auto", "linkage": "single", "min_gap_ratio": 3.0, "threshold": None, **dict(cluster)}
+    opts = merge_options(ClusterOptions, cluster, "recovery.cluster")
     if opts["linkage"] != "single":
         raise ConfigError(f"recovery.candidates=knn clusters with single linkage only, got linkage={opts['linkage']!r}")
     if n == 1:
@@ -620,7 +618,8 @@ def recover_matrix(x: np.ndarray, direction: np.ndarray, generalization: np.ndar
         direction: (n,) direction scores (kurtosis summed over the direction layers, as the dense path).
         generalization: (n,) bool stages (default all specialization).
         splits: column offsets of the layers in x ([0, p] for one layer); the distance is the mean of per-layer l2.
-        sparse: options (SPARSE_DEFAULTS); cluster: recovery.cluster options; c, stage_order: recovery.tree.
+        sparse: options (recovery.config.SparseOptions); cluster: recovery.cluster options; c, stage_order:
+            recovery.tree.
         blocks: precomputed neighbour row blocks (recovery.sparse_slurm), else computed here.
     """
     opts = sparse_options(sparse)

@@ -21,7 +21,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.errors import ConfigError
+from common.schema import merge_options
 from recovery import sparse
+from recovery.config import DirectionOptions, LayersOptions
 
 log = logging.getLogger("mother.recovery.sparse")
 
@@ -49,8 +51,8 @@ def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: M
     from recovery.direction import weight_stat
     from recovery.layers import choose_layers, split_architectures
 
-    lo = {"kinds": ["all_2d"], "regex": None, "exclude_heads": True, "fallback": True, **dict(layers or {})}
-    ro = {"stat": "kurtosis", "kinds": ["dense"], "regex": None, **dict(direction or {})}
+    lo = merge_options(LayersOptions, layers, "recovery.layers")
+    ro = merge_options(DirectionOptions, direction, "recovery.direction")
     if ro.get("cues"):
         raise ConfigError("recovery.candidates=knn does not support recovery.direction.cues (use candidates=dense)")
     catalog = discover(path, stages_file, strict=strict)

@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.errors import ConfigError, InputError
 from common.io import jsonable, write_json
+from common.schema import merge_options
 from recovery.cluster import Clustering, cluster_trees
+from recovery.config import ClusterOptions, DirectionOptions, DistanceOptions, LayersOptions
 from recovery.evaluate import evaluate, load_graph
 from recovery.mother import recover_forest, recover_forest_rooted, tree_options
 from recovery.orient import depths
@@ -63,10 +65,12 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         ground_truth: graph JSON to score against, or None.
         output_dir: where tree.json / metrics.json / tree.png go; None writes nothing.
         stages_file: optional id -> stage file (else graph.json stages, else all specialization).
-        layers, distance, direction: options passed to recovery.weights (conf/recovery/paper.yaml).
+        layers, distance, direction: options passed to recovery.weights (recovery.config: LayersOptions,
+            DistanceOptions, DirectionOptions; unset keys take their defaults).
         cluster: {n_trees: "auto" | int | "truth" (the ground truth's trees, as the paper's Table 1), linkage,
-            min_gap_ratio, threshold}.
-        tree: {c: weight of the direction prior, stage_order: penalise specialization -> generalization edges}.
+            min_gap_ratio, threshold} (recovery.config.ClusterOptions).
+        tree: {c: weight of the direction prior, stage_order: penalise specialization -> generalization edges,
+            ...} (recovery.config.TreeOptions).
         plot: draw tree.png when writing output.
         seed: the run's seed, recorded (recovery itself is deterministic).
         quiet: do not print the summary.
@@ -82,8 +86,10 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     """
     from recovery.weights import analyze_folder, edge_relations  # the weights side (heavy I/O) on first use
 
-    layers, distance, direction = dict(layers or {}), dict(distance or {}), dict(direction or {})
-    cluster = {"n_trees": "auto", "linkage": "single", **dict(cluster or {})}
+    layers = merge_options(LayersOptions, layers, "recovery.layers")
+    distance = merge_options(DistanceOptions, distance, "recovery.distance")
+    direction = merge_options(DirectionOptions, direction, "recovery.direction")
+    cluster = merge_options(ClusterOptions, cluster, "recovery.cluster")
     tree = tree_options(tree)
     truth = load_graph(ground_truth) if ground_truth else None  # fail on a bad ground truth before any reading
     if cluster["n_trees"] == "truth" and truth is None:
@@ -114,9 +120,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
                                                                     source=ground_truth)
     ids = wa.ids
     edges = [(ids[p], ids[j]) for j, p in enumerate(parent) if p >= 0]
-    rank_tol = {"rank_tol": distance["rank_tol"]} if "rank_tol" in distance else {}
     relations = edge_relations(path, edges, layers=layers, sources=wa.sources, selected=wa.selected,
-                               evidence=wa.rank_evidence, **rank_tol) if edges and not knn else {}
+                               evidence=wa.rank_evidence, rank_tol=distance["rank_tol"]) if edges and not knn else {}
     warnings = list(wa.warnings) + ([clustering.evidence["warning"]] if "warning" in clustering.evidence else [])
     warnings += [f"models {m['models']} share a change that {m['attached_to']} lacks: their true parent is probably "
                  f"missing from the folder (or they are same-recipe siblings); missing edge ~{m['missing_edge_l2']:.3g} "
@@ -175,11 +180,12 @@ def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source
 
     `labels` fixes the clusters (experiments that subsample or sweep reuse one clustering); else `cluster` decides.
     """
-    tree = tree_options(dict(tree))
+    cluster = merge_options(ClusterOptions, cluster, "recovery.cluster")
+    tree = tree_options(tree)
     if labels is not None:
         labels = np.asarray(labels)
         clustering = Clustering(labels, int(labels.max()) + 1, {"rule": "labels given"})
-    elif cluster.get("n_trees") == "truth":
+    elif cluster["n_trees"] == "truth":
         clustering = truth_clusters(wa.ids, truth, source)
     else:
         clustering = cluster_trees(wa.l2, **cluster)

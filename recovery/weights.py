@@ -18,20 +18,15 @@ from typing import Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.errors import ConfigError
 from common.io import sha256_file
+from common.schema import merge_options
 from recovery.checkpoints import STRICT_HINT, CheckpointError, ModelSource, discover, iter_stacked, open_all
 from recovery.accumulate import (CueMoments, DirectionStats, FinetuneCertificates, GramSums, LayerBatch, RankEvidence,
                                  RankFactors, SketchEvidence)
-from recovery.direction import STATS
+from recovery.config import DirectionOptions, DistanceOptions, LayersOptions
 from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce_ranks
 from recovery.kernels import Kernel
 from recovery.layers import Layer, choose_layers, numel, split_architectures
-
-METRICS = ("l2", "rms", "lora_rank", "auto")
-LAYER_DEFAULTS = {"kinds": ["all_2d"], "regex": None, "exclude_heads": True, "fallback": True}
-DISTANCE_DEFAULTS = {"metric": "auto", "rank_tol": "weight", "rank_reduce": "max", "low_rank_share": 0.5, "seed": 0}
-DIRECTION_DEFAULTS = {"stat": "kurtosis", "kinds": ["dense"], "regex": None, "cues": False, "seed": 0}
 
 
 @dataclass
@@ -76,14 +71,6 @@ class WeightAnalysis:
                        sources=[self.sources[j] for j in idx] if self.sources else [], rank_evidence=None)
 
 
-def _options(given: Mapping, defaults: dict, what: str) -> dict:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(f"recovery.{what}: unknown option(s) {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
-
-
 def _rank_tol(value):
     if isinstance(value, str):
         try:
@@ -105,13 +92,9 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     """
     t0 = time.perf_counter()
     kernel = Kernel.for_device(device)
-    lo = _options(layers, LAYER_DEFAULTS, "layers")
-    do = _options(distance, DISTANCE_DEFAULTS, "distance")
-    ro = _options(direction, DIRECTION_DEFAULTS, "direction")
-    if do["metric"] not in METRICS:
-        raise ConfigError(f"recovery.distance.metric must be one of {list(METRICS)}, got {do['metric']!r}")
-    if ro["stat"] not in STATS:
-        raise ConfigError(f"recovery.direction.stat must be one of {list(STATS)}, got {ro['stat']!r}")
+    lo = merge_options(LayersOptions, layers, "recovery.layers")
+    do = merge_options(DistanceOptions, distance, "recovery.distance")
+    ro = merge_options(DirectionOptions, direction, "recovery.direction")
     rank_tol = _rank_tol(do["rank_tol"])
     catalog = discover(path, stages_file, strict=strict)
     warnings = list(catalog.warnings)
@@ -326,7 +309,7 @@ def edge_relations(path, edges: list[tuple[str, str]], *, layers: Mapping = {}, 
     WeightAnalysis's `rank_evidence`, from the first pass, with its rank tolerance) labels every edge whose ranks it
     holds without reading any weight; only the others are read again, with a direct SVD per edge and layer.
     """
-    lo = _options(layers, LAYER_DEFAULTS, "layers")
+    lo = merge_options(LayersOptions, layers, "recovery.layers")
     known: dict[tuple[str, str], str] = {}
     if evidence is not None and low_rank_frac == evidence.low_rank_frac:
         have = set(evidence.ids)

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common.seed import derive_seed, seed_everything  # noqa: E402
-from data_gen.finetune import RECIPE_DEFAULTS, _loader, add_lora, finetune, resolve_recipe  # noqa: E402
+from data_gen.finetune import _loader, add_lora, finetune, resolve_recipe  # noqa: E402
 from data_gen.models import Preprocess, classifier_name, create_model, load_init_state  # noqa: E402
 
 

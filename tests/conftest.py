@@ -14,6 +14,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _config_schemas():
+    """The stage schemas in Hydra's ConfigStore: the yaml files extend them, so every composition needs them (tests
+    that compose with Hydra's API directly included)."""
+    from common.paths import register_resolvers
+
+    register_resolvers()
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The cores are shared; one torch thread keeps timings sane and results reproducible."""
     try:

@@ -122,7 +122,7 @@ def test_csv_logger_records_metrics(tmp_path):
 
 
 def test_recipe_errors():
-    with pytest.raises(ValueError, match="unknown keys.*lrr"):
+    with pytest.raises(ValueError, match="recipe: unknown option 'lrr'"):
         resolve_recipe({"lrr": 1e-3})
     with pytest.raises(ValueError, match="method"):
         resolve_recipe({"method": "qlora"})

@@ -137,15 +137,15 @@ def _set(dg: dict, dotted: str, value) -> dict:
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("methods.lora.lr_choices", [1], "unknown keys"),
+    ("methods.lora.lr_choices", [1], "data_gen.methods.lora: unknown option 'lr_choices'"),
     ("methods.full", {"tasks": ["builtin/a", "builtin/b"], "lr": 1, "epochs": 1, "batch_size": 2, "lora_rank": 4},
-     "unknown keys"),
+     "data_gen.methods.full: unknown option 'lora_rank'"),
     ("methods.lora.epochs", None, "missing"),
     ("roots", [{"id": "a-b", "source": "builtin:x"}], "root id"),
     ("roots", [{"id": "a"}], "no 'source'"),
     ("methods.lora.tasks", ["builtin/a", "other/a"], "needs >= 2 datasets"),
     ("children", [2], "one per level"),
-    ("methods.prompt", {"tasks": ["a"]}, "unknown method"),
+    ("methods.prompt", {"tasks": ["a"]}, "data_gen.methods: unknown option 'prompt'"),
 ])
 def test_bad_config_fails_clearly(key, value, message):
     with pytest.raises(ValueError, match=message):

@@ -23,8 +23,10 @@ log = logging.getLogger("mother.data_gen")
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from common.runinfo import save_run_record
+    from common.schema import check_config
     from data_gen.slurm import build_graph_slurm
 
+    check_config(cfg)
     save_run_record(cfg, cfg.paths.output_dir, {"stages": ["data_gen"], "executor": "slurm"})
     s = build_graph_slurm(cfg)
     log.info("graph %s: %d nodes, %d built, %d skipped, %d resubmitted, %.1f s -> %s", cfg.data_gen.name,

@@ -1,0 +1,104 @@
+"""The recovery options (the `recovery` config group, conf/recovery/*.yaml) as typed dataclasses with their defaults.
+
+`RecoveryConfig` is Hydra's `recovery/schema` (common.schema.register_schemas), which conf/recovery/paper.yaml
+extends: a misspelled option fails when the config is composed. The Python entry points check options given as
+plain dicts against the same dataclasses (common.schema.merge_options): `recovery.stage.recover`, `solve`,
+`recovery.weights.analyze_folder`, `recovery.mother.tree_options`, `recovery.sparse.sparse_options`.
+Allowed values that a type cannot express are each field's `choices`, checked by merge_options.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from common.schema import choices
+from recovery.direction import STATS
+
+METRICS = ("l2", "rms", "lora_rank", "auto")
+# What `tree.cues: null` means: the paper's direction score, kurtosis, alone.
+PAPER_CUES: Dict[str, float] = {"kurtosis": 1.0}
+
+
+@dataclass
+class LayersOptions:
+    """recovery.layers: the tensors that take part in the distances (recovery.layers.choose_layers)."""
+    kinds: List[str] = field(default_factory=lambda: ["all_2d"])
+    regex: Optional[str] = None
+    exclude_heads: bool = True
+    fallback: bool = True            # no tensor of the kinds: every 2-D weight instead (one warning)
+
+
+@dataclass
+class DistanceOptions:
+    """recovery.distance: the pairwise distance (paper Eq. 1 and 2)."""
+    metric: str = field(default="auto", metadata=choices(*METRICS))
+    rank_tol: Any = "weight"         # weight | delta | a number
+    rank_reduce: str = "max"         # max | sum over layers
+    low_rank_share: float = 0.5      # metric auto: a layer's low-rank share from which it enters the rank distance
+    seed: int = 0
+
+
+@dataclass
+class DirectionOptions:
+    """recovery.direction: the direction score (paper Eq. 3) and the per-layer cues (recovery.cues)."""
+    stat: str = field(default="kurtosis", metadata=choices(*STATS))
+    kinds: List[str] = field(default_factory=lambda: ["dense"])
+    regex: Optional[str] = None
+    cues: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ClusterOptions:
+    """recovery.cluster: trees from hierarchical clustering on l2 (recovery.cluster.cluster_trees)."""
+    n_trees: Any = "auto"            # auto | truth | a number
+    linkage: str = "single"
+    min_gap_ratio: float = 3.0
+    threshold: Optional[float] = None
+
+
+@dataclass
+class TreeOptions:
+    """recovery.tree: the tree inside each cluster (recovery.mother; orient=root: recovery.orient)."""
+    c: float = 0.3
+    stage_order: bool = True
+    orient: str = field(default="edges", metadata=choices("edges", "root"))
+    structure: str = field(default="mst", metadata=choices("mst", "mdst"))
+    cues: Optional[Dict[str, float]] = None      # cue -> weight; null: PAPER_CUES
+    cue_reduce: str = field(default="sum", metadata=choices("sum", "votes"))
+    stage: str = field(default="given", metadata=choices("given", "auto"))
+    siblings: bool = False
+    sibling_tau: float = 0.5
+    missing: bool = False
+    missing_ratio: float = 0.75
+    missing_min_shared: float = 0.0
+    missing_siblings: bool = False
+    max_hops: Optional[int] = None
+
+
+@dataclass
+class SparseOptions:
+    """recovery.sparse: nearest-neighbour candidate edges (recovery.sparse)."""
+    knn: int = 96
+    pool: int = 16
+    project_dim: Optional[int] = 64
+    auto_above: int = 20000
+    blocks: int = 1
+    strip: int = 512
+    seed: int = 0
+    exact_block: int = 2048
+    link_sample: int = 64
+    dense_max: int = 2000
+
+
+@dataclass
+class RecoveryConfig:
+    """The `recovery` config group: the keyword arguments of recovery.stage.recover."""
+    layers: LayersOptions = field(default_factory=LayersOptions)
+    distance: DistanceOptions = field(default_factory=DistanceOptions)
+    direction: DirectionOptions = field(default_factory=DirectionOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    tree: TreeOptions = field(default_factory=TreeOptions)
+    plot: bool = True
+    device: str = "auto"             # auto | cpu | cuda (recovery.kernels)
+    strict: bool = False
+    candidates: str = "auto"         # dense | knn | auto (recovery.sparse.use_knn)
+    sparse: SparseOptions = field(default_factory=SparseOptions)
