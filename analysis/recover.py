@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from common.io import read_json, sha256_file, write_json
+from common.paths import portable
 
 log = logging.getLogger("mother.analysis")
 OPTION_KEYS = ("layers", "distance", "direction", "cluster", "tree")
@@ -71,11 +72,11 @@ def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = 
     stamp = work_dir / "key.json"
     if stamp.is_file() and read_json(stamp).get("key") == key and (work_dir / "metrics.json").is_file():
         return {"tree": read_json(work_dir / "tree.json"), "metrics": read_json(work_dir / "metrics.json"),
-                "options": options, "work_dir": str(work_dir), "cached": True}
+                "options": options, "work_dir": portable(work_dir), "cached": True}
     out = recover(graph_dir, ground_truth=graph_dir / "graph.json", output_dir=work_dir, plot=plot,
                   seed=int(cfg.seed), quiet=True, **options)
     write_json(stamp, {"key": key, "graph": str(graph_dir), "options": options})
-    return {"tree": out["tree"], "metrics": out["metrics"], "options": options, "work_dir": str(work_dir),
+    return {"tree": out["tree"], "metrics": out["metrics"], "options": options, "work_dir": portable(work_dir),
             "cached": False}
 
 
@@ -93,7 +94,7 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
     # with n_trees=truth the edges were scored on the known trees (the paper's protocol); recovery scored the
     # clustering itself with the number of trees known, from the same weight pass
     clustering = m.get("clustering_accuracy_known_k", m["clustering_accuracy"])
-    return {"label": label, "graph": graph_dir.name, "graph_dir": str(graph_dir), "n_models": len(graph["nodes"]),
+    return {"label": label, "graph": graph_dir.name, "graph_dir": portable(graph_dir), "n_models": len(graph["nodes"]),
             "roots": roots, "edge_accuracy": m["edge_accuracy"], "undirected_accuracy": m["undirected_accuracy"],
             "per_tree": per_tree(m), "clustering_accuracy": clustering,
             "n_trees_true": m["n_trees_true"], "n_trees_pred": m["n_trees_pred"],

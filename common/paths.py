@@ -28,6 +28,21 @@ def project_root(start: Path | None = None) -> Path:
         f"no {MARKER} marker above {candidates[0]}; set MOTHER_ROOT or override paths.root_dir=...")
 
 
+def portable(path: str | Path) -> str:
+    """`path` as results record it: relative to the project root when inside it (so results.json travels between
+    machines and clones), else absolute. `from_portable` reads it back."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(project_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def from_portable(path: str | Path) -> Path:
+    """A path recorded by `portable`, resolved against this checkout's project root."""
+    return project_root() / path  # an absolute path stays as it is
+
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 

@@ -6,7 +6,6 @@ exactly: the tests check that baseline, the counts behind each accuracy and the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from analysis import stage
 from analysis.experiments.pruning import prune_tensor
 from analysis.experiments.quantization import int8_rowwise_torch, quantizer
 from analysis.graphs import derived_graph, read_graph
+from common.paths import from_portable
 from recovery.synthetic import write_synthetic_graph
 
 
@@ -93,11 +93,11 @@ def test_quantization_toy(cfg_factory, tmp_path):
     assert [(r["label"], r["repeat"]) for r in runs] == [("fp16", 0), ("fp16", 1), ("int8", 0), ("int8", 1)]
     assert all(r["edge_accuracy"] == 1.0 for r in runs)      # the synthetic deltas dwarf the rounding steps
     for r in runs:          # the models said quantized are, and only they: read back, fp16 models are fp16 values
-        g = read_graph(r["graph_dir"])
+        g = read_graph(from_portable(r["graph_dir"]))
         assert len(g["derived"]["nodes"]) == r["n_quantized"] and 0 < r["n_quantized"] < 14
         if r["label"] == "fp16":
             for node in g["nodes"]:
-                w = load_file(str(Path(r["graph_dir"]) / "models" / f"{node}.safetensors"))["blocks.0.mlp.fc1.weight"]
+                w = load_file(str(from_portable(r["graph_dir"]) / "models" / f"{node}.safetensors"))["blocks.0.mlp.fc1.weight"]
                 assert np.array_equal(w, w.astype(np.float16).astype(np.float32)) == (node in g["derived"]["nodes"])
     md = (tmp_path / "results" / "quantization" / "quantization.md").read_text()
     assert "±" in md and "int8" in md

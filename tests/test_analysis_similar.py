@@ -4,7 +4,6 @@ siblings' independent fine-tunes put them ~sqrt(2) times farther apart than from
 be exact."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from safetensors.numpy import load_file
 
 from analysis.graphs import graph_folder
 from common.io import read_json
+from common.paths import from_portable
 from tests.toy_runs import compose_toy, shared_dir, toy_roots
 
 
@@ -46,7 +46,7 @@ def test_similar_toy_run(tmp_path_factory):
     assert {"similar_models.md", "similar_models.tex", "similar_models.csv"} <= {p.name for p in out.iterdir()}
     rows = results["per_parent"]
     assert len(rows) == 2 and all(r["siblings"] == 3 for r in rows)
-    models = Path(results["folder"]) / "models"
+    models = from_portable(results["folder"]) / "models"
     for r in rows:
         # paper Eq. 1 by numpy: the Frobenius norm of the difference averaged over the 2-D weights, heads left out
         # (qkv, attn.proj, mlp.fc1, mlp.fc2 of every block)

@@ -1,11 +1,16 @@
 """The config tree composes, every experiment composes, and the command line behaves."""
 from __future__ import annotations
 
+import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose
@@ -48,7 +53,26 @@ def test_run_records_config_and_seed(tmp_path):
     cfg = compose(["stages=[]", "seed=123"], output_dir=tmp_path)
     assert run.run_stages(cfg) == {}
     assert "seed: 123" in (tmp_path / "config.yaml").read_text()
-    assert '"seed": 123' in (tmp_path / "run.json").read_text()
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["seed"] == 123
+    # the numeric environment that decides bit-identity: this machine's CPU model, BLAS builds, threads
+    env = record["numeric_env"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        assert f"model name\t: {env['cpu']}" in cpuinfo.read_text()
+    assert env["cpu_count"] == os.cpu_count() and env["machine"] == platform.machine()
+    assert env["torch_blas"] in torch.__config__.show() and env["torch_threads"] == torch.get_num_threads()
+    assert env["numpy_blas"].split()[0] == np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+
+
+def test_results_record_paths_relative_to_the_project(tmp_path):
+    """Paths inside the checkout are stored relative to it (results.json travels), others stay absolute."""
+    from common.paths import from_portable, portable
+
+    inside = ROOT / "graphs" / "ft_mini"
+    assert portable(inside) == "graphs/ft_mini" and from_portable("graphs/ft_mini") == inside
+    assert portable(tmp_path / "g") == str((tmp_path / "g").resolve())
+    assert from_portable(portable(tmp_path / "g")) == (tmp_path / "g").resolve()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

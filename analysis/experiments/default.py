@@ -14,6 +14,7 @@ from analysis.graphs import is_complete, resolve_graph
 from analysis.recover import recover_graph
 from analysis.report import knobs, run_experiment, write_table
 from common.io import atomic_write
+from common.paths import from_portable, portable
 
 NAME = "default"
 
@@ -37,7 +38,7 @@ def compute(cfg: DictConfig) -> dict:
     m, tree = out["metrics"], out["tree"]
     trees = [{"tree (true root)": root, "models": t["n_nodes"], "edges": t["n_edges"], "correct": t["n_correct"],
               "accuracy": t["accuracy"]} for root, t in m["per_tree"].items()]
-    return {"graph": graph_dir.name, "graph_dir": str(graph_dir), "work_dir": out["work_dir"],
+    return {"graph": graph_dir.name, "graph_dir": portable(graph_dir), "work_dir": out["work_dir"],
             "n_models": len(tree["nodes"]), "distance_metric": tree.get("distance_metric"),
             "edge_accuracy": m["edge_accuracy"], "undirected_accuracy": m["undirected_accuracy"],
             "clustering_accuracy": m["clustering_accuracy"], "n_trees_true": m["n_trees_true"],
@@ -55,7 +56,7 @@ def render(results: dict, out_dir: Path) -> None:
                         f"accuracy {results['clustering_accuracy']:.3f} ({results['n_trees_pred']} trees found, "
                         f"{results['n_trees_true']} true)")
     print(paths["md"].read_text())
-    picture = Path(results["work_dir"]) / "tree.png"
+    picture = from_portable(results["work_dir"]) / "tree.png"
     if picture.is_file():
         atomic_write(Path(out_dir) / "tree.png", lambda tmp: shutil.copyfile(picture, tmp))
 

@@ -28,6 +28,7 @@ from analysis.cosines import VECTORS, cosine_to_centres, soup, top_k_parents
 from analysis.finetunes import analysis_cache, finetune_run, load_root_state, node_name, save_state
 from analysis.graphs import graph_folder
 from common.io import jsonable
+from common.paths import portable
 from common.seed import derive_seed
 
 NAME = "merged_models"
@@ -121,7 +122,7 @@ def compute(cfg: DictConfig) -> dict:
     return {"originals": originals, "soups": soups, "children_per_parent": int(k.children),
             "clustering_accuracy": clus["clustering_accuracy"], "n_clusters": int(clustering.n_clusters),
             "cosine_layers": len(layer_names), "vectors": str(k.vectors), "tables": tables,
-            "cosines": cos, "folder": str(folder), "tasks": [str(t) for t in k.tasks], "recipe": jsonable(k.recipe)}
+            "cosines": cos, "folder": portable(folder), "tasks": [str(t) for t in k.tasks], "recipe": jsonable(k.recipe)}
 
 
 def render(results: dict, out_dir: Path) -> None:

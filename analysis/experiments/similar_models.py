@@ -22,6 +22,7 @@ from analysis import report
 from analysis.finetunes import analysis_cache, finetune_run, node_name
 from analysis.graphs import graph_folder
 from common.io import jsonable
+from common.paths import portable
 from common.seed import derive_seed
 
 NAME = "similar_models"
@@ -76,7 +77,7 @@ def compute(cfg: DictConfig) -> dict:
     return {"distance": "l2 (paper Eq. 1) on the layers of recovery.layers", "per_parent": per_parent,
             "recovery_metric": wa.distance_metric, "edge_accuracy": m["edge_accuracy"],
             "clustering_accuracy": m["clustering_accuracy"], "recovered_edges": [list(e) for e in rec["edges"]],
-            "folder": str(folder), "recipe": jsonable(k.recipe), "tasks": [str(t) for t in k.tasks]}
+            "folder": portable(folder), "recipe": jsonable(k.recipe), "tasks": [str(t) for t in k.tasks]}
 
 
 def render(results: dict, out_dir: Path) -> None:
