@@ -106,12 +106,14 @@ def plain_ticks(fig: Any) -> None:
 
 
 def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
-    """Save a matplotlib figure as out_dir/<name>.png (dpi 150, tight box, plain tick labels), atomically; closes
-    the figure."""
+    """Save a matplotlib figure as out_dir/<name>.png (dpi 150) and a vector copy <name>.pdf for papers (tight box,
+    plain tick labels, no creation date so the bytes repeat), atomically; closes the figure. Returns the PNG."""
     import matplotlib.pyplot as plt
 
     plain_ticks(fig)
     try:
+        atomic_write(Path(out_dir) / f"{name}.pdf", lambda tmp: fig.savefig(
+            tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None}))
         return atomic_write(Path(out_dir) / f"{name}.png",
                             lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     finally:
@@ -292,8 +294,7 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     results = compute(cfg)
     write_json(out_dir / RESULTS, results)
     render(results, out_dir)
-    files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.name != RECORD)
+    files = written_files(out_dir)
     text = describe(results)
     write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
                             command=regenerate_command(cfg), files=files, seed=int(cfg.seed), **text)
@@ -301,9 +302,19 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     return results
 
 
+def written_files(out_dir: Path) -> list[str]:
+    """The files an experiment wrote into its folder (what its record lists), sorted."""
+    return sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name != RECORD)
+
+
 def rerender(out_dir: Path, render: Callable[[dict, Path], None]) -> None:
-    """Redraw tables and figures of an experiment folder from its results.json (no recomputation)."""
-    render(read_json(Path(out_dir) / RESULTS), Path(out_dir))
+    """Redraw tables and figures of an experiment folder from its results.json (no recomputation); its record
+    then lists the files now there (a restyle may add some, e.g. the PDF copies)."""
+    out_dir = Path(out_dir)
+    render(read_json(out_dir / RESULTS), out_dir)
+    if (out_dir / RECORD).is_file():
+        write_json(out_dir / RECORD, {**read_json(out_dir / RECORD), "files": written_files(out_dir)})
 
 
 def compare(ours: float, paper: float, *, tol: float = 0.05, what: str = "accuracy") -> str:

@@ -50,6 +50,18 @@ def test_save_figure_closes(tmp_path):
     assert not plt.fignum_exists(fig.number)
 
 
+def test_save_figure_writes_a_repeatable_vector_copy(tmp_path):
+    """Beside the PNG a PDF for papers, byte-identical when drawn twice (no creation date inside)."""
+    pdfs = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1], label="line")
+        report.save_figure(fig, out, "line")
+        pdfs.append((out / "line.pdf").read_bytes())
+    assert pdfs[0][:5] == b"%PDF-" and pdfs[0] == pdfs[1]
+    assert b"CreationDate" not in pdfs[0]
+
+
 def test_record_and_readme(tmp_path):
     exp = tmp_path / "table1"
     report.write_table(_df(), exp, "table1", caption="cap")
