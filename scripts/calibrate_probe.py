@@ -1,9 +1,13 @@
-"""Calibration of one FT probe tree grown from any root file, with a candidate full fine-tuning recipe.
+"""Calibration of one probe tree grown from any root file, with a candidate full fine-tuning or LoRA recipe.
 
     python scripts/calibrate_probe.py graphs/probes/w64_s10k/final.safetensors --label s10k_adamw3e4 \
         --optimizer adamw --lr 3e-4
+    python scripts/calibrate_probe.py data_gen/assets/roots/vit_a1.safetensors --label lora_f_2e3 \
+        --method lora --graph lora_f_mini --lr 2e-3
 
-Builds ft_mini's tree shape (one root, 20 fine-tunes) at data_gen seed 2 with the recipe's full-method overrides,
+Builds the graph config's tree shape (one root, 20 fine-tunes; ft_mini for --method full, lora_v_mini for lora)
+at data_gen seed 2 with the recipe's overrides of that method, measured with the paper's distance for it (l2 /
+LoRA rank),
 then runs the calibration experiment on it (weights-only regime measures, plus `--longer` nodes rerun 4x longer).
 Outputs under <graphs>/probes/calibration/<label>/ (graph, results, tables). A tool for choosing mini recipes by
 training evidence (issue 14); recovery accuracy is not computed.
@@ -28,7 +32,9 @@ def main() -> None:
     p.add_argument("--label", required=True)
     p.add_argument("--arch", default="vit_mini")
     p.add_argument("--task", default="pretrain/mix_a", help="the root's pretraining task (recorded)")
-    p.add_argument("--graph", default="ft_mini", help="data_gen config giving the tree shape and tasks")
+    p.add_argument("--method", choices=("full", "lora"), default="full", help="the fine-tuning method probed")
+    p.add_argument("--graph", default=None, help="data_gen config giving the tree shape, tasks and recipe "
+                   "(default: ft_mini for full, lora_v_mini for lora)")
     p.add_argument("--optimizer", default=None)
     p.add_argument("--lr", type=float, nargs="*", default=None, help="one value, or several to choose among")
     p.add_argument("--longer", type=int, default=3, help="nodes rerun 4x longer (convergence)")
@@ -53,27 +59,30 @@ def main() -> None:
             "+experiment=calibration", f"paths.graphs_dir={base / 'graphs'}", f"paths.results_dir={base / 'results'}",
             f"paths.log_dir={base / 'logs'}", f"paths.output_dir={base / 'out'}",
             f"analysis.calibration.longer_nodes={args.longer}"])
-    full: dict = {}
+    method: dict = {}
     if args.optimizer:
-        full["optimizer"] = args.optimizer
+        method["optimizer"] = args.optimizer
     if args.lr:
-        full["lr"] = args.lr[0] if len(args.lr) == 1 else {"choices": list(args.lr)}
+        method["lr"] = args.lr[0] if len(args.lr) == 1 else {"choices": list(args.lr)}
     overrides = {"name": f"calib_{args.label}", "seed": args.seed, "workers": 1,
                  "roots": [{"id": "probe", "source": str(args.root.resolve()), "arch": args.arch, "task": args.task}]}
     if args.max_steps:
-        full["max_steps"] = args.max_steps
+        method["max_steps"] = args.max_steps
     if args.n_train:
-        full["n_train"] = args.n_train
+        method["n_train"] = args.n_train
     if args.epochs:
-        full["epochs"] = {"range": list(args.epochs)}
+        method["epochs"] = {"range": list(args.epochs)}
     for key in ("depth", "children"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    if full:
-        overrides["methods"] = {"full": full}
+    if method:
+        overrides["methods"] = {args.method: method}
+    graph = args.graph or ("ft_mini" if args.method == "full" else "lora_v_mini")
+    recovery = OmegaConf.to_container(cfg.analysis.recovery_for[args.method], resolve=True)
+    label = "FT" if args.method == "full" else "LoRA"
     with open_dict(cfg):
         cfg.analysis.calibration.graphs = OmegaConf.create(
-            {"FT": {"graph": {"data_gen": args.graph, "overrides": overrides}, "recovery": {"distance": {"metric": "l2"}}}})
+            {label: {"graph": {"data_gen": graph, "overrides": overrides}, "recovery": recovery}})
         cfg.analysis.calibration.roots = []
     stage.run(cfg)
     print((base / "results" / "calibration" / "calibration.md").read_text())
