@@ -1,4 +1,4 @@
-"""The analysis stage: run the experiments listed in cfg.analysis.experiments, then rebuild results/README.md."""
+"""The analysis stage: run the queued (or named) experiments, then rebuild results/README.md."""
 from __future__ import annotations
 
 import logging
@@ -14,15 +14,15 @@ log = logging.getLogger("mother.analysis")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run each experiment of `cfg.analysis.experiments` in order; each writes into
+    """Run each experiment of `experiment_names(cfg)` in order; each writes into
     ${analysis.out_dir or paths.results_dir}/<experiment>/. Returns {name: results, "readme": path}.
 
     Unknown names fail before anything runs, so a typo does not cost an hour of earlier experiments.
     """
-    names = list(cfg.analysis.experiments or [])
+    names = experiment_names(cfg)
     if not names:
-        raise ValueError("cfg.analysis.experiments is empty: name at least one experiment "
-                         f"(known: {sorted(experiments.registry())})")
+        raise ValueError("no analysis experiment is queued (analysis.queue) or named (analysis.experiments): name "
+                         f"at least one (known: {sorted(experiments.registry())})")
     check_scale(cfg)
     modules = {name: experiments.get(name) for name in names}
     keep_going = bool(cfg.analysis.get("keep_going", False))
@@ -48,6 +48,12 @@ def run(cfg: DictConfig) -> dict:
         raise RuntimeError(f"{len(failed)} analysis experiment(s) failed (the others finished and results/README.md "
                            "was rebuilt): " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return out
+
+
+def experiment_names(cfg: DictConfig) -> list[str]:
+    """The experiments to run: `analysis.experiments` when given, else the queued ones in their config order."""
+    named = list(cfg.analysis.get("experiments") or [])
+    return named or [name for name, on in (cfg.analysis.get("queue") or {}).items() if on]
 
 
 def check_scale(cfg: DictConfig) -> None:

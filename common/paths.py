@@ -57,11 +57,11 @@ def register_resolvers() -> None:
 
 @lru_cache(maxsize=None)
 def analysis_experiment_names() -> tuple[str, ...]:
-    """Names of the conf/analysis/<name>.yaml files that configure one experiment (`experiments: [<name>]`)."""
+    """Names of the conf/analysis/<name>.yaml files that configure one experiment (`queue: {<name>: true}`)."""
     names = []
     for path in sorted((CONF_DIR / "analysis").glob("*.yaml")):
-        listed = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("experiments")
-        if listed == [path.stem]:
+        queued = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("queue")
+        if queued == {path.stem: True}:
             names.append(path.stem)
     return tuple(names)
 

@@ -81,9 +81,24 @@ def test_stage_unknown_name_fails_before_running(cfg_factory, fake_experiments):
     assert fake_experiments == []
 
 
-def test_stage_empty_list_fails(cfg_factory):
-    with pytest.raises(ValueError, match="empty"):
-        stage.run(cfg_factory(["analysis.experiments=[]"]))
+def test_stage_nothing_queued_fails(cfg_factory):
+    with pytest.raises(ValueError, match="no analysis experiment is queued"):
+        stage.run(cfg_factory(["analysis.experiments=[]", "analysis.queue.default=false"]))
+
+
+def test_knob_files_queue_themselves_once_in_defaults_order(cfg_factory):
+    """paper_mini names each experiment once (its defaults list); a queued one can be dropped; a list replaces."""
+    import yaml
+
+    cfg = cfg_factory(["+experiment=paper_mini"])
+    listed = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "analysis" / "paper_mini.yaml")
+                            .read_text())["defaults"]
+    assert stage.experiment_names(cfg) == [d for d in listed if d not in ("base", "_self_")]
+    assert stage.experiment_names(cfg)[0] == "calibration" and "experiments" not in listed
+    dropped = stage.experiment_names(cfg_factory(["+experiment=paper_mini", "analysis.queue.table1=false"]))
+    assert "table1" not in dropped and len(dropped) == len(listed) - 3
+    assert stage.experiment_names(cfg_factory(["+experiment=table1"])) == ["table1"]
+    assert stage.experiment_names(cfg_factory(["+experiment=paper_mini", "analysis.experiments=[deep]"])) == ["deep"]
 
 
 def test_registry_names_have_config():
