@@ -1,51 +1,50 @@
 """The project's own tiny roots: pretrained from different random inits on the pretraining mixes.
 
 This is the generalization stage of the built-in model graphs. Each root is a (arch, recipe, seed) triple;
-recipes differ in data mix, optimizer, learning rate, schedule and augmentation, so roots are unrelated.
-A root is built once into a cache folder and reused:
+recipes differ in data mix, optimizer, learning rate, warmup, length and augmentation, so roots are unrelated.
+Pretraining runs the resumable loop of `data_gen.pretraining` (stop it any time; a rerun continues and ends
+bit-identical at the same thread count). A root is built once into a cache folder and reused:
 
+    <cache_dir>/.<name>.build/                           the run in progress (resume state, checkpoints)
     <cache_dir>/<name>/final.safetensors                 final weights (timm names, float32)
     <cache_dir>/<name>/checkpoints/step_<k>.safetensors  weights along pretraining (step 0 = the random init)
-    <cache_dir>/<name>/root.json                         spec, recipe, steps, val accuracy, sha256, threads, versions
+    <cache_dir>/<name>/root.json                         recipe, curve, val accuracy, sha256s, threads, versions
 
-root.json is written last: a root folder without it (or whose final file does not match its hash) is rebuilt.
-Final weights are also shipped in data_gen/assets/roots/<name>.{safetensors,json} (regenerate with
-`python scripts/make_roots.py --ship`), so a fresh clone needs no pretraining; the checkpoints along
-pretraining are not shipped (`make_roots.py` rebuilds them, bit-identical at the recorded thread count).
+root.json is written last: a root folder without it, whose files do not match its hashes, or whose recipe is
+not the current one, is rebuilt. Final weights and the checkpoints at `ship_steps` are also shipped in
+data_gen/assets/roots/ (<name>.safetensors, <name>.json, <name>/step_<k>.safetensors; regenerate with
+`python scripts/make_roots.py --ship`), so a fresh clone needs no pretraining.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from common.io import read_json, sha256_file, write_json
+from common.io import atomic_write, read_json, sha256_file, write_json
 from common.runinfo import versions
 from common.seed import derive_seed
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "roots"
-STEPS = 600               # optimizer steps of every pretraining recipe (batch 64: ~3.2 epochs of a 12k mix)
-CHECKPOINT_EVERY = 50     # steps between kept checkpoints
+EVAL_EVERY = 500          # steps between validation passes (the curve in root.json)
+CHECKPOINT_EVERY = 500    # steps between cached checkpoints
+SHIP_FIRST = 500          # shipped checkpoints: step 0, then SHIP_FIRST * 2^k below the last step
 
-# Pretraining recipes: data mix (+ optional "n_train"/"n_val" sizes) and a `data_gen.finetune` recipe (seeds
-# are set per root).
+# Pretraining recipes: data mix, split sizes, and a `data_gen.pretraining` recipe (seed set per root).
+# Length chosen by training evidence (issue 14): 20k-step runs of these recipes gave val acc 0.623 / 0.657 (a),
+# 0.874 / 0.866 (b) and 0.602 (c, the same seed as vit_c1), and a 10k-step run of recipe a 0.598, so 10k steps
+# sit within 0.03 of a run twice as long at half the cost (~35 min per ViT root on one thread).
 RECIPES: dict[str, dict[str, Any]] = {
-    "a": {"data": "pretrain/mix_a",
+    "a": {"data": "pretrain/mix_a", "n_train": 48000, "n_val": 2400,
           "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "scheduler": "cosine",
-                    "warmup_steps": 20, "augment": ["flip", "crop"], "batch_size": 64, "epochs": 100,
-                    "max_steps": STEPS}},
-    "b": {"data": "pretrain/mix_b",
-          "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-                    "scheduler": "cosine", "warmup_steps": 20, "augment": [], "batch_size": 64, "epochs": 100,
-                    "max_steps": STEPS}},
-    "c": {"data": "pretrain/mix_b",
-          "train": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "constant",
-                    "augment": ["crop"], "batch_size": 64, "epochs": 100, "max_steps": STEPS}},
+                    "warmup_steps": 200, "augment": ["flip", "crop"], "batch_size": 64, "max_steps": 10_000}},
+    "b": {"data": "pretrain/mix_b", "n_train": 48000, "n_val": 2400,
+          "train": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "scheduler": "cosine",
+                    "warmup_steps": 500, "augment": ["crop"], "batch_size": 64, "max_steps": 10_000}},
+    "c": {"data": "pretrain/mix_b", "n_train": 48000, "n_val": 2400,
+          "train": {"optimizer": "adam", "lr": 1.5e-3, "weight_decay": 0.0, "scheduler": "cosine",
+                    "warmup_steps": 300, "augment": ["flip"], "batch_size": 64, "max_steps": 10_000}},
 }
 
 
@@ -74,57 +73,77 @@ def spec(name: str) -> RootSpec:
     return ROOTS[name]
 
 
-def _valid(folder: Path) -> bool:
-    """A finished root folder: root.json present and final.safetensors matching its recorded hash."""
-    record, final = folder / "root.json", folder / "final.safetensors"
-    if not (record.is_file() and final.is_file()):
+def train_recipe(name: str) -> dict[str, Any]:
+    """The pretraining recipe of root `name`, its seed included (what root.json records and must match)."""
+    s = spec(name)
+    return {**RECIPES[s.recipe]["train"], "seed": derive_seed("root", name, s.seed)}
+
+
+def ship_steps(name: str) -> list[int]:
+    """Steps of the checkpoints shipped along pretraining: 0, SHIP_FIRST, 2 SHIP_FIRST, 4 SHIP_FIRST, ... < last."""
+    total, out, k = int(train_recipe(name)["max_steps"]), [0], SHIP_FIRST
+    while k < total:
+        out.append(k)
+        k *= 2
+    return out
+
+
+def _intact(record_path: Path, final: Path, checkpoint: Any, name: str) -> bool:
+    """A root record that exists, made by the current recipe, whose final and shipped checkpoints match its hashes."""
+    if not (record_path.is_file() and final.is_file()):
         return False
-    return read_json(record).get("sha256") == sha256_file(final)
+    rec = read_json(record_path)
+    if rec.get("recipe") != train_recipe(name) or rec.get("sha256") != sha256_file(final):
+        return False
+    hashes = rec.get("checkpoints", {})
+    return all(checkpoint(int(s)).is_file() and sha256_file(checkpoint(int(s))) == h for s, h in hashes.items())
+
+
+def _valid(name: str, cache_dir: Path) -> bool:
+    folder = Path(cache_dir) / name
+    return _intact(folder / "root.json", folder / "final.safetensors",
+                   lambda s: folder / "checkpoints" / f"step_{s}.safetensors", name)
 
 
 def _shipped(name: str) -> Path | None:
-    """The shipped final weights of `name`, if present and matching the shipped record's hash."""
-    weights, record = ASSETS / f"{name}.safetensors", ASSETS / f"{name}.json"
-    if weights.is_file() and record.is_file() and read_json(record).get("sha256") == sha256_file(weights):
-        return weights
-    return None
+    """The shipped final weights of `name`, if present, of the current recipe and matching the shipped hashes."""
+    weights = ASSETS / f"{name}.safetensors"
+    ok = _intact(ASSETS / f"{name}.json", weights, lambda s: ASSETS / name / f"step_{s}.safetensors", name)
+    return weights if ok else None
 
 
 def build_root(name: str, *, cache_dir: Path, data_dir: str | Path | None = None,
                num_threads: int | None = None, force: bool = False, progress: bool = True) -> Path:
-    """Pretrain built-in root `name` into cache_dir/<name>/ (skipped when already built); returns the folder."""
-    from data_gen.finetune import finetune
+    """Pretrain built-in root `name` into cache_dir/<name>/ (skipped when built; resumes a stopped run)."""
+    from data_gen.pretraining import plateau_drop, pretrain
     from data_gen.tasks import load_task
 
     s = spec(name)
-    folder = Path(cache_dir) / name
-    if _valid(folder) and not force:
+    cache_dir = Path(cache_dir)
+    folder, build = cache_dir / name, cache_dir / f".{name}.build"
+    if _valid(name, cache_dir) and not force:
         return folder
+    if force and build.exists():
+        shutil.rmtree(build)
     recipe = RECIPES[s.recipe]
-    train = {**recipe["train"], "seed": derive_seed("root", name, s.seed)}
-    task = load_task(recipe["data"], seed=0, data_dir=data_dir, n_train=recipe.get("n_train"),
-                     n_val=recipe.get("n_val"))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=folder.parent))
-    try:
-        res = finetune(arch=s.arch, init_state=None, task=task, recipe=train, out_dir=build, node_id=name,
-                       checkpoint_every=CHECKPOINT_EVERY, num_threads=num_threads, progress=progress)
-        if _valid(folder) and not force:  # another process finished this root meanwhile: keep its copy
-            return folder
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir()
-        os.replace(build / "models" / f"{name}.safetensors", folder / "final.safetensors")
-        os.replace(build / "checkpoints" / name, folder / "checkpoints")
-        record = {"name": name, **asdict(s), "data": recipe["data"], "data_seed": 0,
-                  "data_version": task.meta.get("version"), "recipe": train,
-                  "stage": "generalization", "steps": res["steps"], "checkpoint_every": CHECKPOINT_EVERY,
-                  "val_accuracy": res["val_accuracy"], "final_loss": res["final_loss"],
-                  "sha256": sha256_file(folder / "final.safetensors"), "num_threads": res["num_threads"],
-                  "train_seconds": round(res["train_seconds"], 2), "versions": versions()}
-        write_json(folder / "root.json", record)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+    train = train_recipe(name)
+    task = load_task(recipe["data"], seed=0, data_dir=data_dir, n_train=recipe["n_train"], n_val=recipe["n_val"])
+    res = pretrain(arch=s.arch, task=task, recipe=train, folder=build, checkpoint_every=CHECKPOINT_EVERY,
+                   eval_every=EVAL_EVERY, num_threads=num_threads, progress=progress)
+    if folder.exists():
+        shutil.rmtree(folder)
+    build.rename(folder)
+    checkpoints = {str(k): sha256_file(folder / "checkpoints" / f"step_{k}.safetensors") for k in ship_steps(name)}
+    record = {"name": name, "arch": s.arch, "recipe_name": s.recipe, "seed": s.seed, "recipe": train,
+              "data": recipe["data"], "data_seed": 0, "n_train": recipe["n_train"], "n_val": recipe["n_val"],
+              "data_version": task.meta.get("version"), "stage": "generalization", "steps": res["steps"],
+              "eval_every": EVAL_EVERY, "val_accuracy": res["val_accuracy"], "val_loss": res["val_loss"],
+              "final_loss": res["final_loss"], "plateau_drop": plateau_drop(res["curve"]),
+              "curve": res["curve"], "sha256": sha256_file(folder / "final.safetensors"),
+              "checkpoints": checkpoints, "num_threads": res["num_threads"],
+              "train_seconds": round(res["train_seconds"], 2), "resumed_from": res["resumed_from"],
+              "versions": versions()}
+    write_json(folder / "root.json", record)
     return folder
 
 
@@ -132,37 +151,52 @@ def ensure_root(name: str, *, cache_dir: Path | None, data_dir: str | Path | Non
                 num_threads: int | None = None) -> Path:
     """Final weights of built-in root `name`: the cache if built, else the shipped copy, else build it now.
 
-    With cache_dir None only the shipped copy is used (FileNotFoundError if it is missing).
+    With cache_dir None only the shipped copy is used (FileNotFoundError if it is missing or stale).
     """
     spec(name)
-    if cache_dir is not None and _valid(Path(cache_dir) / name):
+    if cache_dir is not None and _valid(name, Path(cache_dir)):
         return Path(cache_dir) / name / "final.safetensors"
     shipped = _shipped(name)
     if shipped is not None:
         return shipped
     if cache_dir is None:
-        raise FileNotFoundError(f"built-in root {name!r} is neither shipped in {ASSETS} nor cached: give a "
-                                f"cache_dir to build it there (or run scripts/make_roots.py)")
+        raise FileNotFoundError(f"built-in root {name!r} is neither shipped in {ASSETS} (with its current recipe) "
+                                f"nor cached: give a cache_dir to build it there (or run scripts/make_roots.py)")
     return build_root(name, cache_dir=cache_dir, data_dir=data_dir, num_threads=num_threads) / "final.safetensors"
 
 
-def root_checkpoints(name: str, *, cache_dir: Path, data_dir: str | Path | None = None,
+def root_record(name: str, *, cache_dir: Path | None = None) -> dict[str, Any]:
+    """root.json of built-in root `name`: the cached one if built, else the shipped one (FileNotFoundError)."""
+    if cache_dir is not None and _valid(name, Path(cache_dir)):
+        return read_json(Path(cache_dir) / name / "root.json")
+    if _shipped(name) is None:
+        raise FileNotFoundError(f"built-in root {name!r} is neither cached nor shipped in {ASSETS}")
+    return read_json(ASSETS / f"{name}.json")
+
+
+def root_checkpoints(name: str, *, cache_dir: Path | None, data_dir: str | Path | None = None,
                      num_threads: int | None = None) -> list[tuple[int, Path]]:
-    """[(step, path), ...] of the weights along pretraining, sorted by step (builds the root if needed)."""
-    folder = build_root(name, cache_dir=cache_dir, data_dir=data_dir, num_threads=num_threads)
-    paths = (folder / "checkpoints").glob("step_*.safetensors")
-    return sorted((int(p.stem.removeprefix("step_")), p) for p in paths)
+    """[(step, path), ...] along pretraining: the checkpoints at `ship_steps`, then the final weights.
+
+    Read from the cache when built there, else from the shipped copies, else the root is built now.
+    """
+    final = ensure_root(name, cache_dir=cache_dir, data_dir=data_dir, num_threads=num_threads)
+    folder = final.parent / "checkpoints" if final.name == "final.safetensors" else ASSETS / name
+    return [(k, folder / f"step_{k}.safetensors") for k in ship_steps(name)] + [
+        (int(train_recipe(name)["max_steps"]), final)]
 
 
 def ship_root(name: str, *, cache_dir: Path) -> Path:
-    """Copy a built root's final weights and record into data_gen/assets/roots/ (atomically)."""
+    """Copy a built root's final weights, shipped checkpoints and record into data_gen/assets/roots/."""
     folder = Path(cache_dir) / name
-    if not _valid(folder):
-        raise FileNotFoundError(f"{folder}: root {name!r} is not built (run scripts/make_roots.py first)")
-    ASSETS.mkdir(parents=True, exist_ok=True)
-    from common.io import atomic_write
+    if not _valid(name, Path(cache_dir)):
+        raise FileNotFoundError(f"{folder}: root {name!r} is not built with its current recipe "
+                                f"(run scripts/make_roots.py first)")
+    (ASSETS / name).mkdir(parents=True, exist_ok=True)
+    for k in ship_steps(name):
+        src = folder / "checkpoints" / f"step_{k}.safetensors"
+        atomic_write(ASSETS / name / src.name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     atomic_write(ASSETS / f"{name}.safetensors", lambda tmp: shutil.copyfile(folder / "final.safetensors", tmp))
-    record = read_json(folder / "root.json")
-    write_json(ASSETS / f"{name}.json", {**record, "regenerate": "python scripts/make_roots.py --ship"})
+    write_json(ASSETS / f"{name}.json", {**read_json(folder / "root.json"),
+                                         "regenerate": "python scripts/make_roots.py --ship"})
     return ASSETS / f"{name}.safetensors"
-

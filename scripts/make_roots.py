@@ -10,6 +10,7 @@ expects it to rise in this generalization stage).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if built")
     p.add_argument("--ship", action="store_true", help="copy final weights into data_gen/assets/roots/")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in args.names:
         t0 = time.perf_counter()
         folder = roots.build_root(name, cache_dir=args.cache_dir, data_dir=args.data_dir,
@@ -45,7 +47,8 @@ def main() -> None:
         curve = [(s, mean_kurtosis(load_file(str(path)).items(), ("head", "fc"))) for s, path in roots.root_checkpoints(name, cache_dir=args.cache_dir)]
         kurt = " ".join(f"{s}:{k:.3f}" for s, k in curve)
         print(f"{name}: {rec['arch']} recipe {rec['recipe']['optimizer']}/{rec['data']} steps {rec['steps']} "
-              f"val_acc {rec['val_accuracy']:.3f} train {rec['train_seconds']:.1f}s "
+              f"val_acc {rec['val_accuracy']:.3f} val_loss {rec['val_loss']:.3f} "
+              f"train-loss drop over the last 20% {100 * rec['plateau_drop']:.1f}% train {rec['train_seconds']:.1f}s "
               f"(wall {time.perf_counter() - t0:.1f}s, {rec['num_threads']} threads)\n  kurtosis {kurt}", flush=True)
         if args.ship:
             print(f"  shipped {roots.ship_root(name, cache_dir=args.cache_dir)}", flush=True)

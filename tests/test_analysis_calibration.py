@@ -111,17 +111,35 @@ def test_scale_ladder_toy(cfg_factory, tmp_path):
     assert (tmp_path / "results" / "scale_ladder" / "scale_ladder.png").is_file()
 
 
-def test_root_measures_read_plateau_and_kurtosis_from_the_curve(tmp_path, monkeypatch):
+def test_root_measures_read_plateau_and_kurtosis_from_the_curve(monkeypatch):
     import data_gen.roots as roots
     from analysis.experiments.calibration import root_measures
 
     curve = {"step": [100, 200, 300, 400, 500], "train_loss": [2.0, 1.5, 1.2, 1.0, 0.98],
              "kurtosis": [0.1, 2.5, 3.0, 2.8, 2.7]}
-    (tmp_path / "r.json").write_text(json.dumps({"arch": "vit_mini", "steps": 500, "val_accuracy": 0.61,
-                                                 "curve": curve}))
-    monkeypatch.setattr(roots, "ASSETS", tmp_path)
-    m = root_measures("r")
+    records = {"r": {"arch": "vit_mini", "steps": 500, "val_accuracy": 0.61, "curve": curve},
+               "old": {"arch": "vit_mini", "steps": 600, "val_accuracy": 0.2}}
+    monkeypatch.setattr(roots, "root_record", lambda name, cache_dir=None: records[name])
+    m = root_measures("r", None)
     assert m["plateau_drop"] == pytest.approx(0.02)     # loss 1.0 at step 400 (80%) -> 0.98 at the end
     assert (m["kurtosis_first"], m["kurtosis_max"], m["kurtosis_last"]) == (0.1, 3.0, 2.7)
-    (tmp_path / "old.json").write_text(json.dumps({"arch": "vit_mini", "steps": 600, "val_accuracy": 0.2}))
-    assert np.isnan(root_measures("old")["plateau_drop"])  # shipped roots of before record no curve
+    assert np.isnan(root_measures("old", None)["plateau_drop"])  # a record without a curve
+
+
+def test_scale_ladder_builtin_rung_reuses_the_shipped_root(cfg_factory, monkeypatch):
+    """A rung `{width, builtin: NAME}` reports the shipped root's own record and trains nothing."""
+    import data_gen.pretraining as pretraining
+    import data_gen.roots as roots
+    from analysis.experiments.scale_ladder import rung_root
+    from analysis.report import knobs
+
+    def no_training(**kwargs):
+        raise AssertionError("the builtin rung pretrained a root")
+    monkeypatch.setattr(pretraining, "pretrain", no_training)
+    cfg = cfg_factory(["+experiment=scale_ladder"])
+    rec = rung_root(cfg, "d64_builtin", {"width": 64, "builtin": "vit_a1"}, knobs(cfg, "scale_ladder"))
+    shipped = roots.root_record("vit_a1")
+    assert rec["weights"] == str(roots.ASSETS / "vit_a1.safetensors") and rec["builtin"] == "vit_a1"
+    assert (rec["steps"], rec["val_accuracy"], rec["curve"]) == (shipped["steps"], shipped["val_accuracy"],
+                                                                 shipped["curve"])
+    assert rec["recipe"] == roots.train_recipe("vit_a1") and rec["mix"] == "pretrain/mix_a"

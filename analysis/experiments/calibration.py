@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from analysis.experiments import experiment
 from analysis.experiments.fig1_distance import hop_distances
+from analysis.finetunes import roots_cache
 from analysis.graphs import read_graph, resolve_graph
 from analysis.recover import analyze, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
@@ -190,20 +191,13 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
             else math.nan, "root_vectors": {r: vecs[r] for r in per_tree}}
 
 
-def plateau_drop(curve: Mapping[str, list]) -> float:
-    """Relative train-loss drop over the last 20% of a recorded curve (the roots' target: < 2%)."""
-    steps, loss = np.asarray(curve["step"], float), np.asarray(curve["train_loss"], float)
-    before = loss[steps <= 0.8 * steps[-1]]
-    ref = before[-1] if len(before) else loss[0]
-    return float((ref - loss[-1]) / ref)
+def root_measures(name: str, cache_dir: Path | None) -> dict[str, Any]:
+    """A built-in root's record (cached, else shipped): accuracy, loss plateau and kurtosis along pretraining (from
+    its curve when recorded), steps."""
+    from data_gen.pretraining import plateau_drop
+    from data_gen.roots import root_record
 
-
-def root_measures(name: str) -> dict[str, Any]:
-    """A shipped built-in root's record: accuracy, loss plateau and kurtosis along pretraining (from its curve when
-    recorded), steps."""
-    from data_gen.roots import ASSETS
-
-    rec = read_json(ASSETS / f"{name}.json")
+    rec = root_record(name, cache_dir=cache_dir)
     curve = rec.get("curve") or {}
     plateau = plateau_drop(curve) if curve.get("train_loss") else math.nan
     kurt = curve.get("kurtosis") or []  # mean excess kurtosis along pretraining (recorded by the resumable loop)
@@ -222,15 +216,15 @@ def compute(cfg: DictConfig) -> dict:
     k = knobs(cfg, NAME)
     graphs = {label: graph_measures(cfg, label, OmegaConf.to_container(spec, resolve=True), k)
               for label, spec in k.graphs.items()}
-    roots = [root_measures(r) for r in k.roots]
+    roots = [root_measures(r, roots_cache(cfg)) for r in k.roots]
     # separation of the roots: closest two roots of the same architecture vs the largest edge anywhere
     vectors: dict[str, np.ndarray] = {}
     for g in graphs.values():
         vectors.update(g.pop("root_vectors"))
     if len(k.roots) > 1:
-        from data_gen.roots import ASSETS
+        from data_gen.roots import ensure_root
         for r in k.roots:
-            vectors.setdefault(r, flat_weights(ASSETS / f"{r}.safetensors"))
+            vectors.setdefault(r, flat_weights(ensure_root(r, cache_dir=roots_cache(cfg))))
     names = [r for r in vectors if r in set(k.roots)]
     dists = [float(np.linalg.norm(vectors[a] - vectors[b]) / np.linalg.norm(vectors[a]))
              for i, a in enumerate(names) for b in names[i + 1:] if vectors[a].shape == vectors[b].shape]

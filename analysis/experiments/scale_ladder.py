@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.experiments import experiment
-from analysis.experiments.calibration import _num, graph_measures, plateau_drop
+from analysis.experiments.calibration import _num, graph_measures
 from analysis.graphs import ensure_graph
 from analysis.recover import accuracy_run
 from analysis.report import knobs, run_experiment, save_figure, write_table
@@ -27,11 +27,27 @@ NAME = "scale_ladder"
 log = logging.getLogger("mother.analysis")
 
 
+def builtin_rung_root(cfg: DictConfig, label: str, rung: Mapping) -> dict[str, Any]:
+    """A rung whose root is a shipped built-in root (`builtin: NAME`): its record, nothing trained."""
+    from analysis.finetunes import roots_cache
+    from data_gen.roots import ensure_root, root_record
+
+    name = str(rung["builtin"])
+    weights = ensure_root(name, cache_dir=roots_cache(cfg))
+    rec = root_record(name, cache_dir=roots_cache(cfg))
+    return {"label": label, "arch": rec["arch"], "width": int(rung["width"]), "steps": rec["steps"],
+            "recipe": rec["recipe"], "mix": rec["data"], "val_accuracy": rec["val_accuracy"],
+            "val_loss": rec["val_loss"], "plateau_drop": rec["plateau_drop"], "train_seconds": rec["train_seconds"],
+            "num_threads": rec["num_threads"], "weights": str(weights), "builtin": name, "curve": rec["curve"]}
+
+
 def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict[str, Any]:
     """Pretrain (or reuse, or resume) the root of one rung; returns its record with the weights path."""
     from analysis.finetunes import load_task_data
-    from data_gen.pretraining import pretrain
+    from data_gen.pretraining import plateau_drop, pretrain
 
+    if rung.get("builtin"):
+        return builtin_rung_root(cfg, label, rung)
     arch = f"vit_mini_d{int(rung['width'])}"
     folder = Path(cfg.analysis.work_dir) / NAME / "roots" / label
     recipe = {**OmegaConf.to_container(k.pretrain, resolve=True), "max_steps": int(rung["steps"]),
