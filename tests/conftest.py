@@ -71,7 +71,8 @@ def saved_figures(monkeypatch):
     original = Figure.savefig
 
     def spy(self, *args, **kwargs):
-        saved.append(self)
+        if not any(f is self for f in saved):  # once per figure (save_figure writes a PNG and a PDF)
+            saved.append(self)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", spy)
