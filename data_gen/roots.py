@@ -20,7 +20,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from common.io import atomic_write, read_json, sha256_file, write_json
 from common.runinfo import versions
@@ -88,7 +88,7 @@ def ship_steps(name: str) -> list[int]:
     return out
 
 
-def _intact(record_path: Path, final: Path, checkpoint: Any, name: str) -> bool:
+def _intact(record_path: Path, final: Path, checkpoint: Callable[[int], Path], name: str) -> bool:
     """A root record that exists, made by the current recipe, whose final and shipped checkpoints match its hashes."""
     if not (record_path.is_file() and final.is_file()):
         return False
