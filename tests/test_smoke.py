@@ -118,7 +118,7 @@ def test_smoke_run_of_graph_ft_on_cpu_through_vit_b(tmp_path):
     assert root["arch"] == "vit_base_patch16_224.orig_in21k_ft_in1k" and root["source"].startswith("random:")
     assert (child["method"], child["steps"], child["data_mock"], child["batch_size"]) == ("full", 1, 2, 2)
     assert (child["accelerator"], child["precision"]) == ("cpu", "32-true")
-    assert child["task"].startswith("vtab10k/") and 0.0 <= child["val_accuracy"] <= 1.0
+    assert child["task"].startswith("vtab10k/") and child["val_accuracy"] in (0.0, 0.5, 1.0)  # a count of 2 mock images
     with safe_open(str(tmp_path / "g" / "ft_smoke" / child["weights"]), framework="pt") as f:
         assert f.get_slice("blocks.11.attn.qkv.weight").get_shape() == [2304, 768]
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
