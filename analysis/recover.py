@@ -102,6 +102,16 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
             "work_dir": out["work_dir"]}
 
 
+def error_split(row: Mapping) -> str:
+    """Where a row of `accuracy_run` loses edges, as a note suffix: ": m of n edges misplaced, k placed right but
+    directed wrong", or "" without an undirected accuracy."""
+    n = int(row["n_edges"]) if "n_edges" in row else int(row["n_models"]) - int(row["n_trees_true"])
+    if n <= 0 or "undirected_accuracy" not in row:
+        return ""
+    right, placed = round(row["edge_accuracy"] * n), round(row["undirected_accuracy"] * n)
+    return f": {n - placed} of {n} edges misplaced, {placed - right} placed right but directed wrong"
+
+
 def accuracy_frame(rows: list[Mapping], label: str = "sub-graph") -> "pd.DataFrame":
     """Rows of `accuracy_run` as a table: label, one column per true tree (its root id), graph, clustering."""
     import pandas as pd

@@ -308,13 +308,17 @@ def written_files(out_dir: Path) -> list[str]:
                   and p.name != RECORD)
 
 
-def rerender(out_dir: Path, render: Callable[[dict, Path], None]) -> None:
+def rerender(out_dir: Path, render: Callable[[dict, Path], None],
+             describe: Callable[[dict], dict] | None = None) -> None:
     """Redraw tables and figures of an experiment folder from its results.json (no recomputation); its record
-    then lists the files now there (a restyle may add some, e.g. the PDF copies)."""
+    then lists the files now there (a restyle may add some, e.g. the PDF copies) and, given `describe`, its
+    title / paper / ours / notes as `describe` now words them."""
     out_dir = Path(out_dir)
-    render(read_json(out_dir / RESULTS), out_dir)
+    results = read_json(out_dir / RESULTS)
+    render(results, out_dir)
     if (out_dir / RECORD).is_file():
-        write_json(out_dir / RECORD, {**read_json(out_dir / RECORD), "files": written_files(out_dir)})
+        text = describe(results) if describe is not None else {}
+        write_json(out_dir / RECORD, {**read_json(out_dir / RECORD), **text, "files": written_files(out_dir)})
 
 
 def compare(ours: float, paper: float, *, tol: float = 0.05, what: str = "accuracy") -> str:

@@ -82,7 +82,8 @@ def rerender(results_dir: Path, names: list[str] | None = None) -> list[str]:
     for folder in sorted(p.parent for p in results_dir.glob(f"*/{RESULTS}")):
         if (names and folder.name not in names) or folder.name not in experiments.registry():
             continue
-        redraw(folder, experiments.get(folder.name).render)
+        module = experiments.get(folder.name).module
+        redraw(folder, module.render, getattr(module, "describe", None))
         done.append(folder.name)
     build_results_readme(results_dir)
     return done

@@ -26,7 +26,7 @@ def _fake_module(name: str, calls: list) -> types.ModuleType:
     def describe(results):
         return {"title": f"Fake {name}", "paper": "1.0", "ours": f"{results['value']}", "notes": "synthetic"}
 
-    mod.compute, mod.render = compute, render
+    mod.compute, mod.render, mod.describe = compute, render, describe
     mod.run = lambda cfg: report.run_experiment(cfg, name, compute, render, describe)
     return mod
 
@@ -119,3 +119,5 @@ def test_rerender_redraws_from_results_json(cfg_factory, fake_experiments, tmp_p
     (folder / "results.json").write_text(json.dumps(data))
     assert stage.rerender(tmp_path / "results") == ["fake_a"]
     assert fake_experiments == ["fake_a"] and "0.250" in (folder / "fake_a.md").read_text()
+    record = json.loads((folder / "experiment.json").read_text())
+    assert record["ours"] == "0.25" and record["title"] == "Fake fake_a"  # the record's words redone too

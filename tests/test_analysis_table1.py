@@ -79,3 +79,20 @@ def test_deep_toy(cfg_factory, tmp_path):
     assert [d["edges"] for d in deep["by_depth"]] == [2, 4, 8, 16]           # children=2 per node
     assert sum(d["correct"] for d in deep["by_depth"]) == round(deep["edge_accuracy"] * 30)
     assert _exact(res["shallow"]["edge_accuracy"]) and res["shallow"]["root"] == "root0"
+
+
+def test_error_split_counts_misplaced_and_misdirected_edges():
+    from analysis.recover import error_split
+
+    # 21 models in one tree: 20 edges; 14 right (0.7), 16 right ignoring direction (0.8)
+    row = {"n_models": 21, "n_trees_true": 1, "edge_accuracy": 0.7, "undirected_accuracy": 0.8}
+    assert error_split(row) == ": 4 of 20 edges misplaced, 2 placed right but directed wrong"
+    assert error_split({**row, "n_edges": 10, "edge_accuracy": 0.5}) == (
+        ": 2 of 10 edges misplaced, 3 placed right but directed wrong")
+    assert error_split({"n_models": 3, "n_trees_true": 1, "edge_accuracy": 1.0}) == ""
+
+
+def test_accuracy_notes_say_where_edges_are_lost(cfg_factory, tmp_path):
+    stage.run(cfg_factory(["+experiment=resnet", "scale=toy"]))
+    notes = json.loads((tmp_path / "results" / "resnet" / "experiment.json").read_text())["notes"]
+    assert notes.endswith(": 0 of 12 edges misplaced, 0 placed right but directed wrong")

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
-from analysis.recover import accuracy_run, recover_graph
+from analysis.recover import accuracy_run, error_split, recover_graph
 from analysis.report import compare, knobs, run_experiment, write_table
 
 NAME = "deep"
@@ -65,6 +65,7 @@ def describe(results: dict) -> dict:
     d = results["deep"]
     ours = f"{d['levels']}-level tree ({d['n_models']} models): {d['edge_accuracy']:.3f}"
     notes = compare(d["edge_accuracy"], PAPER["deep"], what="deep-tree accuracy")
+    notes += error_split({**d, "n_edges": sum(r["edges"] for r in d["by_depth"])})
     if "shallow" in results:
         s = results["shallow"]["edge_accuracy"]
         ours += f"; 3-level tree of the same root: {s:.3f}"

@@ -8,7 +8,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from analysis.experiments import experiment
-from analysis.recover import accuracy_frame, accuracy_run
+from analysis.recover import accuracy_frame, accuracy_run, error_split
 from analysis.report import compare, knobs as get_knobs, run_experiment, write_table
 
 NAME = "table1"
@@ -46,7 +46,7 @@ def describe(results: dict) -> dict:
     ours = "; ".join(f"{r['label']} {r['edge_accuracy']:.3f} (clustering {r['clustering_accuracy']:.2f}, "
                      f"{r['n_models']} models)" for r in rows)
     notes = "; ".join(compare(r["edge_accuracy"], PAPER[r["label"]][-1], what=f"{r['label']} accuracy")
-                      for r in rows if r["label"] in PAPER)
+                      + error_split(r) for r in rows if r["label"] in PAPER)
     return {"title": "Table 1: MoTHer accuracy on the LoRA-V, LoRA-F, FT and Mixed sub-graphs",
             "paper": "Model Graph accuracy LoRA-V 1.0, LoRA-F 0.96, FT 0.94, Mixed 0.83 (clustering perfect)",
             "ours": ours, "notes": notes + ". Per-tree columns are our roots, not the paper's ViT-B roots."}
