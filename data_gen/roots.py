@@ -46,6 +46,9 @@ RECIPES: dict[str, dict[str, Any]] = {
           "train": {"optimizer": "adam", "lr": 1.5e-3, "weight_decay": 0.0, "scheduler": "cosine",
                     "warmup_steps": 300, "augment": ["flip"], "batch_size": 64, "max_steps": 10_000}},
 }
+# vit_a1 at 10k steps reached 0.570, 0.053 below its own 20k-step run (0.623): it misses both the 0.6 floor and the
+# "within 0.03 of a run twice as long" clause, so it trains recipe a for 20k steps (~60 min on one thread).
+RECIPES["a_long"] = {**RECIPES["a"], "train": {**RECIPES["a"]["train"], "max_steps": 20_000}}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class RootSpec:
 
 
 ROOTS: dict[str, RootSpec] = {
-    "vit_a1": RootSpec("vit_mini", "a", 1),
+    "vit_a1": RootSpec("vit_mini", "a_long", 1),
     "vit_a2": RootSpec("vit_mini", "a", 2),
     "vit_b1": RootSpec("vit_mini", "b", 1),
     "vit_b2": RootSpec("vit_mini", "b", 2),
