@@ -80,13 +80,13 @@ def is_complete(graph_dir: Path) -> bool:
 
 def ensure_graph(cfg: DictConfig, data_gen_name: str, **overrides: Any) -> Path:
     """Build (or reuse) the graph of conf/data_gen/<name>.yaml under paths.graphs_dir; return its folder."""
+    from data_gen.graph import build_graph, stale_roots
+
     sub = graph_cfg(cfg, data_gen_name, **overrides)
     graph_dir = Path(sub.data_gen.dir)
-    if cfg.analysis.get("reuse_graphs", True) and is_complete(graph_dir):
+    if cfg.analysis.get("reuse_graphs", True) and is_complete(graph_dir) and not stale_roots(sub):
         log.info("reusing graph %s", graph_dir)
         return graph_dir
-    from data_gen.graph import build_graph
-
     summary = build_graph(sub)
     if not summary.get("complete", True):
         raise RuntimeError(f"{graph_dir}: graph build did not finish (pending nodes); rerun to resume")
@@ -125,7 +125,8 @@ def pretraining_chains(cfg: DictConfig, roots: list[str], every: int = 100, name
     """A graph of the built-in roots' pretraining checkpoints: per root a chain step_0 (the random init) ->
     step_every -> ... -> the last step, all generalization nodes (the generalization stage of paper Fig. 2).
 
-    Models are hard links to the checkpoints (built with the root when missing); cached by roots and `every`.
+    Models are hard links to the checkpoints (built with the root when missing); cached by roots and `every`, and
+    relinked when a checkpoint's sha256 differs from the one recorded (a rebuilt root).
     """
     import os
     import shutil
@@ -134,14 +135,20 @@ def pretraining_chains(cfg: DictConfig, roots: list[str], every: int = 100, name
 
     name = name or f"pretraining-{'-'.join(roots)}-every{every}"
     graph_dir = Path(cfg.paths.graphs_dir) / "analysis" / name
+    cache = Path(cfg.data_gen.cache_dir) if "data_gen" in cfg else Path(cfg.paths.graphs_dir) / "roots"
+    chains = {root: [(k, p) for k, p in root_checkpoints(root, cache_dir=cache, data_dir=cfg.paths.data_dir)
+                     if k % every == 0] for root in roots}
+    wanted = {f"{root}-s{k}": sha256_file(p) for root, steps in chains.items() for k, p in steps}
     if is_complete(graph_dir):
-        return graph_dir
+        held = {n: m.get("sha256") for n, m in read_graph(graph_dir).get("meta", {}).items()}
+        if held == wanted:
+            return graph_dir
+        log.warning("%s: the roots' checkpoints changed since it was linked (a rebuilt root); relinking", graph_dir)
+    if (graph_dir / "models").is_dir():
+        shutil.rmtree(graph_dir / "models")
     (graph_dir / "models").mkdir(parents=True, exist_ok=True)
     nodes, edges, meta = [], [], {}
-    for root in roots:
-        steps = [(k, p) for k, p in root_checkpoints(root, cache_dir=Path(cfg.data_gen.cache_dir)
-                                                     if "data_gen" in cfg else Path(cfg.paths.graphs_dir) / "roots",
-                                                     data_dir=cfg.paths.data_dir) if k % every == 0]
+    for root, steps in chains.items():
         prev = None
         for step, path in steps:
             node = f"{root}-s{step}"

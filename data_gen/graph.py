@@ -300,6 +300,17 @@ def _root_unchanged(graph_dir: Path, job: Mapping, *, cache_dir: str | Path | No
     return current == recorded
 
 
+def stale_roots(cfg: DictConfig, *, load_root_fn: Callable | None = None) -> list[str]:
+    """Ids of the roots of `cfg.data_gen` whose source no longer gives the weights the built graph holds (a
+    rebuilt built-in root): their trees are stale, and `build_graph` rebuilds them. Cheap: roots are copies."""
+    dg = graph_config(cfg)
+    graph_dir = Path(dg["dir"])
+    threads = int(dg.get("num_threads") or torch.get_num_threads())
+    return [job["id"] for job in build_spec(dg, int(dg.get("seed", cfg.seed))) if job["parent"] is None
+            and not _root_unchanged(graph_dir, job, cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),
+                                    num_threads=threads, load_root_fn=load_root_fn)]
+
+
 def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: Callable | None = None,
                 load_root_fn: Callable | None = None, load_task_fn: Callable | None = None) -> dict:
     """Build (or finish) the graph `cfg.data_gen` describes, level by level; return a summary.

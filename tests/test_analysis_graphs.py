@@ -15,13 +15,18 @@ from recovery.synthetic import write_synthetic_graph
 
 @pytest.fixture
 def fake_build(monkeypatch):
-    calls = []
+    class Calls(list):
+        stale: list[str]
+    calls = Calls()
 
     def build(cfg, **kw):
         calls.append(cfg)
         write_synthetic_graph(cfg.data_gen.dir, trees=1, depth=1, children=1)
         return {"complete": True}
     monkeypatch.setattr(data_gen.graph, "build_graph", build)
+    monkeypatch.setattr(data_gen.graph, "stale_roots", lambda cfg: stale)
+    stale: list[str] = []
+    calls.stale = stale
     return calls
 
 
@@ -54,6 +59,15 @@ def test_incomplete_graph_is_rebuilt(cfg_factory, fake_build):
     assert len(fake_build) == 2
 
 
+def test_graph_with_a_rebuilt_root_is_not_reused(cfg_factory, fake_build):
+    """A complete graph whose root source changed (data_gen.graph.stale_roots) goes back to data_gen."""
+    cfg = cfg_factory()
+    graphs.ensure_graph(cfg, "ft_mini")
+    fake_build.stale.append("vit_a1")
+    graphs.ensure_graph(cfg, "ft_mini")
+    assert len(fake_build) == 2
+
+
 def test_resolve_graph_specs(cfg_factory, tmp_path):
     cfg = cfg_factory()
     syn = graphs.resolve_graph(cfg, {"synthetic": {"name": "s", "trees": 2, "depth": 1, "children": 3}})
@@ -78,3 +92,36 @@ def test_synthetic_graph_deltas(tmp_path):
     assert load_file(str(r / "models" / "root0.safetensors"))["layer1.0.conv2.weight"].ndim == 4
     with pytest.raises(ValueError, match="method"):
         write_synthetic_graph(tmp_path / "x", method="adapter")
+
+
+def test_pretraining_chains_relink_when_a_root_is_rebuilt(cfg_factory, tmp_path, monkeypatch):
+    """The checkpoint chain graph is reused while the checkpoints are the same bytes, and relinked (stale model
+    files gone) when the root was rebuilt with other checkpoints."""
+    import torch
+    from safetensors.torch import save_file
+
+    import data_gen.roots
+    from common.io import sha256_file
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+
+    def write(steps, value):
+        for k in steps:
+            save_file({"w": torch.full((2, 2), float(value + k))}, str(ckpt / f"r_{k}.safetensors"))
+        monkeypatch.setattr(data_gen.roots, "root_checkpoints",
+                            lambda root, **kw: [(k, ckpt / f"r_{k}.safetensors") for k in steps])
+
+    cfg = cfg_factory()
+    write([0, 100, 200], 0.0)
+    first = graphs.pretraining_chains(cfg, ["r"], every=100)
+    assert graphs.read_graph(first)["edges"] == [["r-s0", "r-s100"], ["r-s100", "r-s200"]]
+    stamp = (first / "graph.json").stat().st_mtime_ns
+    assert graphs.pretraining_chains(cfg, ["r"], every=100) == first
+    assert (first / "graph.json").stat().st_mtime_ns == stamp                 # reused, not relinked
+    write([0, 100], 1.0)                                                        # rebuilt root, shorter chain
+    graphs.pretraining_chains(cfg, ["r"], every=100)
+    g = graphs.read_graph(first)
+    assert g["nodes"] == ["r-s0", "r-s100"] and sorted(p.name for p in (first / "models").iterdir()) == [
+        "r-s0.safetensors", "r-s100.safetensors"]
+    assert g["meta"]["r-s100"]["sha256"] == sha256_file(ckpt / "r_100.safetensors")

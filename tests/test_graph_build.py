@@ -9,7 +9,7 @@ import time
 import pytest
 
 from common.io import read_json, sha256_file
-from data_gen.graph import build_graph, is_done, weights_path
+from data_gen.graph import build_graph, is_done, stale_roots, weights_path
 from tests.toy_runs import is_count_of
 from tests.conftest import compose
 
@@ -160,6 +160,8 @@ def test_changed_root_source_rebuilds_its_tree(baseline, tmp_path):
             state = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}
         return arch, state
 
+    assert stale_roots(tiny_cfg(tmp_path)) == []
+    assert stale_roots(tiny_cfg(tmp_path), load_root_fn=shifted_b1) == ["vit_b1"]
     counting = Counting()
     summary = build_graph(tiny_cfg(tmp_path), finetune_fn=counting, load_root_fn=shifted_b1)
     assert sorted(summary["built"]) == ["vit_b1", "vit_b1-0", "vit_b1-0-0"]

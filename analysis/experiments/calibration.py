@@ -121,7 +121,8 @@ def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, 
 
 
 def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor: int) -> list[dict]:
-    """Fine-tune `n` seeded-random nodes again from their parents with `factor`x the steps; cached in work_dir."""
+    """Fine-tune `n` seeded-random nodes again from their parents with `factor`x the steps; cached in work_dir
+    under the recipe and the parent's sha256 (a rebuilt root changes every parent below it)."""
     from safetensors.torch import load_file
 
     import data_gen.finetune as ft
@@ -141,8 +142,10 @@ def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor
         recipe["epochs"] = int(recipe.get("epochs", 1)) * factor
         if recipe.get("max_steps"):
             recipe["max_steps"] = int(recipe["max_steps"]) * factor
+        parent_sha256 = graph["meta"][job["parent"]]["sha256"]
         stamp = work / f"{node}.json"
-        if stamp.is_file() and read_json(stamp).get("recipe") == recipe:
+        if stamp.is_file() and (read_json(stamp).get("recipe"), read_json(stamp).get("parent_sha256")) == (
+                recipe, parent_sha256):
             out.append(read_json(stamp))
             continue
         arch = read_record(graph_dir, job["root"])["meta"]["arch"]
@@ -150,9 +153,9 @@ def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor
         res = ft.finetune(arch=arch, init_state=load_file(weights_path(graph_dir, job["parent"])), task=task,
                           recipe=recipe, out_dir=work, node_id=node, num_threads=cfg.get("num_threads"),
                           progress=False, save_adapter=False)
-        rec = {"node": node, "task": job["task"], "recipe": recipe, "steps": res["steps"],
-               "val_accuracy": res["val_accuracy"], "base_accuracy": graph["meta"][node]["val_accuracy"],
-               "base_steps": graph["meta"][node].get("steps")}
+        rec = {"node": node, "task": job["task"], "recipe": recipe, "parent_sha256": parent_sha256,
+               "steps": res["steps"], "val_accuracy": res["val_accuracy"],
+               "base_accuracy": graph["meta"][node]["val_accuracy"], "base_steps": graph["meta"][node].get("steps")}
         write_json(stamp, rec)
         out.append(rec)
     return out

@@ -23,10 +23,10 @@ def configured_graph(cfg: DictConfig) -> Path:
     """The graph of cfg.data_gen, built (or finished) by data_gen when not complete."""
     if "data_gen" not in cfg:
         raise ValueError(f"{NAME}: no graph given: set analysis.default.graph or compose a data_gen config")
-    graph_dir = Path(cfg.data_gen.dir)
-    if not (cfg.analysis.get("reuse_graphs", True) and is_complete(graph_dir)):
-        from data_gen.graph import build_graph
+    from data_gen.graph import build_graph, stale_roots
 
+    graph_dir = Path(cfg.data_gen.dir)
+    if not (cfg.analysis.get("reuse_graphs", True) and is_complete(graph_dir) and not stale_roots(cfg)):
         build_graph(cfg)
     return graph_dir
 
