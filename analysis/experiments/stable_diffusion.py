@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.recover import recover_graph
-from analysis.report import knobs, run_experiment, save_figure, write_table
+from analysis.report import knobs, run_experiment, write_table
 from common.io import atomic_write, write_json
 
 NAME = "stable_diffusion"
