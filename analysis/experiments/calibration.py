@@ -250,7 +250,7 @@ def render(results: dict, out_dir: Path) -> None:
     t = results["targets"]
     graphs = [{k: (_num(v) if k not in ("label", "graph", "metric", "per_tree", "longer") else v)
                for k, v in g.items()} for g in results["graphs"].values()]
-    rows = [{"graph": g["label"], "models": g["n_models"], "distance": g["metric"],
+    rows = [{"graph": g["label"], "models": int(g["n_models"]), "distance": g["metric"],
              "median val acc": g["median_accuracy"], "median chance": g["median_chance"],
              f"gain at {results['longer_factor']}x steps": g["longer_gain"],
              "edge size min": g["edge_min"], "edge size median": g["edge_median"], "edge size max": g["edge_max"],
