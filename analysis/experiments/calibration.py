@@ -220,21 +220,25 @@ def compute(cfg: DictConfig) -> dict:
     graphs = {label: graph_measures(cfg, label, OmegaConf.to_container(spec, resolve=True), k)
               for label, spec in k.graphs.items()}
     roots = [root_measures(r, roots_cache(cfg)) for r in k.roots]
-    # separation of the roots: closest two roots of the same architecture vs the largest edge anywhere
+    # separation of the roots: closest two roots of one architecture vs the largest edge of that architecture's
+    # graphs (a ResNet edge says nothing about how far apart two ViT roots must be)
     vectors: dict[str, np.ndarray] = {}
+    largest_for: dict[tuple, float] = {}   # flat weight shape (the architecture) -> largest edge of its graphs
     for g in graphs.values():
-        vectors.update(g.pop("root_vectors"))
+        for name, vec in g.pop("root_vectors").items():
+            vectors[name] = vec
+            largest_for[vec.shape] = max(largest_for.get(vec.shape, 0.0), float(g["edge_max"]))
     if len(k.roots) > 1:
         from data_gen.roots import ensure_root
         for r in k.roots:
             vectors.setdefault(r, flat_weights(ensure_root(r, cache_dir=roots_cache(cfg))))
     names = [r for r in vectors if r in set(k.roots)]
-    dists = [float(np.linalg.norm(vectors[a] - vectors[b]) / np.linalg.norm(vectors[a]))
-             for i, a in enumerate(names) for b in names[i + 1:] if vectors[a].shape == vectors[b].shape]
-    largest = max(g["edge_max"] for g in graphs.values()) if graphs else math.nan
+    pairs = [(float(np.linalg.norm(vectors[a] - vectors[b]) / np.linalg.norm(vectors[a])),
+              largest_for[vectors[a].shape]) for i, a in enumerate(names) for b in names[i + 1:]
+             if vectors[a].shape == vectors[b].shape and vectors[a].shape in largest_for]
+    closest, largest = min(pairs, key=lambda p: p[0] / p[1]) if pairs else (math.nan, math.nan)
     return jsonable({"graphs": graphs, "roots": roots,
-            "root_separation": {"closest_roots": min(dists) if dists else math.nan, "largest_edge": largest,
-                                "ratio": (min(dists) / largest) if dists else math.nan},
+            "root_separation": {"closest_roots": closest, "largest_edge": largest, "ratio": closest / largest},
             "targets": TARGETS, "longer_factor": int(k.longer_factor)})
 
 
