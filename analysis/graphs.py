@@ -78,13 +78,22 @@ def is_complete(graph_dir: Path) -> bool:
     return all((Path(graph_dir) / "models" / f"{n}.safetensors").is_file() for n in graph["nodes"])
 
 
+def reusable(cfg: DictConfig) -> bool:
+    """True when the graph of `cfg.data_gen` may be used as built: reuse allowed, complete, and every root's
+    source still gives the weights it holds (`data_gen.graph.stale_roots`); otherwise data_gen builds it."""
+    from data_gen.graph import stale_roots
+
+    return (bool(cfg.analysis.get("reuse_graphs", True)) and is_complete(Path(cfg.data_gen.dir))
+            and not stale_roots(cfg))
+
+
 def ensure_graph(cfg: DictConfig, data_gen_name: str, **overrides: Any) -> Path:
     """Build (or reuse) the graph of conf/data_gen/<name>.yaml under paths.graphs_dir; return its folder."""
-    from data_gen.graph import build_graph, stale_roots
+    from data_gen.graph import build_graph
 
     sub = graph_cfg(cfg, data_gen_name, **overrides)
     graph_dir = Path(sub.data_gen.dir)
-    if cfg.analysis.get("reuse_graphs", True) and is_complete(graph_dir) and not stale_roots(sub):
+    if reusable(sub):
         log.info("reusing graph %s", graph_dir)
         return graph_dir
     summary = build_graph(sub)

@@ -144,9 +144,9 @@ def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor
             recipe["max_steps"] = int(recipe["max_steps"]) * factor
         parent_sha256 = graph["meta"][job["parent"]]["sha256"]
         stamp = work / f"{node}.json"
-        if stamp.is_file() and (read_json(stamp).get("recipe"), read_json(stamp).get("parent_sha256")) == (
-                recipe, parent_sha256):
-            out.append(read_json(stamp))
+        cached = read_json(stamp) if stamp.is_file() else {}
+        if (cached.get("recipe"), cached.get("parent_sha256")) == (recipe, parent_sha256):
+            out.append(cached)
             continue
         arch = read_record(graph_dir, job["root"])["meta"]["arch"]
         task = load_task_data(cfg, job["task"], **job.get("data", {}))

@@ -10,7 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from analysis.experiments import experiment
-from analysis.graphs import is_complete, resolve_graph
+from analysis.graphs import resolve_graph, reusable
 from analysis.recover import recover_graph
 from analysis.report import knobs, run_experiment, write_table
 from common.io import atomic_write
@@ -23,12 +23,11 @@ def configured_graph(cfg: DictConfig) -> Path:
     """The graph of cfg.data_gen, built (or finished) by data_gen when not complete."""
     if "data_gen" not in cfg:
         raise ValueError(f"{NAME}: no graph given: set analysis.default.graph or compose a data_gen config")
-    from data_gen.graph import build_graph, stale_roots
+    if not reusable(cfg):
+        from data_gen.graph import build_graph
 
-    graph_dir = Path(cfg.data_gen.dir)
-    if not (cfg.analysis.get("reuse_graphs", True) and is_complete(graph_dir) and not stale_roots(cfg)):
         build_graph(cfg)
-    return graph_dir
+    return Path(cfg.data_gen.dir)
 
 
 def compute(cfg: DictConfig) -> dict:
