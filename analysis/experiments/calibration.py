@@ -42,8 +42,8 @@ NAME = "calibration"
 log = logging.getLogger("mother.analysis")
 HEADS = ("head.", "fc.", "classifier.")
 # The issue's targets for a faithful miniature (acceptance lines): used for the pass/fail column only.
-TARGETS = {"median_accuracy": 0.6, "rho": 0.9, "edge_spread": 10.0, "root_accuracy": 0.6, "plateau": 0.02,
-           "root_separation": 3.0}
+TARGETS = {"median_accuracy": 0.6, "longer_gain": 0.05, "rho": 0.9, "edge_spread": 10.0, "root_accuracy": 0.6,
+           "plateau": 0.02, "root_separation": 3.0}
 
 
 def flat_weights(path: Path) -> np.ndarray:
@@ -248,6 +248,17 @@ def _ok(value: float | None, target: float, higher: bool = True) -> str:
     return "yes" if (value >= target if higher else value <= target) else "no"
 
 
+def _acc_ok(g: Mapping, t: Mapping) -> str:
+    """Issue 14's fine-tune accuracy target: "yes" at >= 0.6, "converged" below it when the longer runs gain less
+    than `longer_gain` (within 0.05 of the 4x-longer run), else "no"."""
+    if _ok(g["median_accuracy"], t["median_accuracy"]) == "yes":
+        return "yes"
+    gain = g["longer_gain"]
+    if gain is None or math.isnan(gain):
+        return "no"
+    return "converged" if gain < t.get("longer_gain", 0.05) else "no"
+
+
 def render(results: dict, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -262,7 +273,7 @@ def render(results: dict, out_dir: Path) -> None:
              "additivity": g["additivity"], "same-task closer": g["same_task_closer"],
              "other-task closer": g["other_task_closer"], "nearest is parent/child": g["nearest_is_neighbour"],
              "kurtosis falls": g["kurtosis_falls"],
-             "in regime (acc, rho, spread)": "/".join([_ok(g["median_accuracy"], t["median_accuracy"]),
+             "in regime (acc, rho, spread)": "/".join([_acc_ok(g, t),
                                                       _ok(g["rho"], t["rho"]),
                                                       _ok(g["edge_spread"], t["edge_spread"], higher=False)])}
             for g in graphs]
@@ -304,7 +315,8 @@ def describe(results: dict) -> dict:
                      f"{g['edge_spread']:.0f}x, same-task closer {g['same_task_closer']:.0%}, kurtosis falls on "
                      f"{g['kurtosis_falls']:.0%}" for g in gs)
     sep = results["root_separation"]
-    notes = (f"Targets (issue 14): median fine-tune accuracy >= 0.6, rho >= 0.9, edge spread <= 10x, roots >= 0.6 and "
+    notes = (f"Targets (issue 14): median fine-tune accuracy >= 0.6 (or within 0.05 of the 4x-longer runs: "
+             f"'converged'), rho >= 0.9, edge spread <= 10x, roots >= 0.6 and "
              f"plateaued (< 2% loss drop over the last 20%), closest roots >= 3x the largest edge (now "
              f"{_num(sep['ratio']):.2f}x). At mini scale Fig. 1 is a calibration target, not evidence: the recipes are "
              f"chosen to reach it.")

@@ -112,7 +112,8 @@ def render(results: dict, out_dir: Path) -> None:
             rows.append({"rung": label, "width": r["root"]["width"], "pretrain steps": r["root"]["steps"],
                          "root val acc": _num(r["root"]["val_accuracy"]), "probe": probe, "distance": p["metric"],
                          "median val acc": _num(p["median_accuracy"]), "edge max/min": _num(p["edge_spread"]),
-                         "Fig. 1 rho": _num(p["rho"]), "same-task closer": _num(p["same_task_closer"]),
+                         "Fig. 1 rho": _num(p["rho"]), "path rho": _num(p["rho_path"]),
+                         "same-task closer": _num(p["same_task_closer"]),
                          "nearest is parent/child": _num(p["nearest_is_neighbour"]),
                          "kurtosis falls": _num(p["kurtosis_falls"]), "edge accuracy (paper's method)":
                          _num(p["edge_accuracy"]), "undirected": _num(p["undirected_accuracy"])})
@@ -139,7 +140,8 @@ def render(results: dict, out_dir: Path) -> None:
 def describe(results: dict) -> dict:
     parts = []
     for label, r in results["rungs"].items():
-        ps = ", ".join(f"{p}: rho {_num(v['rho']):.2f}, acc {_num(v['median_accuracy']):.2f}, edges "
+        ps = ", ".join(f"{p}: rho {_num(v['rho']):.2f} (path {_num(v['rho_path']):.2f}), acc "
+                       f"{_num(v['median_accuracy']):.2f}, edges "
                        f"{_num(v['edge_accuracy']):.2f}" for p, v in r["probes"].items())
         parts.append(f"{label} (root acc {_num(r['root']['val_accuracy']):.2f}): {ps}")
     return {"title": "Scale ladder: where MoTHer's premise appears as models grow", "ours": "; ".join(parts),
