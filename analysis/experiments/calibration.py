@@ -248,15 +248,15 @@ def _ok(value: float | None, target: float, higher: bool = True) -> str:
     return "yes" if (value >= target if higher else value <= target) else "no"
 
 
-def _acc_ok(g: Mapping, t: Mapping) -> str:
-    """Issue 14's fine-tune accuracy target: "yes" at >= 0.6, "converged" below it when the longer runs gain less
-    than `longer_gain` (within 0.05 of the 4x-longer run), else "no"."""
+def accuracy_status(g: Mapping, t: Mapping) -> str:
+    """Issue 14's fine-tune accuracy target: "yes" at >= 0.6, "converged" below it when the median accuracy is
+    within `longer_gain` (0.05) of the 4x-longer runs', else "no"."""
     if _ok(g["median_accuracy"], t["median_accuracy"]) == "yes":
         return "yes"
     gain = g["longer_gain"]
     if gain is None or math.isnan(gain):
         return "no"
-    return "converged" if gain < t.get("longer_gain", 0.05) else "no"
+    return "converged" if abs(gain) <= t["longer_gain"] else "no"
 
 
 def render(results: dict, out_dir: Path) -> None:
@@ -273,7 +273,7 @@ def render(results: dict, out_dir: Path) -> None:
              "additivity": g["additivity"], "same-task closer": g["same_task_closer"],
              "other-task closer": g["other_task_closer"], "nearest is parent/child": g["nearest_is_neighbour"],
              "kurtosis falls": g["kurtosis_falls"],
-             "in regime (acc, rho, spread)": "/".join([_acc_ok(g, t),
+             "in regime (acc, rho, spread)": "/".join([accuracy_status(g, t),
                                                       _ok(g["rho"], t["rho"]),
                                                       _ok(g["edge_spread"], t["edge_spread"], higher=False)])}
             for g in graphs]

@@ -57,7 +57,8 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
         return read_json(record)
     task = load_task_data(cfg, str(k.mix), seed=0, n_train=int(k.n_train), n_val=int(k.n_val))
     res = pretrain(arch=arch, task=task, recipe=recipe, folder=folder, checkpoint_every=int(rung["steps"]),
-                   eval_every=int(k.eval_every), resume_every=int(k.eval_every), num_threads=cfg.get("num_threads"), progress=True)
+                   eval_every=int(k.eval_every), resume_every=int(k.eval_every), num_threads=cfg.get("num_threads"),
+                   progress=True)
     curve = res["curve"]
     rec = {"label": label, "arch": arch, "width": int(rung["width"]), "steps": res["steps"], "recipe": recipe,
            "mix": str(k.mix), "val_accuracy": res["val_accuracy"], "val_loss": res["val_loss"],
