@@ -151,7 +151,8 @@ def plot_panels(series: Sequence[Mapping], panels: Sequence[str], *, ylabel: str
 
 
 def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale: str, command: str,
-                            paper: str, ours: str, notes: str, files: list[str], seed: int) -> Path:
+                            paper: str, ours: str, notes: str, files: list[str], seed: int,
+                            roots: dict[str, str] | None = None) -> Path:
     """Write out_dir/experiment.json: what `build_results_readme` turns into a section of results/README.md.
 
     Args:
@@ -164,6 +165,8 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
         notes: how they compare (say plainly where they differ) and anything a reader must know.
         files: names (relative to out_dir) of the tables and figures written.
         seed: the master seed the results derive from.
+        roots: name -> sha256 of the shipped built-in roots when the results were made
+            (`data_gen.roots.shipped_digests`); the README flags results made on roots that changed since.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -173,7 +176,25 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
         raise FileNotFoundError(f"{out_dir}: experiment record lists files that do not exist: {missing}")
     record = {"experiment": experiment, "title": title, "scale": scale, "command": command, "paper": paper,
               "ours": ours, "notes": notes, "files": sorted(files), "seed": int(seed)}
+    if roots is not None:
+        record["roots"] = dict(roots)
     return write_json(out_dir / RECORD, record)
+
+
+def roots_line(record: dict) -> str | None:
+    """For a mini-scale record: a README line when the shipped built-in roots changed since it was made (or when
+    it predates the roots record), else None."""
+    if record.get("scale") != "mini":
+        return None
+    from data_gen.roots import shipped_digests
+
+    made = record.get("roots")
+    if made is None:
+        return ("- built-in roots: not recorded (made before results recorded the roots they ran on); rerun the "
+                "command above to be sure it describes the shipped roots")
+    changed = sorted(n for n, h in shipped_digests().items() if made.get(n) != h)
+    return (f"- built-in roots: {', '.join(changed)} changed since these results were made; rerun the command above "
+            f"to refresh them") if changed else None
 
 
 def _section(folder: Path, record: dict) -> str:
@@ -187,6 +208,8 @@ def _section(folder: Path, record: dict) -> str:
              f"- ours: {record['ours']}"]
     if record.get("notes"):
         lines.append(f"- notes: {record['notes']}")
+    if (stale := roots_line(record)) is not None:
+        lines.append(stale)
     lines.append("")
     for f in record["files"]:
         path = folder / f
@@ -296,8 +319,11 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     render(results, out_dir)
     files = written_files(out_dir)
     text = describe(results)
+    from data_gen.roots import shipped_digests
+
     write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
-                            command=regenerate_command(cfg), files=files, seed=int(cfg.seed), **text)
+                            command=regenerate_command(cfg), files=files, seed=int(cfg.seed),
+                            roots=shipped_digests(), **text)
     log.info("%s: %s", name, text["ours"])
     return results
 

@@ -151,6 +151,12 @@ def build_root(name: str, *, cache_dir: Path, data_dir: str | Path | None = None
     return folder
 
 
+def shipped_digests() -> dict[str, str]:
+    """name -> sha256 of each shipped built-in root's final weights (from its record in data_gen/assets/roots/)."""
+    return {name: read_json(ASSETS / f"{name}.json").get("sha256") for name in ROOTS
+            if (ASSETS / f"{name}.json").is_file()}
+
+
 def ensure_root(name: str, *, cache_dir: Path | None, data_dir: str | Path | None = None,
                 num_threads: int | None = None) -> Path:
     """Final weights of built-in root `name`: the cache if built, else the shipped copy, else build it now.

@@ -78,6 +78,23 @@ def test_record_and_readme(tmp_path):
     assert "[table1.csv](table1/table1.csv)" in readme
 
 
+def test_readme_flags_results_made_on_other_roots(tmp_path):
+    from data_gen.roots import shipped_digests
+
+    now = shipped_digests()
+    assert now and all(len(h) == 64 for h in now.values())
+    kw = dict(title="T", scale="mini", command="c", paper="p", ours="o", notes="", files=[], seed=0)
+    report.write_experiment_record(tmp_path / "current", experiment="current", roots=now, **kw)
+    old = {**now, "vit_a2": "0" * 64}
+    report.write_experiment_record(tmp_path / "older", experiment="older", roots=old, **kw)
+    report.write_experiment_record(tmp_path / "unknown", experiment="unknown", **kw)
+    assert report.roots_line(json.loads((tmp_path / "current" / "experiment.json").read_text())) is None
+    assert "vit_a2 changed" in report.roots_line(json.loads((tmp_path / "older" / "experiment.json").read_text()))
+    assert "not recorded" in report.roots_line(json.loads((tmp_path / "unknown" / "experiment.json").read_text()))
+    readme = report.build_results_readme(tmp_path).read_text()
+    assert readme.count("- built-in roots:") == 2
+
+
 def test_record_rejects_missing_files_and_bad_scale(tmp_path):
     kw = dict(experiment="x", title="X", command="c", paper="p", ours="o", notes="", seed=0)
     with pytest.raises(FileNotFoundError, match="nope.md"):
