@@ -181,23 +181,25 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
     return write_json(out_dir / RECORD, record)
 
 
-def roots_line(record: dict) -> str | None:
-    """For a mini-scale record: a README line when the shipped built-in roots changed since it was made (or when
-    it predates the roots record), else None."""
+def roots_line(record: dict, shipped: Mapping[str, str] | None = None) -> str | None:
+    """For a mini-scale record: a README line when the shipped built-in roots (`shipped`, default: read now) changed
+    since it was made (or when it predates the roots record), else None."""
     if record.get("scale") != "mini":
         return None
-    from data_gen.roots import shipped_digests
+    if shipped is None:
+        from data_gen.roots import shipped_digests
 
+        shipped = shipped_digests()
     made = record.get("roots")
     if made is None:
         return ("- built-in roots: not recorded (made before results recorded the roots they ran on); rerun the "
                 "command above to be sure it describes the shipped roots")
-    changed = sorted(n for n, h in shipped_digests().items() if made.get(n) != h)
+    changed = sorted(n for n, h in shipped.items() if made.get(n) != h)
     return (f"- built-in roots: {', '.join(changed)} changed since these results were made; rerun the command above "
             f"to refresh them") if changed else None
 
 
-def _section(folder: Path, record: dict) -> str:
+def _section(folder: Path, record: dict, shipped: Mapping[str, str]) -> str:
     name = record["experiment"]
     lines = [f"## {record['title']}", "",
              f"- experiment: `{name}` — scale: **{record['scale']}** — seed: {record['seed']}",
@@ -208,7 +210,7 @@ def _section(folder: Path, record: dict) -> str:
              f"- ours: {record['ours']}"]
     if record.get("notes"):
         lines.append(f"- notes: {record['notes']}")
-    if (stale := roots_line(record)) is not None:
+    if (stale := roots_line(record, shipped)) is not None:
         lines.append(stale)
     lines.append("")
     for f in record["files"]:
@@ -245,8 +247,11 @@ def build_results_readme(results_dir: Path) -> Path:
         parts.append("")
     else:
         parts += ["No experiment has been run yet.", ""]
+    from data_gen.roots import shipped_digests
+
+    shipped = shipped_digests()   # read once for every section
     for path in records:
-        parts.append(_section(path.parent, read_json(path)))
+        parts.append(_section(path.parent, read_json(path), shipped))
     absent = {k: e.not_run_here for k, e in known.items()
               if e.not_run_here and not (results_dir / k / RECORD).is_file()}
     if absent:
