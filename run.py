@@ -27,6 +27,10 @@ STAGES: dict[str, str] = {
     "analysis": "analysis.stage:run",
 }
 
+# Stages that import torch only when they need it (recovery: GPU kernels, torch checkpoint files, with no global
+# torch randomness); a run of these alone skips torch's import (seconds) and its thread / seed setup.
+TORCH_ON_DEMAND = frozenset({"recovery"})
+
 
 def get_stage(name: str) -> Callable[[DictConfig], dict]:
     """Import the stage function named `name` (lazily, so one stage never imports another's deps)."""
@@ -44,10 +48,11 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     from common.seed import seed_everything
 
     check_config(cfg)
-    if cfg.get("num_threads"):
+    uses_torch = any(name not in TORCH_ON_DEMAND for name in cfg.stages)
+    if uses_torch and cfg.get("num_threads"):
         import torch
         torch.set_num_threads(int(cfg.num_threads))
-    seed_everything(int(cfg.seed))
+    seed_everything(int(cfg.seed), with_torch=uses_torch)
     save_run_record(cfg, cfg.paths.output_dir, {"stages": list(cfg.stages)})
     if not cfg.stages:
         log.warning("no stages configured (cfg.stages is empty); nothing to run")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 
 import numpy as np
 
@@ -13,10 +14,12 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and (when imported) torch."""
+def seed_everything(seed: int, with_torch: bool = True) -> None:
+    """Seed python, numpy and torch (`with_torch=False`: torch only if something imported it already)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
+    if not with_torch and "torch" not in sys.modules:
+        return
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency

@@ -51,6 +51,7 @@ _DTYPES = {
 }
 _SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 _MAX_HEADER = 100 * 2**20
+READ_AHEAD = 2   # tensors whose bytes the prefetching reader asks the kernel for ahead of reading them
 
 
 class CheckpointError(InputError):
@@ -408,6 +409,23 @@ class ModelReader:
             return out.reshape(info.shape)
         return self._read(name, info, info.start, info.numel, out, info.shape)
 
+    def advise(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Ask the kernel to start reading tensor `name` (rows `rows`) into the page cache now (posix_fadvise
+        WILLNEED; returns at once), so that a later `get` finds it there. A no-op where the OS has no fadvise and
+        for files that are not read by byte range (torch pickles, adapters)."""
+        info = self.model.tensors[name]
+        f = self._files.get(info.file)
+        if f is None or not hasattr(os, "posix_fadvise"):
+            return
+        offset, length = info.start, info.end - info.start
+        if rows is not None:
+            per_row = (info.end - info.start) // max(info.shape[0], 1)
+            offset, length = info.start + rows[0] * per_row, (rows[1] - rows[0]) * per_row
+        try:
+            os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:   # a hint only: a file system without it reads on demand
+            pass
+
     def _get_rows(self, name: str, info: "TensorInfo", rows: tuple[int, int], out: np.ndarray | None) -> np.ndarray:
         """Rows [start, stop) of tensor `name` (see `get`)."""
         start, stop = rows
@@ -504,7 +522,10 @@ def _prefetched(readers: list[ModelReader], plan: list, rows: Mapping[str, tuple
 
     def produce() -> None:
         try:
-            for name, shape, dtype in plan:
+            for k, (name, shape, dtype) in enumerate(plan):
+                for nxt, _, _ in plan[k:k + 1 + READ_AHEAD]:   # the disk reads this and the next tensors meanwhile
+                    for r in readers:
+                        r.advise(nxt, rows.get(nxt))
                 raw = free.get()
                 if stop.is_set():
                     return

@@ -12,6 +12,7 @@ The LoRA rank factorizations take the same `Kernel` (recovery.distances: `to_dev
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ def resolve_device(value: object) -> str:
     if not isinstance(value, str) or value.lower() not in DEVICES:
         raise ConfigError(f"recovery.device must be one of {list(DEVICES)}, got {value!r}")
     value = value.lower()
-    if value == "cpu":
+    if value == "cpu" or (value == "auto" and not _torch_may_see_gpu()):
         return "cpu"
     try:
         import torch
@@ -41,6 +42,21 @@ def resolve_device(value: object) -> str:
         raise ConfigError("recovery.device=cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
                           "use recovery.device=auto or recovery.device=cpu")
     return "cuda" if available else "cpu"
+
+
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")   # NVIDIA, ROCm, WSL
+
+
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver's device files exist; without them torch cannot see a GPU."""
+    return any(os.path.exists(p) for p in GPU_DRIVER_FILES)
+
+
+def _torch_may_see_gpu() -> bool:
+    """False when torch is not imported yet and no GPU driver is present: `auto` then resolves to cpu without
+    importing torch (seconds of a short recovery run)."""
+    import sys
+    return "torch" in sys.modules or gpu_driver_present()
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,33 @@ def test_certificate_is_a_proof_on_a_borderline_rank():
     assert ranks == [limit + 1, limit]
     if certified(lay, 0, 1):
         assert ranks[0] > limit
+
+
+def test_prefetch_asks_the_kernel_for_the_next_tensors_bytes(tmp_path, monkeypatch):
+    """The prefetching reader hints (posix_fadvise WILLNEED) the byte ranges of the tensor it reads and of the
+    READ_AHEAD next ones, in every file, so a cold disk works while the caller computes; row slices hint only their
+    rows."""
+    import os
+
+    import recovery.checkpoints as ck
+
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this OS: the hint is a no-op")
+    folder, _ = _folder(tmp_path)
+    cat = discover(folder)
+    names = ["blocks.0.mlp.fc1.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight"]
+    rows = {"blocks.0.attn.qkv.weight": (96, 144)}
+    hints: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(ck.os, "posix_fadvise", lambda fd, off, length, advice: hints.append((fd, off, length)))
+    stack, readers = open_all(cat.models)
+    with stack:
+        list(iter_stacked(readers, names, rows, prefetch=True))
+        fds = {r._files[r.model.tensors[names[0]].file].fileno(): r for r in readers}
+    assert {fd for fd, _, _ in hints} == set(fds)
+    for fd, r in fds.items():
+        info = {k: r.model.tensors[k] for k in names}
+        per_row = (info[names[1]].end - info[names[1]].start) // info[names[1]].shape[0]
+        want = {(info[names[0]].start, info[names[0]].end - info[names[0]].start),
+                (info[names[1]].start + 96 * per_row, 48 * per_row),
+                (info[names[2]].start, info[names[2]].end - info[names[2]].start)}
+        assert {(off, length) for f, off, length in hints if f == fd} == want

@@ -1,5 +1,7 @@
 """recovery.device: the option's values and errors, and the torch kernels (on CPU always, on CUDA when a GPU is
 visible) against the numpy path: equal ranks, l2 within float tolerance."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +98,24 @@ def test_analysis_on_torch_equals_numpy(tmp_path, device, monkeypatch):
     assert ref.distance.max() >= 2   # real LoRA ranks, not all zeros
     np.testing.assert_allclose(got.l2, ref.l2, rtol=1e-6)
     assert got.info["device"].startswith(device)
+
+
+def test_auto_on_a_machine_without_gpu_driver_never_imports_torch(tmp_path, monkeypatch):
+    """recovery.device=auto with no GPU driver files resolves to cpu without importing torch, and a recover run
+    (a torch-free stage) imports no torch at all: seconds of a short run."""
+    import recovery.kernels as kernels
+
+    monkeypatch.delitem(sys.modules, "torch")   # restored after the test; nothing here imports it again
+    monkeypatch.setattr(kernels.os.path, "exists", lambda p: False)
+    assert resolve_device("auto") == "cpu"
+    assert "torch" not in sys.modules
+    monkeypatch.undo()
+    if kernels.gpu_driver_present():
+        pytest.skip("this machine has a GPU driver: torch decides there")
+    folder = tmp_path / "models"
+    write_tree(folder, vit_shapes(32, 1), {"r": ["a", "b"]}, ["r"], seed=0, method="full", scale=1e-2, graph=False)
+    out = run_cli(tmp_path, f"input={folder}", f"output_dir={tmp_path / 'out'}", "recovery.plot=false",
+                  env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "numpy" in imported and "torch" not in imported
