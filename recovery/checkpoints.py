@@ -520,23 +520,35 @@ def _prefetched(readers: list[ModelReader], plan: list, rows: Mapping[str, tuple
     ready: queue.Queue = queue.Queue()
     stop = threading.Event()
 
+    ahead = threading.Semaphore(READ_AHEAD + 1)   # tensors hinted but not yet read
+
+    def hint() -> None:
+        """Ask the kernel for each tensor's bytes, READ_AHEAD tensors before the reader gets there: a hint can
+        block while the disk's queue is full, so it has its own thread and never holds up the reader."""
+        for name, _, _ in plan:
+            ahead.acquire()
+            if stop.is_set():
+                return
+            for r in readers:
+                r.advise(name, rows.get(name))
+
     def produce() -> None:
         try:
-            for k, (name, shape, dtype) in enumerate(plan):
-                for nxt, _, _ in plan[k:k + 1 + READ_AHEAD]:   # the disk reads this and the next tensors meanwhile
-                    for r in readers:
-                        r.advise(nxt, rows.get(nxt))
+            for name, shape, dtype in plan:
                 raw = free.get()
                 if stop.is_set():
                     return
                 count = n * int(np.prod(shape, dtype=np.int64))
                 buf = raw[:count * np.dtype(dtype).itemsize].view(dtype).reshape(n, -1)
                 _fill(readers, name, rows.get(name), buf)
+                ahead.release()
                 ready.put((name, buf.reshape((n,) + shape), raw))
         except BaseException as e:   # handed to the consumer, which raises it
             ready.put(e)
 
+    hinter = threading.Thread(target=hint, name="mother-readahead", daemon=True)
     worker = threading.Thread(target=produce, name="mother-prefetch", daemon=True)
+    hinter.start()
     worker.start()
     try:
         for _ in plan:
@@ -550,4 +562,6 @@ def _prefetched(readers: list[ModelReader], plan: list, rows: Mapping[str, tuple
     finally:
         stop.set()
         free.put(np.empty(0, dtype=np.uint8))   # wake a producer waiting for a buffer
+        ahead.release()                          # and a hinter waiting for the reader
         worker.join()
+        hinter.join()
