@@ -99,6 +99,7 @@ class RecoveryConfig:
     tree: TreeOptions = field(default_factory=TreeOptions)
     plot: bool = True
     device: str = "auto"             # auto | cpu | cuda (recovery.kernels)
+    direct_io: bool = True           # uncached tensors >= 1 MiB read with O_DIRECT (recovery.direct_io)
     strict: bool = False
     candidates: str = "auto"         # dense | knn | auto (recovery.sparse.use_knn)
     sparse: SparseOptions = field(default_factory=SparseOptions)

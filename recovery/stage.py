@@ -57,7 +57,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
             stages_file: str | Path | None = None, layers: Mapping | None = None, distance: Mapping | None = None,
             direction: Mapping | None = None, cluster: Mapping | None = None, tree: Mapping | None = None,
             plot: bool = True, seed: int = 0, quiet: bool = False, strict: bool = False,
-            device: str = "auto", candidates: str = "dense", sparse: Mapping | None = None) -> dict[str, Any]:
+            device: str = "auto", direct_io: bool = True, candidates: str = "dense", sparse: Mapping | None = None
+            ) -> dict[str, Any]:
     """Recover the Model Graph of the models in `path`.
 
     Args:
@@ -77,6 +78,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         strict: any model that cannot be used (unreadable, NaN/Inf, another architecture, a duplicate) is an error;
             by default it is left out with a warning and listed under `excluded` in tree.json.
         device: where the Gram products and rank factorizations run: auto | cpu | cuda (recovery.kernels).
+        direct_io: read large uncached tensors with O_DIRECT (recovery.direct_io); False: through the page cache.
         candidates: dense (all pairs) | knn (nearest-neighbour candidate edges, recovery.sparse; l2 and the
             paper's tree only) | auto (knn above `sparse.auto_above` models).
         sparse: recovery.sparse options (knn, pool, project_dim, ...).
@@ -112,7 +114,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         tree_evidence, missing = {}, []
     else:
         wa = analyze_folder(path, stages_file=stages_file, layers=layers, distance=distance, direction=direction,
-                            strict=strict, device=device)
+                            strict=strict, device=device, direct_io=direct_io)
     t_weights = time.perf_counter() - t0
 
     if not knn:

@@ -82,13 +82,14 @@ def _rank_tol(value):
 
 def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, layers: Mapping = {},
                    distance: Mapping = {}, direction: Mapping = {}, progress: bool = True,
-                   strict: bool = False, device: str = "auto") -> WeightAnalysis:
+                   strict: bool = False, device: str = "auto", direct_io: bool = True) -> WeightAnalysis:
     """Distances (l2 always, plus the configured metric) and direction scores of every model in `path`.
 
     Models that cannot be used (unreadable file, another architecture, NaN/Inf weights, duplicates) are left out
     with a warning and listed in `excluded`; with `strict` any of them is an error. A duplicate is kept as an alias
     of the model it copies (`aliases`). `device` (recovery.device: auto | cpu | cuda) is where the Gram products and
-    the rank factorizations run (recovery.kernels).
+    the rank factorizations run (recovery.kernels); `direct_io` reads large uncached tensors with O_DIRECT
+    (recovery.direct_io).
     """
     t0 = time.perf_counter()
     kernel = Kernel.for_device(device)
@@ -114,7 +115,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     direction_acc = DirectionStats(n, dir_layers, ro["stat"], cue_acc)
     certs = FinetuneCertificates(n, rank_tol, do["seed"]) if ranks is None else None
     bad = _stream(models, dist_layers, dir_layers, [gram] + [a for a in (ranks, certs) if a is not None],
-                  direction_acc, kernel, progress)
+                  direction_acc, kernel, progress, direct_io)
     keep, aliases = exclude_models(models, bad, gram.same, excluded, warnings, strict, catalog.root)
     kx = np.ix_(keep, keep)
     n_layers = len(dist_layers)
@@ -170,7 +171,7 @@ def _read_plan(groups: dict[str, list[tuple[str, Layer]]]) -> dict[str, tuple[in
 
 
 def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: list[Layer], dist_acc: list,
-            direction_acc: DirectionStats, kernel: Kernel, progress: bool) -> dict[int, str]:
+            direction_acc: DirectionStats, kernel: Kernel, progress: bool, direct_io: bool = True) -> dict[int, str]:
     """One pass over the files: each tensor is read once from every model (the next one read ahead by a thread) and
     handed to the accumulators: `dist_acc` (GramSums first, which needs the batch's squared distances) take every
     distance layer, `direction_acc` every direction layer.
@@ -184,7 +185,7 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
             by_tensor.setdefault(layer.tensor, []).append((role, layer))
     plan = _read_plan(by_tensor)
     bad: dict[int, str] = {}
-    stack, readers = open_all(models)
+    stack, readers = open_all(models, direct_io)
     # direction statistics run beside the Gram products (numpy and BLAS release the GIL); both only read the stack
     with stack, ThreadPoolExecutor(1, thread_name_prefix="mother-direction") as side:
         names = list(by_tensor)
