@@ -32,6 +32,11 @@ def test_table1_toy(cfg_factory, tmp_path):
         assert set(r["per_tree"]) == {"root0", "root1"} and all(_exact(v) for v in r["per_tree"].values())
         assert r["n_trees_pred"] == r["n_trees_true"] == 2
         assert r["n_models"] == 14
+        # the distance premise holds on separable graphs (true edges are the nearest pairs); kurtosis falls along
+        # every edge of one kind of delta, not along every edge of the Mixed graph (measured, not assumed)
+        assert r["premises"]["nearest_is_neighbour"] == 1.0, r["label"]
+        assert r["premises"]["kurtosis_falls"] == 1.0 if r["label"] != "Mixed" else 0 < r["premises"]["kurtosis_falls"] <= 1
+        assert r["premises"]["rho"] > 0.5 and set(r["premises"]["per_tree"]) == {"root0", "root1"}, r["label"]
     assert {r["label"]: r["distance_metric"] for r in rows} == {"LoRA-V": "lora_rank", "LoRA-F": "lora_rank",
                                                                 "FT": "l2", "Mixed": "l2"}
     out = tmp_path / "results" / "table1"

@@ -161,37 +161,55 @@ def longer_runs(cfg: DictConfig, graph_dir: Path, graph: Mapping, n: int, factor
     return out
 
 
+def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
+    """The measures of the paper's two premises on one graph, from its weight analysis `wa` (recovery's distances
+    and direction scores): per tree and averaged over the trees, Fig. 1 / path rho, additivity, nearest model is
+    parent/child, same-task attraction; and the share of edges where the direction score (kurtosis) falls."""
+    index = {m: i for i, m in enumerate(wa.ids)}
+    meta = graph["meta"]
+    tasks = {n: meta[n].get("task") for n in graph["nodes"] if meta[n].get("parent") is not None}
+    falls = [float(wa.direction[index[c]] < wa.direction[index[p]]) for p, c in graph["edges"]
+             if p in index and c in index]
+    per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks,
+                                    wa.distance_metric) for root, members in trees_of(graph).items()}
+
+    def mean(key: str) -> float:  # over the trees where the measure applies (nan when none)
+        vals = [t[key] for t in per_tree.values() if not math.isnan(t[key])]
+        return float(np.mean(vals)) if vals else math.nan
+    return {"metric": wa.distance_metric, "rho": mean("rho"), "rho_path": mean("rho_path"),
+            "additivity": mean("additivity"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
+            "same_task_closer": mean("same_task_closer"), "other_task_closer": mean("other_task_closer"),
+            "kurtosis_falls": float(np.mean(falls)) if falls else math.nan, "per_tree": per_tree}
+
+
+def premise_note(p: Mapping) -> str:
+    """`premise_measures` as a note: why recovery places or directs edges wrong on that graph."""
+    return (f"on this graph the nearest model is the parent or a child for {100 * p['nearest_is_neighbour']:.0f}% "
+            f"of models, {p['metric']} vs tree distance rho {p['rho']:.2f} (paper Fig. 1: 0.99), kurtosis falls on "
+            f"{100 * p['kurtosis_falls']:.0f}% of edges (paper: nearly all)")
+
+
 def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) -> dict[str, Any]:
     """Every calibration measure of one graph."""
     graph_dir = resolve_graph(cfg, spec["graph"])
     graph = read_graph(graph_dir)
     wa = analyze(graph_dir, recovery_options(cfg, spec.get("recovery")))
-    index = {m: i for i, m in enumerate(wa.ids)}
     meta = graph["meta"]
-    tasks = {n: meta[n].get("task") for n in graph["nodes"] if meta[n].get("parent") is not None}
+    children = [n for n in graph["nodes"] if meta[n].get("parent") is not None]
     vecs = {n: flat_weights(graph_dir / "models" / f"{n}.safetensors") for n in graph["nodes"]}
     rel = [float(np.linalg.norm(vecs[c] - vecs[p]) / np.linalg.norm(vecs[p])) for p, c in graph["edges"]]
-    falls = [float(wa.direction[index[c]] < wa.direction[index[p]]) for p, c in graph["edges"]
-             if p in index and c in index]
-    accs = [meta[n]["val_accuracy"] for n in tasks if meta[n].get("val_accuracy") is not None]
-    chance = [1.0 / meta[n]["num_classes"] for n in tasks if meta[n].get("num_classes")]
-    per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks,
-                                    wa.distance_metric) for root, members in trees_of(graph).items()}
+    accs = [meta[n]["val_accuracy"] for n in children if meta[n].get("val_accuracy") is not None]
+    chance = [1.0 / meta[n]["num_classes"] for n in children if meta[n].get("num_classes")]
+    premises = premise_measures(graph, wa)
     longer = longer_runs(cfg, graph_dir, graph, int(k.longer_nodes), int(k.longer_factor))
-    def mean(key: str) -> float:  # over the trees where the measure applies (nan when none)
-        vals = [t[key] for t in per_tree.values() if not math.isnan(t[key])]
-        return float(np.mean(vals)) if vals else math.nan
-    return {"label": label, "graph": graph_dir.name, "n_models": len(graph["nodes"]), "metric": wa.distance_metric,
+    return {"label": label, "graph": graph_dir.name, "n_models": len(graph["nodes"]),
             "median_accuracy": float(np.median(accs)) if accs else math.nan,
             "median_chance": float(np.median(chance)) if chance else math.nan,
             "edge_min": min(rel), "edge_median": float(np.median(rel)), "edge_max": max(rel),
-            "edge_spread": max(rel) / min(rel), "rho": mean("rho"), "rho_path": mean("rho_path"),
-            "additivity": mean("additivity"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
-            "same_task_closer": mean("same_task_closer"), "other_task_closer": mean("other_task_closer"),
-            "kurtosis_falls": float(np.mean(falls)) if falls else math.nan, "per_tree": per_tree,
+            "edge_spread": max(rel) / min(rel), **premises,
             "longer": longer,
             "longer_gain": float(np.median([r["val_accuracy"] - r["base_accuracy"] for r in longer])) if longer
-            else math.nan, "root_vectors": {r: vecs[r] for r in per_tree}}
+            else math.nan, "root_vectors": {r: vecs[r] for r in premises["per_tree"]}}
 
 
 def root_measures(name: str, cache_dir: Path | None) -> dict[str, Any]:
