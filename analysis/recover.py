@@ -82,12 +82,15 @@ def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = 
 
 def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mapping | None = None, *,
                  plot: bool = False) -> dict:
-    """Build/reuse a graph, recover it, and summarise the scores as one JSON-able row."""
+    """Build/reuse a graph, recover it, and summarise the scores as one JSON-able row, with the paper's premises
+    measured on the graph (analysis.premises: why edges go wrong)."""
     from analysis.graphs import read_graph, resolve_graph
+    from analysis.premises import premise_measures
 
     graph_dir = resolve_graph(cfg, graph_spec)
     graph = read_graph(graph_dir)
     out = recover_graph(cfg, graph_dir, overrides, plot=plot)
+    premises = premise_measures(graph, analyze(graph_dir, recovery_options(cfg, overrides)))
     m = out["metrics"]
     roots = [n for n in graph["nodes"] if graph["stage"].get(n) == "generalization"
              and not any(e[1] == n for e in graph["edges"])]
@@ -99,7 +102,21 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
             "per_tree": per_tree(m), "clustering_accuracy": clustering,
             "n_trees_true": m["n_trees_true"], "n_trees_pred": m["n_trees_pred"],
             "distance_metric": out["tree"].get("distance_metric"), "options": out["options"],
-            "work_dir": out["work_dir"]}
+            "work_dir": out["work_dir"], "premises": premises}
+
+
+def accuracy_note(row: Mapping, paper: float, what: str, accuracy: float | None = None, tol: float = 0.05) -> str:
+    """Our accuracy (row["edge_accuracy"] unless `accuracy` is given) beside the paper's, where the row's edges were
+    lost (error_split), and where it differs from the paper's, why: the premises measured on the graph
+    (row["premises"])."""
+    from analysis.premises import premise_note
+    from analysis.report import compare
+
+    ours = row["edge_accuracy"] if accuracy is None else accuracy
+    note = compare(ours, paper, what=what, tol=tol) + (error_split(row) if accuracy is None else "")
+    if abs(ours - paper) > tol and row.get("premises"):
+        note += f" ({premise_note(row['premises'])})"
+    return note
 
 
 def error_split(row: Mapping) -> str:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from analysis import stage
-from analysis.experiments.calibration import (TARGETS, accuracy_status, path_edges, path_prediction, pearson,
-                                              tree_measures, trees_of)
+from analysis.experiments.calibration import TARGETS, accuracy_status
+from analysis.premises import path_edges, path_prediction, pearson, tree_measures, trees_of
 
 
 def test_trees_of_groups_by_root():

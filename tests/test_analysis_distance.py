@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analysis import stage
-from analysis.experiments.fig1_distance import hop_distances
+from analysis.premises import hop_distances
 from analysis.experiments.fig6_clustering import draw
 
 

@@ -2,7 +2,6 @@
 with Pearson's rho (paper: 0.99), for the l2 distance (full fine-tuning) and the rank distance (LoRA)."""
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -11,31 +10,12 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
+from analysis.premises import hop_distances
 from analysis.recover import analyze, recovery_options
 from analysis.report import compare, knobs, run_experiment, save_figure, write_table
 
 NAME = "fig1_distance"
 PAPER_RHO = 0.99
-
-
-def hop_distances(nodes: list[str], edges: list[list[str]]) -> dict[str, dict[str, int]]:
-    """Undirected number of edges between every pair of `nodes` (BFS from each; unreachable pairs left out)."""
-    adj: dict[str, list[str]] = {n: [] for n in nodes}
-    for p, c in edges:
-        if p in adj and c in adj:
-            adj[p].append(c)
-            adj[c].append(p)
-    out = {}
-    for s in nodes:
-        dist, queue = {s: 0}, deque([s])
-        while queue:
-            x = queue.popleft()
-            for y in adj[x]:
-                if y not in dist:
-                    dist[y] = dist[x] + 1
-                    queue.append(y)
-        out[s] = dist
-    return out
 
 
 def tree_members(graph: dict, root: str | None) -> tuple[str, list[str]]:

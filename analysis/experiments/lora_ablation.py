@@ -8,8 +8,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from analysis.experiments import experiment
-from analysis.recover import accuracy_frame, accuracy_run
-from analysis.report import compare, knobs, run_experiment, write_table
+from analysis.recover import accuracy_frame, accuracy_note, accuracy_run
+from analysis.report import knobs, run_experiment, write_table
 
 NAME = "lora_ablation"
 PAPER = {"lora_rank": 1.0, "l2": 0.78}
@@ -33,7 +33,8 @@ def render(results: dict, out_dir: Path) -> None:
 def describe(results: dict) -> dict:
     acc = {r["label"]: r["edge_accuracy"] for r in results["rows"]}
     ours = ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
-    notes = "; ".join(compare(acc[k], PAPER[k], what=f"{k} accuracy") for k in acc if k in PAPER)
+    notes = "; ".join(accuracy_note(r, PAPER[r["label"]], f"{r['label']} accuracy")
+                      for r in results["rows"] if r["label"] in PAPER)
     if "lora_rank" in acc and "l2" in acc:
         drop = acc["lora_rank"] - acc["l2"]
         notes += (f". Rank minus l2: {drop:+.3f} (paper +0.22)"

@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import derived_graph, resolve_graph
-from analysis.recover import accuracy_run
-from analysis.report import compare, knobs, run_experiment, save_figure, write_table
+from analysis.recover import accuracy_note, accuracy_run
+from analysis.report import knobs, run_experiment, save_figure, write_table
 
 NAME = "pruning"
 PAPER = {0.0: 0.89, 0.1: 0.89, 0.3: 0.88, 0.5: 0.86, 0.7: 0.87, 0.9: 0.85, 0.91: 0.84, 0.92: 0.84, 0.93: 0.84,
@@ -89,7 +89,7 @@ def render(results: dict, out_dir: Path) -> None:
 def describe(results: dict) -> dict:
     rows = results["rows"]
     ours = ", ".join(f"{r['label']}: {r['edge_accuracy']:.3f}" for r in rows)
-    notes = "; ".join(compare(r["edge_accuracy"], PAPER[round(r["amount"], 2)], what=f"{r['label']} accuracy")
+    notes = "; ".join(accuracy_note(r, PAPER[round(r["amount"], 2)], f"{r['label']} accuracy")
                       for r in rows if round(r["amount"], 2) in PAPER and r["amount"] in (0.0, 0.9, 0.95, 0.99))
     return {"title": "Table 4 / Fig. 15: robustness to pruning", "ours": ours, "notes": notes,
             "paper": "0%: 0.89, 90%: 0.85, 95%: 0.80, 99%: 0.68 (random ~0.05)"}

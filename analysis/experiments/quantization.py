@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import derived_graph, read_graph, resolve_graph
-from analysis.recover import accuracy_run
-from analysis.report import compare, knobs, mean_std, run_experiment, write_table
+from analysis.recover import accuracy_note, accuracy_run
+from analysis.report import knobs, mean_std, run_experiment, write_table
 from common.seed import derive_seed
 
 NAME = "quantization"
@@ -122,8 +122,8 @@ def render(results: dict, out_dir: Path) -> None:
 def describe(results: dict) -> dict:
     rows = summary(results)
     ours = "; ".join(f"{r['method']} {r['graph mean']:.3f} ± {r['graph std']:.4f}" for r in rows)
-    notes = "; ".join(compare(r["graph mean"], PAPER[r["method"]][0], what=f"{r['method']} accuracy")
-                      for r in rows if r["method"] in PAPER)
+    notes = "; ".join(accuracy_note(results["none"], PAPER[r["method"]][0], f"{r['method']} accuracy",
+                                    accuracy=r["graph mean"]) for r in rows if r["method"] in PAPER)
     drop = rows[0]["graph mean"] - min(r["graph mean"] for r in rows)
     notes += f". Largest drop from unquantized: {drop:.3f} (paper: < 0.01). int8 backend: {results['int8_backend']}"
     return {"title": "Table 5: robustness to quantization", "ours": ours, "notes": notes,

@@ -7,8 +7,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from analysis.experiments import experiment
-from analysis.recover import accuracy_frame, accuracy_run, error_split
-from analysis.report import compare, knobs, run_experiment, write_table
+from analysis.recover import accuracy_frame, accuracy_note, accuracy_run
+from analysis.report import knobs, run_experiment, write_table
 
 NAME = "resnet"
 PAPER = 1.0
@@ -31,7 +31,7 @@ def describe(results: dict) -> dict:
     r = results["rows"][0]
     return {"title": "ResNet Model Tree", "paper": "ResNet-50 tree, 21 models, full fine-tuning: accuracy 1.0",
             "ours": f"{r['edge_accuracy']:.3f} on {r['n_models']} models ({r['graph']})",
-            "notes": compare(r["edge_accuracy"], PAPER) + error_split(r)}
+            "notes": accuracy_note(r, PAPER, "accuracy")}
 
 
 @experiment(NAME, order=30)

@@ -8,10 +8,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from analysis.experiments import experiment
-from analysis.experiments.calibration import premise_measures, premise_note
-from analysis.graphs import read_graph, resolve_graph
-from analysis.recover import accuracy_frame, accuracy_run, analyze, error_split, recovery_options
-from analysis.report import compare, knobs as get_knobs, run_experiment, write_table
+from analysis.recover import accuracy_frame, accuracy_note, accuracy_run
+from analysis.report import knobs as get_knobs, run_experiment, write_table
 
 NAME = "table1"
 PAPER_COLUMNS = ["ImageNet", "ImageNet-21k", "MAE", "DINO", "MSN", "Model Graph"]
@@ -20,15 +18,10 @@ PAPER = {"LoRA-V": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], "LoRA-F": [1.0, 1.0, 1.0, 1.0
 
 
 def compute(cfg: DictConfig) -> dict:
-    """Recover each configured sub-graph (cfg.analysis.table1.subgraphs: label -> {graph, recovery}), and measure
-    the paper's premises on it (analysis.experiments.calibration.premise_measures: why edges go wrong)."""
+    """Recover each configured sub-graph (cfg.analysis.table1.subgraphs: label -> {graph, recovery})."""
     knobs = get_knobs(cfg, NAME)
-    rows = []
-    for label, sub in knobs.subgraphs.items():
-        row = accuracy_run(cfg, label, sub.graph, sub.get("recovery"), plot=bool(knobs.get("plot", False)))
-        graph_dir = resolve_graph(cfg, sub.graph)
-        wa = analyze(graph_dir, recovery_options(cfg, sub.get("recovery")))
-        rows.append({**row, "premises": premise_measures(read_graph(graph_dir), wa)})
+    rows = [accuracy_run(cfg, label, sub.graph, sub.get("recovery"), plot=bool(knobs.get("plot", False)))
+            for label, sub in knobs.subgraphs.items()]
     return {"rows": rows}
 
 
@@ -52,9 +45,7 @@ def describe(results: dict) -> dict:
     rows = results["rows"]
     ours = "; ".join(f"{r['label']} {r['edge_accuracy']:.3f} (clustering {r['clustering_accuracy']:.2f}, "
                      f"{r['n_models']} models)" for r in rows)
-    notes = "; ".join(compare(r["edge_accuracy"], PAPER[r["label"]][-1], what=f"{r['label']} accuracy")
-                      + error_split(r) + (f" ({premise_note(r['premises'])})" if "premises" in r
-                                          and abs(r["edge_accuracy"] - PAPER[r["label"]][-1]) > 0.05 else "")
+    notes = "; ".join(accuracy_note(r, PAPER[r["label"]][-1], f"{r['label']} accuracy")
                       for r in rows if r["label"] in PAPER)
     return {"title": "Table 1: MoTHer accuracy on the LoRA-V, LoRA-F, FT and Mixed sub-graphs",
             "paper": "Model Graph accuracy LoRA-V 1.0, LoRA-F 0.96, FT 0.94, Mixed 0.83 (clustering perfect)",
