@@ -9,6 +9,7 @@ some network file systems) `direct_capable` says so and the caller reads as usua
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import functools
@@ -30,13 +31,35 @@ def direct_capable(fd: int) -> bool:
     """Whether the file system under `fd` takes O_DIRECT reads (the flag can be set and is cleared again)."""
     if not hasattr(os, "O_DIRECT") or _libc() is None:
         return False
+    with _direct_flag(fd) as ok:
+        return ok
+
+
+def evict(path: str | os.PathLike) -> None:
+    """Write a file's dirty pages and drop it from the page cache (posix_fadvise DONTNEED; no root needed), so that
+    the next read comes from the disk: benchmarks and tests of cold reads."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _direct_flag(fd: int):
+    """O_DIRECT set on `fd` inside the block (yields False, and sets nothing, where it is refused); the file's
+    flags are restored after."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
     except OSError:
-        return False
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-    return True
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
 def cached_share(fd: int, offset: int, length: int) -> float:
@@ -71,31 +94,30 @@ def read_uncached(fd: int, offset: int, dest: memoryview) -> int | None:
     n = dest.nbytes
     if n < MIN_BYTES or cached_share(fd, offset, n) >= CACHED:
         return None
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-    except OSError:
-        return None
-    try:
-        buf = _buffer()
-        view = memoryview(buf)
-        end = offset + n
-        pos = offset - offset % ALIGN
-        while pos < end:
-            length = min(CHUNK, -(-(end - pos) // ALIGN) * ALIGN)
-            try:
-                got = os.preadv(fd, [view[:length]], pos)
-            except OSError:   # a file system that accepts the flag but not the read: read it as usual
-                return None
-            lo, hi = max(offset, pos), min(end, pos + got)
-            if hi > lo:
-                dest[lo - offset:hi - offset] = view[lo - pos:hi - pos]
-            if got < length:
-                return max(hi - offset, 0)
-            pos += length
-        return n
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    with _direct_flag(fd) as ok:
+        return _read_direct(fd, offset, dest) if ok else None
+
+
+def _read_direct(fd: int, offset: int, dest: memoryview) -> int | None:
+    """read_uncached's reads, on an fd with O_DIRECT set: aligned CHUNK-byte requests through this thread's buffer."""
+    n = dest.nbytes
+    buf = _buffer()
+    view = memoryview(buf)
+    end = offset + n
+    pos = offset - offset % ALIGN
+    while pos < end:
+        length = min(CHUNK, -(-(end - pos) // ALIGN) * ALIGN)
+        try:
+            got = os.preadv(fd, [view[:length]], pos)
+        except OSError:   # a file system that accepts the flag but not the read: read it as usual
+            return None
+        lo, hi = max(offset, pos), min(end, pos + got)
+        if hi > lo:
+            dest[lo - offset:hi - offset] = view[lo - pos:hi - pos]
+        if got < length:
+            return max(hi - offset, 0)
+        pos += length
+    return n
 
 
 def _buffer() -> mmap.mmap:

@@ -32,6 +32,7 @@ from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from recovery.direct_io import evict  # noqa: E402
 from recovery.synthetic import finetune, random_weights, vit_shapes, write_tree  # noqa: E402
 from recovery.weights import analyze_folder  # noqa: E402
 
@@ -104,12 +105,7 @@ def _value_rows(layers: list[str], dim: int) -> list[tuple[str, slice]]:
 def _drop_cache(files: list[Path]) -> None:
     """Evict the files from the page cache (fsync, then posix_fadvise DONTNEED: no root needed)."""
     for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        evict(f)
 
 
 def _cached_share(files: list[Path]) -> float:

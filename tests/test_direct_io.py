@@ -12,15 +12,6 @@ from recovery import direct_io
 from recovery.weights import analyze_folder
 
 
-def _evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture
 def big_file(tmp_path):
     """A 10 MiB + 12345-byte file of random bytes (crosses the 8 MiB request size) and its contents."""
@@ -39,13 +30,13 @@ def test_direct_read_returns_the_files_bytes(big_file):
     path, fd, data = big_file
     m = direct_io.MIN_BYTES
     for offset, length in [(0, m), (4097, 2 * m + 5), (100, 9 * m), (len(data) - m - 3, m + 3)]:
-        _evict(path)
+        direct_io.evict(path)
         assert direct_io.cached_share(fd, offset, length) < direct_io.CACHED
         dest = bytearray(length)
         assert direct_io.read_uncached(fd, offset, memoryview(dest)) == length, (offset, length)
         assert bytes(dest) == data[offset:offset + length], (offset, length)
         assert direct_io.cached_share(fd, offset, length) < direct_io.CACHED   # it did not fill the page cache
-    _evict(path)
+    direct_io.evict(path)
     dest = bytearray(m + 100)   # past the end of the file: the bytes that are there, and how many
     assert direct_io.read_uncached(fd, len(data) - m, memoryview(dest)) == m
     assert bytes(dest[:m]) == data[-m:]
@@ -58,7 +49,7 @@ def test_cached_and_small_ranges_are_left_to_the_buffered_read(big_file):
     os.pread(fd, len(data), 0)   # now cached
     assert direct_io.cached_share(fd, 0, len(data)) == 1.0
     assert direct_io.read_uncached(fd, 0, memoryview(bytearray(2 * direct_io.MIN_BYTES))) is None
-    _evict(path)
+    direct_io.evict(path)
     assert direct_io.read_uncached(fd, 0, memoryview(bytearray(direct_io.MIN_BYTES - 1))) is None
 
 
@@ -80,7 +71,7 @@ def test_recovery_on_evicted_files_is_the_same_with_direct_reads(tmp_path, monke
     out = {}
     for direct in (True, False):
         for f in files:
-            _evict(f)
+            direct_io.evict(f)
         out[direct] = analyze_folder(tmp_path, distance={"metric": "l2"}, progress=False, direct_io=direct)
     assert direct_reads.count(640 * 512 * 4) == 4   # the large tensor of each model, read with O_DIRECT once
     assert out[True].ids == out[False].ids
