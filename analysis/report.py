@@ -292,20 +292,29 @@ def _drop_left_out(value: Any) -> Any:
     return {k: _drop_left_out(v) for k, v in value.items() if not (table and v is None)}
 
 
-def regenerate_command(cfg: DictConfig) -> str:
+QUEUE_OVERRIDES = ("analysis.experiments=", "analysis.queue.", "analysis.keep_going=")
+
+
+def regenerate_command(cfg: DictConfig, experiment: str | None = None) -> str:
     """The command recorded with results: cfg.analysis.command if set, else `python run.py` plus
     `+experiment=<task_name>` when that experiment config exists (a conf/experiment file or one generated per
-    conf/analysis file, common/paths.py); then the Hydra command-line overrides, if any."""
+    conf/analysis file, common/paths.py) -- or `+experiment=<experiment>`, the one that made the results, when a
+    queue such as paper_mini ran it; then the Hydra command-line overrides, if any, except those that only chose
+    which experiments of a queue ran (QUEUE_OVERRIDES)."""
     command = cfg.analysis.get("command")
     if not command:
         from common.paths import experiment_config_names
 
+        names = experiment_config_names()
         name = str(cfg.get("task_name") or "")
-        command = "python run.py" + (f" +experiment={name}" if name in experiment_config_names() else "")
+        if name in names and experiment in names:
+            name = experiment
+        command = "python run.py" + (f" +experiment={name}" if name in names else "")
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("+experiment=")]
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith("+experiment=") and not o.startswith(QUEUE_OVERRIDES)]
     except ValueError:  # not running under @hydra.main (tests, notebooks)
         overrides = []
     return " ".join([str(command), *overrides])
@@ -327,7 +336,7 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     from data_gen.roots import shipped_digests
 
     write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
-                            command=regenerate_command(cfg), files=files, seed=int(cfg.seed),
+                            command=regenerate_command(cfg, name), files=files, seed=int(cfg.seed),
                             roots=shipped_digests(), **text)
     log.info("%s: %s", name, text["ours"])
     return results

@@ -105,3 +105,20 @@ def test_record_rejects_missing_files_and_bad_scale(tmp_path):
 
 def test_readme_without_records(tmp_path):
     assert "No experiment has been run yet" in report.build_results_readme(tmp_path).read_text()
+
+
+def test_a_queued_experiment_records_its_own_command(monkeypatch):
+    """Run by a queue (paper_mini, a subset chosen with analysis.experiments), a result records the command that
+    makes it alone; run by plain `python run.py`, no +experiment."""
+    from omegaconf import OmegaConf
+
+    from hydra.core.hydra_config import HydraConfig
+
+    class Fake:
+        overrides = OmegaConf.create({"task": ["+experiment=paper_mini", "num_threads=1",
+                                               "analysis.experiments=[table1,deep]", "analysis.queue.deep=false"]})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: Fake))
+    cfg = OmegaConf.create({"task_name": "paper_mini", "analysis": {"command": None}})
+    assert report.regenerate_command(cfg, "table1") == "python run.py +experiment=table1 num_threads=1"
+    cfg = OmegaConf.create({"task_name": "train", "analysis": {"command": None}})
+    assert report.regenerate_command(cfg, "default").startswith("python run.py num_threads=1")
