@@ -296,27 +296,27 @@ QUEUE_OVERRIDES = ("analysis.experiments=", "analysis.queue.", "analysis.keep_go
 
 
 def regenerate_command(cfg: DictConfig, experiment: str | None = None) -> str:
-    """The command recorded with results: cfg.analysis.command if set, else `python run.py` plus
-    `+experiment=<task_name>` when that experiment config exists (a conf/experiment file or one generated per
-    conf/analysis file, common/paths.py) -- or `+experiment=<experiment>`, the one that made the results, when a
-    queue such as paper_mini ran it; then the Hydra command-line overrides, if any, except those that only chose
-    which experiments of a queue ran (QUEUE_OVERRIDES)."""
-    command = cfg.analysis.get("command")
-    if not command:
-        from common.paths import experiment_config_names
+    """The command recorded with results: cfg.analysis.command if set, else `python run.py` plus the
+    `+experiment=NAME` it was run with -- or `+experiment=<experiment>`, the one that made the results, when a queue
+    such as paper_mini ran it -- then the Hydra command-line overrides, if any, except those that only chose which
+    experiments of a queue ran (QUEUE_OVERRIDES). Outside Hydra (tests, notebooks) NAME is the task_name, when that
+    experiment config exists (a conf/experiment file or one generated per conf/analysis file, common/paths.py)."""
+    from common.paths import experiment_config_names
 
-        names = experiment_config_names()
-        name = str(cfg.get("task_name") or "")
-        if name in names and experiment in names:
-            name = experiment
-        command = "python run.py" + (f" +experiment={name}" if name in names else "")
+    names = experiment_config_names()
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.startswith("+experiment=") and not o.startswith(QUEUE_OVERRIDES)]
-    except ValueError:  # not running under @hydra.main (tests, notebooks)
-        overrides = []
+        task = list(HydraConfig.get().overrides.task)
+        launched = next((o.split("=", 1)[1] for o in task if o.startswith("+experiment=")), None)
+    except ValueError:  # not running under @hydra.main
+        task, launched = [], str(cfg.get("task_name") or "")
+    command = cfg.analysis.get("command")
+    if not command:
+        if launched in names and experiment in names:
+            launched = experiment
+        command = "python run.py" + (f" +experiment={launched}" if launched in names else "")
+    overrides = [o for o in task if not o.startswith("+experiment=") and not o.startswith(QUEUE_OVERRIDES)]
     return " ".join([str(command), *overrides])
 
 

@@ -120,5 +120,6 @@ def test_a_queued_experiment_records_its_own_command(monkeypatch):
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: Fake))
     cfg = OmegaConf.create({"task_name": "paper_mini", "analysis": {"command": None}})
     assert report.regenerate_command(cfg, "table1") == "python run.py +experiment=table1 num_threads=1"
-    cfg = OmegaConf.create({"task_name": "train", "analysis": {"command": None}})
-    assert report.regenerate_command(cfg, "default").startswith("python run.py num_threads=1")
+    Fake.overrides = OmegaConf.create({"task": ["num_threads=1"]})   # plain `python run.py` (task_name: default)
+    cfg = OmegaConf.create({"task_name": "default", "analysis": {"command": None}})
+    assert report.regenerate_command(cfg, "default") == "python run.py num_threads=1"
