@@ -70,3 +70,15 @@ def panel_table(summary: Mapping[str, Mapping]) -> "pandas.DataFrame":
         row.update({"monotone_frac": s["mean_monotone_fraction"], "consistent": "yes" if s["consistent"] else "no"})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def panel_why(results: Mapping, panel: str) -> str:
+    """Why a panel of a fig8 / fig13-style result is not consistently monotone, in numbers: its Spearman rho along
+    fine-tuning per root against the |rho| every root needs, and which panels are consistent instead."""
+    p = results["panels"][panel]
+    rhos = ", ".join(f"{v:+.2f} ({node_name(k)})" for k, v in p["spearman"].items() if v is not None)
+    others = [k for k, v in results["panels"].items() if v["consistent"] and k != panel]
+    return (f": here {panel}'s Spearman rho along fine-tuning is {rhos or 'undefined'} (|rho| >= "
+            f"{results['min_abs_rho']} needed on every root, sign {p['direction']}); consistently monotone instead: "
+            f"{', '.join(others) or 'none'}")
+

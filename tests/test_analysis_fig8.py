@@ -60,3 +60,16 @@ def test_fig8_toy_run(tmp_path_factory, saved_figures):
         drawn = sorted(line.get_xydata().tolist() for line in ax.lines)
         assert drawn == sorted([list(map(float, p)) for p in zip(s["steps"], s["values"])]
                                for s in results["series"] if s["stat"] == stat), stat
+
+
+def test_a_panel_that_is_not_consistent_says_why_in_numbers():
+    from analysis.trends import panel_why
+
+    results = {"min_abs_rho": 0.8, "panels": {
+        "kurtosis": {"spearman": {"builtin:vit_a1": -0.95, "builtin:vit_b1": -0.47}, "direction": "down",
+                     "consistent": False},
+        "variance": {"spearman": {"builtin:vit_a1": 1.0, "builtin:vit_b1": 1.0}, "direction": "up",
+                     "consistent": True}}}
+    assert panel_why(results, "kurtosis") == (": here kurtosis's Spearman rho along fine-tuning is -0.95 (vit_a1), "
+                                              "-0.47 (vit_b1) (|rho| >= 0.8 needed on every root, sign down); "
+                                              "consistently monotone instead: variance")

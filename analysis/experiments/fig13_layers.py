@@ -14,7 +14,7 @@ from analysis.experiments import experiment
 from analysis import report
 from analysis.report import plot_panels
 from analysis.trajectories import finetune_panels
-from analysis.trends import panel_table, trend_rows
+from analysis.trends import panel_table, panel_why, trend_rows
 
 NAME = "fig13_layers"
 
@@ -47,7 +47,8 @@ def describe(results: dict) -> dict[str, str]:
             f"(of {', '.join(results['order'])}; |rho| >= {results['min_abs_rho']} for every root)")
     dense_ok = "dense" in consistent
     notes = ("Built-in tiny roots and tasks. " + ("As in the paper, the dense layers are consistently monotone."
-             if dense_ok else "This differs from the paper, where the dense layers are consistently monotone."))
+             if dense_ok else "This differs from the paper, where the dense layers are consistently monotone"
+             + panel_why(results, "dense") + "."))
     return {"title": "Fig. 13: direction score per layer type along fine-tuning",
             "paper": "the dense layers are consistently monotonic across roots", "ours": ours, "notes": notes}
 

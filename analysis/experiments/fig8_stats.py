@@ -15,7 +15,7 @@ from analysis.experiments import experiment
 from analysis import report
 from analysis.report import plot_panels
 from analysis.trajectories import finetune_panels
-from analysis.trends import panel_table, trend_rows
+from analysis.trends import panel_table, panel_why, trend_rows
 
 NAME = "fig8_stats"
 
@@ -47,7 +47,8 @@ def describe(results: dict) -> dict[str, str]:
             f"(of {', '.join(results['order'])}; |rho| >= {results['min_abs_rho']} for every root)")
     only_kurtosis = consistent == ["kurtosis"]
     notes = ("Built-in tiny roots and tasks. " + ("As in the paper, only kurtosis is consistently monotone."
-             if only_kurtosis else "This differs from the paper, where only kurtosis is consistently monotone."))
+             if only_kurtosis else "This differs from the paper, where only kurtosis is consistently monotone"
+             + panel_why(results, "kurtosis") + "."))
     return {"title": "Fig. 8: variance, skewness, kurtosis and entropy along fine-tuning",
             "paper": "only kurtosis is consistently (almost) monotonic across roots", "ours": ours, "notes": notes}
 
