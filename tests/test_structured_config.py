@@ -109,7 +109,7 @@ def test_recovery_configs_compose_typed_and_paper_yaml_states_the_schema_default
     recommended = OmegaConf.to_container(compose(["recovery=recommended", "recovery.tree.c=1"]).recovery)
     assert recommended["tree"]["c"] == 1.0 and isinstance(recommended["tree"]["c"], float)
     # a mapping option replaces the schema's null instead of merging into a default mapping
-    assert recommended["tree"]["cues"] == {"init_distance": 1.0, "centrality": 1.0}
+    assert recommended["tree"]["cues"] == {"kurtosis": 1.0, "init_distance": 1.0}
     assert recommended["direction"]["cues"] is True and recommended["tree"]["orient"] == "root"
 
 
