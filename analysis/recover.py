@@ -85,12 +85,11 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
     """Build/reuse a graph, recover it, and summarise the scores as one JSON-able row, with the paper's premises
     measured on the graph (analysis.premises: why edges go wrong)."""
     from analysis.graphs import read_graph, resolve_graph
-    from analysis.premises import premise_measures
 
     graph_dir = resolve_graph(cfg, graph_spec)
     graph = read_graph(graph_dir)
     out = recover_graph(cfg, graph_dir, overrides, plot=plot)
-    premises = premise_measures(graph, analyze(graph_dir, recovery_options(cfg, overrides)))
+    premises = graph_premises(cfg, graph_dir, graph, overrides)
     m = out["metrics"]
     roots = [n for n in graph["nodes"] if graph["stage"].get(n) == "generalization"
              and not any(e[1] == n for e in graph["edges"])]
@@ -103,6 +102,13 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
             "n_trees_true": m["n_trees_true"], "n_trees_pred": m["n_trees_pred"],
             "distance_metric": out["tree"].get("distance_metric"), "options": out["options"],
             "work_dir": out["work_dir"], "premises": premises}
+
+
+def graph_premises(cfg: DictConfig, graph_dir: Path, graph: Mapping, overrides: Mapping | None = None) -> dict:
+    """The paper's premises measured on a graph (analysis.premises) from a weight pass with the run's options."""
+    from analysis.premises import premise_measures
+
+    return premise_measures(graph, analyze(graph_dir, recovery_options(cfg, overrides)))
 
 
 def accuracy_note(row: Mapping, paper: float, what: str, accuracy: float | None = None, tol: float = 0.05) -> str:

@@ -10,8 +10,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
-from analysis.premises import premise_measures
-from analysis.recover import accuracy_note, accuracy_run, analyze, recover_graph, recovery_options
+from analysis.recover import accuracy_note, accuracy_run, graph_premises, recover_graph
 from analysis.report import knobs, run_experiment, write_table
 
 NAME = "deep"
@@ -43,7 +42,7 @@ def compute(cfg: DictConfig) -> dict:
     out = {"deep": {"graph": graph_dir.name, "n_models": len(graph["nodes"]),
                     "levels": max(depth.values()) + 1, "edge_accuracy": rec["metrics"]["edge_accuracy"],
                     "undirected_accuracy": rec["metrics"]["undirected_accuracy"], "by_depth": by_depth,
-                    "premises": premise_measures(graph, analyze(graph_dir, recovery_options(cfg, k.get("recovery"))))}}
+                    "premises": graph_premises(cfg, graph_dir, graph, k.get("recovery"))}}
     if k.get("shallow"):
         row = accuracy_run(cfg, "shallow", k.shallow.graph, k.shallow.get("recovery"))
         root = k.shallow.get("root") or row["roots"][0]
