@@ -75,7 +75,12 @@ def path_prediction(lengths: list[float], metric: str) -> float:
 
 def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, index: Mapping[str, int],
                   tasks: Mapping[str, str], metric: str = "l2") -> dict[str, Any]:
-    """rho (distance vs hops and vs the path prediction), nearest-is-neighbour and same-task attraction in one tree."""
+    """rho (distance vs hops and vs the path prediction), nearest-is-neighbour and same-task attraction in one tree.
+
+    `rho_ceiling` is the Fig. 1 rho this tree would show if every pair's distance were exactly its path prediction
+    from the measured edges: what the edges' sizes alone allow (1.0 only when every edge has one size; LoRA ranks
+    drawn from {8, 16, 32, 64} allow ~0.7 however additive the ranks are). `edge_length_spread` is the largest /
+    smallest edge in the distance measured."""
     hops = hop_distances(members, edges)
     tree_edges = [(p, c) for p, c in edges if p in hops and c in hops]
     median_edge = float(np.median([dist[index[p], index[c]] for p, c in tree_edges])) if tree_edges else math.nan
@@ -93,7 +98,9 @@ def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, 
     near = [hops[u][min((v for v in members if v != u), key=lambda v: dist[index[u], index[v]])] == 1
             for u in members]
     ratio = [y / p for y, p in zip(ys, preds) if p > 0]
-    return {"rho": pearson(xs, ys), "rho_path": pearson(preds, ys),
+    return {"rho": pearson(xs, ys), "rho_path": pearson(preds, ys), "rho_ceiling": pearson(xs, preds),
+            "edge_length_spread": max(edge_len.values()) / min(edge_len.values())
+            if edge_len and min(edge_len.values()) > 0 else math.nan,
             "additivity": float(np.median(ratio)) if ratio else math.nan,
             "nearest_is_neighbour": float(np.mean(near)), "pairs": len(xs),
             "same_task_closer": float(np.mean(same)) if same else math.nan, "same_task_pairs": len(same),
@@ -103,7 +110,8 @@ def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, 
 def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
     """The measures of the paper's two premises on one graph, from its weight analysis `wa` (recovery's distances
     and direction scores): per tree and averaged over the trees, Fig. 1 / path rho, additivity, nearest model is
-    parent/child, same-task attraction; and the share of edges where the direction score (kurtosis) falls."""
+    parent/child, same-task attraction, the rho the edge sizes allow (ceiling); and the share of edges where the
+    direction score (kurtosis) falls."""
     index = {m: i for i, m in enumerate(wa.ids)}
     meta = graph["meta"]
     tasks = {n: meta[n].get("task") for n in graph["nodes"] if meta[n].get("parent") is not None}
@@ -116,6 +124,7 @@ def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
         vals = [t[key] for t in per_tree.values() if not math.isnan(t[key])]
         return float(np.mean(vals)) if vals else math.nan
     return {"metric": wa.distance_metric, "rho": mean("rho"), "rho_path": mean("rho_path"),
+            "rho_ceiling": mean("rho_ceiling"), "edge_length_spread": mean("edge_length_spread"),
             "additivity": mean("additivity"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
             "same_task_closer": mean("same_task_closer"), "other_task_closer": mean("other_task_closer"),
             "kurtosis_falls": float(np.mean(falls)) if falls else math.nan, "per_tree": per_tree}

@@ -59,7 +59,8 @@ def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = 
                   plot: bool = False) -> dict:
     """MoTHer on a graph folder, scored against its graph.json.
 
-    Returns {"tree", "metrics", "options", "work_dir", "cached"}. The run goes into
+    Returns {"tree", "metrics", "options", "work_dir", "cached", "analysis"}: "analysis" is the run's own weight
+    analysis (None when cached), so that callers measure more without reading the weights again. The run goes into
     ${analysis.work_dir}/<graph folder name>/<options hash>/ (tree.json, metrics.json, key.json); a call with the
     same graph.json and options reuses it, so experiments sharing a recovery (Table 1 and its ablation) share it.
     """
@@ -72,12 +73,12 @@ def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = 
     stamp = work_dir / "key.json"
     if stamp.is_file() and read_json(stamp).get("key") == key and (work_dir / "metrics.json").is_file():
         return {"tree": read_json(work_dir / "tree.json"), "metrics": read_json(work_dir / "metrics.json"),
-                "options": options, "work_dir": portable(work_dir), "cached": True}
+                "options": options, "work_dir": portable(work_dir), "cached": True, "analysis": None}
     out = recover(graph_dir, ground_truth=graph_dir / "graph.json", output_dir=work_dir, plot=plot,
                   seed=int(cfg.seed), quiet=True, **options)
     write_json(stamp, {"key": key, "graph": str(graph_dir), "options": options})
     return {"tree": out["tree"], "metrics": out["metrics"], "options": options, "work_dir": portable(work_dir),
-            "cached": False}
+            "cached": False, "analysis": out["analysis"]}
 
 
 def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mapping | None = None, *,
@@ -89,7 +90,7 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
     graph_dir = resolve_graph(cfg, graph_spec)
     graph = read_graph(graph_dir)
     out = recover_graph(cfg, graph_dir, overrides, plot=plot)
-    premises = graph_premises(cfg, graph_dir, graph, overrides)
+    premises = graph_premises(cfg, graph_dir, graph, overrides, out["analysis"])
     m = out["metrics"]
     roots = [n for n in graph["nodes"] if graph["stage"].get(n) == "generalization"
              and not any(e[1] == n for e in graph["edges"])]
@@ -104,11 +105,13 @@ def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mappin
             "work_dir": out["work_dir"], "premises": premises}
 
 
-def graph_premises(cfg: DictConfig, graph_dir: Path, graph: Mapping, overrides: Mapping | None = None) -> dict:
-    """The paper's premises measured on a graph (analysis.premises) from a weight pass with the run's options."""
+def graph_premises(cfg: DictConfig, graph_dir: Path, graph: Mapping, overrides: Mapping | None = None,
+                   wa: Any = None) -> dict:
+    """The paper's premises measured on a graph (analysis.premises) from the weight analysis `wa` of a recovery with
+    the run's options (recover_graph's "analysis"), or, when None (a cached recovery), from a new weight pass."""
     from analysis.premises import premise_measures
 
-    return premise_measures(graph, analyze(graph_dir, recovery_options(cfg, overrides)))
+    return premise_measures(graph, wa if wa is not None else analyze(graph_dir, recovery_options(cfg, overrides)))
 
 
 def accuracy_note(row: Mapping, paper: float, what: str, accuracy: float | None = None, tol: float = 0.05) -> str:

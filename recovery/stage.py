@@ -84,7 +84,9 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
         sparse: recovery.sparse options (knn, pool, project_dim, ...).
 
     Returns:
-        {"tree": tree.json dict, "metrics": metrics dict or None, "paths": {name: file}, "warnings": [...]}.
+        {"tree": tree.json dict, "metrics": metrics dict or None, "paths": {name: file}, "warnings": [...],
+        "analysis": the in-memory recovery.weights.WeightAnalysis (None on the knn path), for callers that measure
+        more on the same weight pass (never written)}.
     """
     from recovery.weights import analyze_folder, edge_relations  # the weights side (heavy I/O) on first use
 
@@ -162,7 +164,7 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
             paths["plot"] = str(plot_tree(doc, out / "tree.png", metrics))
     if not quiet:
         print(summary(doc, metrics, paths))
-    return {"tree": doc, "metrics": metrics, "paths": paths, "warnings": warnings}
+    return {"tree": doc, "metrics": metrics, "paths": paths, "warnings": warnings, "analysis": None if knn else wa}
 
 
 def _use_knn(path: str | Path, candidates: str, sparse: Mapping | None, stages_file: Any, strict: bool) -> bool:

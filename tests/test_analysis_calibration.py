@@ -52,6 +52,29 @@ def test_path_measures_separate_edge_sizes_from_geometry():
     assert m["additivity"] == pytest.approx(np.median(ratios)) and m["additivity"] < 0.7
 
 
+def _rank_tree(ranks: dict) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """A 1 + 2 + 4 tree whose rank distance is exactly additive: each pair's distance is its path's rank sum."""
+    parent = {"a": "r", "b": "r", "c": "a", "d": "a", "e": "b", "f": "b"}
+    ids = ["r", *parent]
+    dist = np.array([[sum(ranks[e] for e in path_edges(u, v, parent)) for v in ids] for u in ids], float)
+    return ids, [[p, c] for c, p in parent.items()], dist
+
+
+def test_rho_ceiling_is_what_the_edge_sizes_allow():
+    # one rank everywhere: hops and distance agree exactly, the ceiling is 1
+    ids, edges, dist = _rank_tree(dict.fromkeys("abcdef", 16))
+    m = tree_measures(ids, edges, dist, {n: i for i, n in enumerate(ids)}, {}, "lora_rank")
+    assert m["rho"] == pytest.approx(1.0) and m["rho_ceiling"] == pytest.approx(1.0)
+    assert m["edge_length_spread"] == pytest.approx(1.0)
+    # LoRA-V-like ranks (8..64): the ranks add up exactly (path rho 1), yet rho vs hops is capped by the ceiling
+    ranks = {"a": 64, "b": 8, "c": 8, "d": 32, "e": 64, "f": 16}
+    ids, edges, dist = _rank_tree(ranks)
+    m = tree_measures(ids, edges, dist, {n: i for i, n in enumerate(ids)}, {}, "lora_rank")
+    assert m["rho_path"] == pytest.approx(1.0)
+    assert m["rho"] == pytest.approx(m["rho_ceiling"]) and m["rho_ceiling"] < TARGETS["rho"]
+    assert m["edge_length_spread"] == pytest.approx(8.0)
+
+
 def test_path_edges_and_prediction():
     parent = {"a": "r", "b": "r", "c": "a", "d": "c"}
     assert path_edges("d", "b", parent) == ["d", "c", "a", "b"]

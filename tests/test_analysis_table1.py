@@ -115,3 +115,23 @@ def test_a_result_that_differs_from_the_paper_says_why():
                     "50% of models, l2 vs tree distance rho 0.42 (paper Fig. 1: 0.99), kurtosis falls on 62% of "
                     "edges (paper: nearly all))")
     assert "nearest model" not in accuracy_note(row, 0.52, "FT accuracy")
+
+
+def test_accuracy_run_reads_the_weights_once(cfg_factory, tmp_path, monkeypatch):
+    """A fresh recovery measures the premises on its own weight pass; only a cached one needs a pass of its own."""
+    import recovery.weights
+
+    calls = []
+    real = recovery.weights.analyze_folder
+
+    def counted(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(recovery.weights, "analyze_folder", counted)
+    cfg = cfg_factory(["+experiment=resnet", "scale=toy"])
+    stage.run(cfg)
+    fresh = _results(tmp_path, "resnet")["rows"][0]["premises"]
+    assert len(calls) == 1
+    stage.run(cfg)   # recovery cached: one pass for the premises, and the same measures
+    assert len(calls) == 2 and _results(tmp_path, "resnet")["rows"][0]["premises"] == fresh

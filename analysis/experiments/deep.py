@@ -42,7 +42,7 @@ def compute(cfg: DictConfig) -> dict:
     out = {"deep": {"graph": graph_dir.name, "n_models": len(graph["nodes"]),
                     "levels": max(depth.values()) + 1, "edge_accuracy": rec["metrics"]["edge_accuracy"],
                     "undirected_accuracy": rec["metrics"]["undirected_accuracy"], "by_depth": by_depth,
-                    "premises": graph_premises(cfg, graph_dir, graph, k.get("recovery"))}}
+                    "premises": graph_premises(cfg, graph_dir, graph, k.get("recovery"), rec["analysis"])}}
     if k.get("shallow"):
         row = accuracy_run(cfg, "shallow", k.shallow.graph, k.shallow.get("recovery"))
         root = k.shallow.get("root") or row["roots"][0]

@@ -113,7 +113,8 @@ def render(results: dict, out_dir: Path) -> None:
             rows.append({"rung": label, "width": r["root"]["width"], "pretrain steps": r["root"]["steps"],
                          "root val acc": _num(r["root"]["val_accuracy"]), "probe": probe, "distance": p["metric"],
                          "median val acc": _num(p["median_accuracy"]), "edge max/min": _num(p["edge_spread"]),
-                         "Fig. 1 rho": _num(p["rho"]), "path rho": _num(p["rho_path"]),
+                         "Fig. 1 rho": _num(p["rho"]),
+                         "rho ceiling": _num(p.get("rho_ceiling")), "path rho": _num(p["rho_path"]),
                          "same-task closer": _num(p["same_task_closer"]),
                          "nearest is parent/child": _num(p["nearest_is_neighbour"]),
                          "kurtosis falls": _num(p["kurtosis_falls"]), "edge accuracy (paper's method)":
