@@ -97,7 +97,8 @@ def describe(results: dict) -> dict[str, str]:
     ours = (f"{down}/{len(conv)} converged runs have a falling score (Spearman < 0); "
             f"non-converged runs: {len(bad)} (lrs {', '.join(f'{x:g}' for x in not_conv_lrs) or 'none'})")
     plain = "" if down == len(conv) else (
-        f" Unlike the paper, {len(conv) - down} converged runs do not trend down.")
+        f" Unlike the paper, {len(conv) - down} converged run{'s do' if len(conv) - down > 1 else ' does'} not "
+        f"trend down.")
     return {"title": "Fig. 16: direction score along fine-tuning for learning rates 1e-2 .. 1e-6",
             "paper": "monotone for all converged runs; not for 5e-3 and 1e-2 (accuracy < 20%, not converged)",
             "ours": ours, "notes": "Built-in tiny root and task, fewer epochs than the paper." + plain}
