@@ -79,12 +79,19 @@ def is_complete(graph_dir: Path) -> bool:
 
 
 def reusable(cfg: DictConfig) -> bool:
-    """True when the graph of `cfg.data_gen` may be used as built: reuse allowed, complete, and every root's
-    source still gives the weights it holds (`data_gen.graph.stale_roots`); otherwise data_gen builds it."""
-    from data_gen.graph import stale_roots
+    """True when the graph of `cfg.data_gen` may be used as built: reuse allowed, complete, every node's record
+    holds the job the config plans now (`data_gen.graph.changed_jobs`: a changed recipe rebuilds what it changes)
+    and every root's source still gives the weights it holds (`data_gen.graph.stale_roots`); otherwise data_gen
+    builds it."""
+    from data_gen.graph import changed_jobs, stale_roots
 
-    return (bool(cfg.analysis.get("reuse_graphs", True)) and is_complete(Path(cfg.data_gen.dir))
-            and not stale_roots(cfg))
+    if not (cfg.analysis.get("reuse_graphs", True) and is_complete(Path(cfg.data_gen.dir))):
+        return False
+    if changed := changed_jobs(cfg):
+        log.info("graph %s: %d node(s) planned differently than built (e.g. %s); handing it to data_gen",
+                 cfg.data_gen.dir, len(changed), changed[0])
+        return False
+    return not stale_roots(cfg)
 
 
 def ensure_graph(cfg: DictConfig, data_gen_name: str, **overrides: Any) -> Path:

@@ -311,6 +311,20 @@ def stale_roots(cfg: DictConfig, *, load_root_fn: Callable | None = None) -> lis
                                     num_threads=threads, load_root_fn=load_root_fn)]
 
 
+def changed_jobs(cfg: DictConfig) -> list[str]:
+    """Ids of the nodes `cfg.data_gen` plans now whose record holds another job (a changed recipe, task list or
+    tree shape; a missing record counts as changed), plus nodes the graph holds that the config no longer plans.
+    Cheap (records only, no hashing); `build_graph` retrains the changed nodes and every node below them."""
+    dg = graph_config(cfg)
+    graph_dir = Path(dg["dir"])
+    jobs = build_spec(dg, int(dg.get("seed", cfg.seed)))
+    changed = [job["id"] for job in jobs if (read_record(graph_dir, job["id"]) or {}).get("job") != _plain(job)]
+    graph_file = graph_dir / "graph.json"
+    held = read_json(graph_file).get("nodes", []) if graph_file.is_file() else []
+    planned = {job["id"] for job in jobs}
+    return changed + [n for n in held if n not in planned]
+
+
 def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: Callable | None = None,
                 load_root_fn: Callable | None = None, load_task_fn: Callable | None = None) -> dict:
     """Build (or finish) the graph `cfg.data_gen` describes, level by level; return a summary.

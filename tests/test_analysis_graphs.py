@@ -25,8 +25,10 @@ def fake_build(monkeypatch):
         return {"complete": True}
     monkeypatch.setattr(data_gen.graph, "build_graph", build)
     monkeypatch.setattr(data_gen.graph, "stale_roots", lambda cfg: stale)
+    monkeypatch.setattr(data_gen.graph, "changed_jobs", lambda cfg: changed)
     stale: list[str] = []
-    calls.stale = stale
+    changed: list[str] = []
+    calls.stale, calls.changed = stale, changed
     return calls
 
 
@@ -64,6 +66,16 @@ def test_graph_with_a_rebuilt_root_is_not_reused(cfg_factory, fake_build):
     cfg = cfg_factory()
     graphs.ensure_graph(cfg, "ft_mini")
     fake_build.stale.append("vit_a1")
+    graphs.ensure_graph(cfg, "ft_mini")
+    assert len(fake_build) == 2
+
+
+def test_graph_with_a_changed_recipe_is_not_reused(cfg_factory, fake_build):
+    """A complete graph whose nodes the config now plans differently (data_gen.graph.changed_jobs: an edited
+    recipe) goes back to data_gen, which retrains what changed."""
+    cfg = cfg_factory()
+    graphs.ensure_graph(cfg, "ft_mini")
+    fake_build.changed.append("vit_a1-0")
     graphs.ensure_graph(cfg, "ft_mini")
     assert len(fake_build) == 2
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from common.io import read_json, sha256_file
-from data_gen.graph import build_graph, is_done, stale_roots, weights_path
+from data_gen.graph import build_graph, changed_jobs, is_done, stale_roots, weights_path
 from tests.toy_runs import is_count_of
 from tests.conftest import compose
 
@@ -141,6 +141,16 @@ def test_changed_parent_or_recipe_invalidates_node(baseline):
     assert is_done(gdir, job, parent_sha)
     assert not is_done(gdir, job, "0" * 64)
     assert not is_done(gdir, {**job, "recipe": {**job["recipe"], "lr": 0.5}}, parent_sha)
+
+
+@pytest.mark.slow
+def test_changed_jobs_names_what_a_changed_config_would_retrain(baseline):
+    """The nodes a changed recipe or tree shape plans differently (what analysis must not reuse as built)."""
+    tmp, _, graph = baseline
+    assert changed_jobs(tiny_cfg(tmp)) == []
+    lr = changed_jobs(tiny_cfg(tmp, "++data_gen.methods.full.lr=0.5", "++data_gen.methods.lora.lr=0.5"))
+    assert sorted(lr) == sorted(n for n in graph["nodes"] if graph["stage"][n] == "specialization")
+    assert sorted(changed_jobs(tiny_cfg(tmp, "data_gen.depth=1"))) == ["vit_a1-0-0", "vit_b1-0-0"]
 
 
 @pytest.mark.slow
