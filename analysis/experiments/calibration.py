@@ -13,7 +13,7 @@ For every graph (built at a seed that no reported result uses) and every root it
       `additivity` is the median of distance / prediction (1: orthogonal moves, < 1: moves partly cancel);
     - rho ceiling: the Fig. 1 rho the tree would show if every distance were exactly its path prediction, i.e.
       what the spread of edge sizes alone allows (LoRA-V draws each edge's rank from {8, 16, 32, 64}, so its
-      ceiling is ~0.7 by design; the paper's 0.99 LoRA tree must have one rank, as LoRA-F has);
+      ceiling is ~0.7 by design, and the paper's 0.99 on a LoRA tree implies one rank, as in LoRA-F);
     - same-task attraction: the share of pairs of same-task models that are not parent and child and lie closer
       than the tree's median edge (and, for reference, the share for different-task pairs);
     - nearest model is parent/child: the share of models whose nearest model (same tree) is a tree neighbour;
@@ -254,7 +254,8 @@ def describe(results: dict) -> dict:
         notes += (" Below the rho target because the edges differ in size (rho ceiling: the rho if every distance "
                   "were exactly what its path's edges predict): " + "; ".join(
                       f"{g['label']} rho {g['rho']:.2f}, ceiling {g['rho_ceiling']:.2f} (largest / smallest edge "
-                      f"in {g['metric']} {_num(g.get('edge_length_spread')):.1f}x, path rho {g['rho_path']:.2f})" for g in capped) + ".")
+                      f"in {g['metric']} {_num(g.get('edge_length_spread')):.1f}x, path rho {g['rho_path']:.2f})"
+                      for g in capped) + ".")
     return {"title": "Calibration: are the mini graphs in the paper's regime?", "ours": ours, "notes": notes,
             "paper": "ViT-B fine-tunes: Fig. 1 rho 0.99, kurtosis falls along fine-tuning (Fig. 2)"}
 
