@@ -152,7 +152,7 @@ def plot_panels(series: Sequence[Mapping], panels: Sequence[str], *, ylabel: str
 
 def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale: str, command: str,
                             paper: str, ours: str, notes: str, files: list[str], seed: int,
-                            roots: dict[str, str] | None = None) -> Path:
+                            roots: dict[str, str] | None = None, recipes: dict[str, str] | None = None) -> Path:
     """Write out_dir/experiment.json: what `build_results_readme` turns into a section of results/README.md.
 
     Args:
@@ -167,6 +167,8 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
         seed: the master seed the results derive from.
         roots: name -> sha256 of the shipped built-in roots when the results were made
             (`data_gen.roots.shipped_digests`); the README flags results made on roots that changed since.
+        recipes: graph config -> digest of its recipe (`data_gen.recipes.recipe_digest`) for the graph configs the
+            experiment read; the README flags results whose graph recipes changed since.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -178,6 +180,8 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
               "ours": ours, "notes": notes, "files": sorted(files), "seed": int(seed)}
     if roots is not None:
         record["roots"] = dict(roots)
+    if recipes is not None:
+        record["recipes"] = dict(recipes)
     return write_json(out_dir / RECORD, record)
 
 
@@ -199,6 +203,18 @@ def roots_line(record: dict, shipped: Mapping[str, str] | None = None) -> str | 
             f"to refresh them") if changed else None
 
 
+def recipes_line(record: dict) -> str | None:
+    """For a mini-scale record: a README line when the recipe of a graph config it read changed since it was made
+    (data_gen.recipes), else None (also for records made before results recorded their recipes)."""
+    if record.get("scale") != "mini" or not record.get("recipes"):
+        return None
+    from data_gen.recipes import changed_recipes
+
+    changed = changed_recipes(record["recipes"])
+    return (f"- graph recipes: {', '.join(changed)} changed since these results were made (conf/data_gen); rerun the "
+            f"command above to refresh them") if changed else None
+
+
 def _section(folder: Path, record: dict, shipped: Mapping[str, str]) -> str:
     name = record["experiment"]
     lines = [f"## {record['title']}", "",
@@ -210,8 +226,9 @@ def _section(folder: Path, record: dict, shipped: Mapping[str, str]) -> str:
              f"- ours: {record['ours']}"]
     if record.get("notes"):
         lines.append(f"- notes: {record['notes']}")
-    if (stale := roots_line(record, shipped)) is not None:
-        lines.append(stale)
+    for stale in (roots_line(record, shipped), recipes_line(record)):
+        if stale is not None:
+            lines.append(stale)
     lines.append("")
     for f in record["files"]:
         path = folder / f
@@ -333,13 +350,30 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     render(results, out_dir)
     files = written_files(out_dir)
     text = describe(results)
+    from data_gen.recipes import recipe_digest
     from data_gen.roots import shipped_digests
 
     write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
                             command=regenerate_command(cfg, name), files=files, seed=int(cfg.seed),
-                            roots=shipped_digests(), **text)
+                            roots=shipped_digests(), recipes={n: recipe_digest(n) for n in graphs_read(cfg, name)},
+                            **text)
     log.info("%s: %s", name, text["ours"])
     return results
+
+
+def graphs_read(cfg: DictConfig, name: str) -> list[str]:
+    """The graph configs (conf/data_gen) experiment `name` reads: those its knobs name, and cfg.data_gen's own
+    config where the knobs say `graph: null` (the configured graph, as the embedded default's report)."""
+    from data_gen.recipes import config_names, configs_read
+
+    if "analysis" not in cfg or name not in cfg.analysis:   # an experiment without knobs names no graph
+        return []
+    names = [n for n in config_names() if n != "base"]   # base: shared keys, part of every config's digest
+    found = configs_read(knobs(cfg, name), names)
+    raw = cfg.analysis[name]   # knobs() drops null entries
+    if "graph" in raw and raw.graph is None and cfg.get("data_gen") and cfg.data_gen.get("name") in names:
+        found = sorted({*found, str(cfg.data_gen.name)})
+    return found
 
 
 def written_files(out_dir: Path) -> list[str]:

@@ -44,7 +44,7 @@ def test_table1_toy(cfg_factory, tmp_path):
     assert list(table["sub-graph"]) == ["LoRA-V", "LoRA-F", "FT", "Mixed"]
     assert (out / "table1.tex").is_file() and (out / "table1_paper.md").is_file()
     record = json.loads((out / "experiment.json").read_text())
-    assert record["scale"] == "toy" and "table1.md" in record["files"]
+    assert record["scale"] == "toy" and "table1.md" in record["files"] and "recipes" in record
     assert "## Table 1" in (tmp_path / "results" / "README.md").read_text()
 
 
