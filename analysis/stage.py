@@ -28,6 +28,7 @@ def run(cfg: DictConfig) -> dict:
     keep_going = bool(cfg.analysis.get("keep_going", False))
     out: dict = {}
     failed: dict[str, str] = {}
+    results_dir = Path(cfg.analysis.get("out_dir") or cfg.paths.results_dir)
     for name, module in modules.items():
         start = time.perf_counter()
         log.info("analysis experiment %s", name)
@@ -40,7 +41,8 @@ def run(cfg: DictConfig) -> dict:
             log.exception("analysis experiment %s failed; going on (analysis.keep_going=true)", name)
             continue
         log.info("analysis experiment %s done in %.1f s", name, time.perf_counter() - start)
-    results_dir = Path(cfg.analysis.get("out_dir") or cfg.paths.results_dir)
+        if len(modules) > 1:   # a long queue stopped half-way leaves a README that shows what landed
+            build_results_readme(results_dir)
     out["readme"] = str(build_results_readme(results_dir))
     from common.tracking import log_analysis
     log_analysis(cfg, {name: experiment_dir(cfg, name) for name in out if name in modules})

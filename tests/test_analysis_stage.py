@@ -67,6 +67,17 @@ def test_stage_runs_in_order_and_writes_readme(cfg_factory, fake_experiments, tm
     assert "## Fake fake_a" in readme and "scale: **toy**" in readme and "seed: 7" in readme
 
 
+def test_stopped_queue_leaves_a_readme_of_what_landed(cfg_factory, fake_experiments, tmp_path, monkeypatch):
+    """A long queue killed half-way (here: the second experiment interrupted) has already rebuilt the README with the
+    first one's section."""
+    mod = sys.modules["tests._fake_fake_a"]
+    monkeypatch.setattr(mod, "run", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt("stopped")))
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(cfg_factory(["analysis.experiments=[fake_b,fake_a]", "scale=toy"]))
+    readme = (tmp_path / "results" / "README.md").read_text()
+    assert "## Fake fake_b" in readme and "## Fake fake_a" not in readme
+
+
 def test_stage_out_dir_override(cfg_factory, fake_experiments, tmp_path):
     cfg = cfg_factory(["analysis.experiments=[fake_a]", f"analysis.out_dir={tmp_path / 'elsewhere'}"])
     stage.run(cfg)
