@@ -203,19 +203,20 @@ def roots_line(record: dict, shipped: Mapping[str, str] | None = None) -> str | 
             f"to refresh them") if changed else None
 
 
-def recipes_line(record: dict) -> str | None:
+def recipes_line(record: dict, current: Mapping[str, str | None] | None = None) -> str | None:
     """For a mini-scale record: a README line when the recipe of a graph config it read changed since it was made
-    (data_gen.recipes), else None (also for records made before results recorded their recipes)."""
+    (`current`: config -> digest now, default: read now; data_gen.recipes), else None (also for records made before
+    results recorded their recipes)."""
     if record.get("scale") != "mini" or not record.get("recipes"):
         return None
     from data_gen.recipes import changed_recipes
 
-    changed = changed_recipes(record["recipes"])
+    changed = changed_recipes(record["recipes"], dict(current or {}))
     return (f"- graph recipes: {', '.join(changed)} changed since these results were made (conf/data_gen); rerun the "
             f"command above to refresh them") if changed else None
 
 
-def _section(folder: Path, record: dict, shipped: Mapping[str, str]) -> str:
+def _section(folder: Path, record: dict, shipped: Mapping[str, str], recipes: Mapping[str, str | None]) -> str:
     name = record["experiment"]
     lines = [f"## {record['title']}", "",
              f"- experiment: `{name}` — scale: **{record['scale']}** — seed: {record['seed']}",
@@ -226,7 +227,7 @@ def _section(folder: Path, record: dict, shipped: Mapping[str, str]) -> str:
              f"- ours: {record['ours']}"]
     if record.get("notes"):
         lines.append(f"- notes: {record['notes']}")
-    for stale in (roots_line(record, shipped), recipes_line(record)):
+    for stale in (roots_line(record, shipped), recipes_line(record, recipes)):
         if stale is not None:
             lines.append(stale)
     lines.append("")
@@ -267,8 +268,11 @@ def build_results_readme(results_dir: Path) -> Path:
     from data_gen.roots import shipped_digests
 
     shipped = shipped_digests()   # read once for every section
+    from data_gen.recipes import config_names, recipe_digest
+
+    recipes = {n: recipe_digest(n) for n in config_names()}   # likewise
     for path in records:
-        parts.append(_section(path.parent, read_json(path), shipped))
+        parts.append(_section(path.parent, read_json(path), shipped, recipes))
     absent = {k: e.not_run_here for k, e in known.items()
               if e.not_run_here and not (results_dir / k / RECORD).is_file()}
     if absent:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -21,7 +22,8 @@ RUNTIME_KEYS = ("defaults", "name", "dir", "seed", "num_threads", "workers", "ca
                 "checkpoint_every", "executor", "max_resubmits", "progress", "smoke")
 
 
-def config_dir() -> Any:
+def config_dir() -> Path:
+    """conf/data_gen of this checkout."""
     return project_root() / "conf" / "data_gen"
 
 
@@ -67,6 +69,8 @@ def configs_read(knobs: Any, names: list[str] | None = None) -> list[str]:
     return sorted(found)
 
 
-def changed_recipes(recorded: dict[str, str]) -> list[str]:
-    """The configs of a record's {name: digest} whose recipe differs now (or whose file is gone)."""
-    return sorted(n for n, h in recorded.items() if recipe_digest(n) != h)
+def changed_recipes(recorded: dict[str, str], current: dict[str, str | None] | None = None) -> list[str]:
+    """The configs of a record's {name: digest} whose recipe differs now (or whose file is gone); `current`: the
+    digests now, when already read (names it lacks are read)."""
+    current = current or {}
+    return sorted(n for n, h in recorded.items() if (current[n] if n in current else recipe_digest(n)) != h)
