@@ -12,6 +12,7 @@ The LoRA rank factorizations take the same `Kernel` (recovery.distances: `to_dev
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -89,6 +90,29 @@ class Kernel:
         if self.backend == "torch":
             return _gram_torch(x, self.device)
         return _gram32(x) if x.dtype == np.float32 else centred_gram(x)
+
+
+class BlasThreads:
+    """BLAS threads for the Gram products, with one core left over while a side thread is busy.
+
+    OpenBLAS threads spin while they wait for work, and the side thread's moments call BLAS too: with as many BLAS
+    threads as cores beside a busy side thread, the float32 Gram of a ViT-B MLP stack of 105 models took 1.54 s
+    instead of 0.38 s (2 cores), and `recover` on 105 ViT-B-sized models 48.9 s instead of 24.0 s
+    (scripts/bench_recovery.py --only l2, run without and with OMP_NUM_THREADS=1). The count the process started
+    with (OMP_NUM_THREADS, or the cores) is the most it uses; it is never raised.
+    """
+
+    def __init__(self):
+        from threadpoolctl import ThreadpoolController
+
+        self._blas = ThreadpoolController().select(user_api="blas")
+        self.most = max((lib["num_threads"] for lib in self._blas.info()), default=1)
+
+    def beside_side_work(self, busy: bool):
+        """Context: `most` - 1 BLAS threads (at least 1) when a side thread is busy, else no change."""
+        if not busy or self.most <= 1:
+            return contextlib.nullcontext()
+        return self._blas.limit(limits=self.most - 1)
 
 
 def centred_gram(x: np.ndarray, chunk: int = BLOCK) -> np.ndarray:

@@ -25,7 +25,7 @@ from recovery.accumulate import (CueMoments, DirectionStats, FinetuneCertificate
                                  RankFactors, SketchEvidence)
 from recovery.config import DirectionOptions, DistanceOptions, LayersOptions
 from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce_ranks
-from recovery.kernels import Kernel
+from recovery.kernels import BlasThreads, Kernel
 from recovery.layers import Layer, choose_layers, numel, split_architectures
 
 
@@ -186,6 +186,7 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
     plan = _read_plan(by_tensor)
     bad: dict[int, str] = {}
     stack, readers = open_all(models, direct_io)
+    blas = BlasThreads()
     # direction statistics run beside the Gram products (numpy and BLAS release the GIL); both only read the stack
     with stack, ThreadPoolExecutor(1, thread_name_prefix="mother-direction") as side:
         names = list(by_tensor)
@@ -202,13 +203,14 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
                 y = view.take(x) if len(sub) == n else view.take(x)[sub]   # a view of the read buffer when all are in
                 batches.append((role, LayerBatch(layer, y, sub)))
             done = [side.submit(direction_acc.update, b) for role, b in batches if role == "dir"]
-            for role, batch in batches:
-                if role == "dist":
-                    batch.d2 = pairwise_sq_dists(batch.y, kernel=kernel)
-                    for acc in dist_acc:
-                        acc.update(batch)
-            for f in done:
-                f.result()
+            with blas.beside_side_work(bool(done)):
+                for role, batch in batches:
+                    if role == "dist":
+                        batch.d2 = pairwise_sq_dists(batch.y, kernel=kernel)
+                        for acc in dist_acc:
+                            acc.update(batch)
+                for f in done:
+                    f.result()
             del x, batches
     return bad
 

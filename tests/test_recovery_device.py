@@ -119,3 +119,35 @@ def test_auto_on_a_machine_without_gpu_driver_never_imports_torch(tmp_path, monk
     assert out.returncode == 0, out.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "numpy" in imported and "torch" not in imported
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_gram_leaves_a_core_to_busy_side_work_and_restores_the_count():
+    from threadpoolctl import threadpool_limits
+
+    from recovery.kernels import BlasThreads
+    for start in (1, 2):
+        with threadpool_limits(start, user_api="blas"):
+            blas = BlasThreads()
+            assert blas.most == start
+            with blas.beside_side_work(True):
+                assert _blas_threads() == {max(start - 1, 1)}
+            assert _blas_threads() == {start}
+            with blas.beside_side_work(False):
+                assert _blas_threads() == {start}
+
+
+def test_analysis_is_the_same_whatever_the_blas_threads(tmp_path):
+    from threadpoolctl import threadpool_limits
+    write_tree(tmp_path, vit_shapes(32, 2), {"root": ["a", "b"], "a": ["c"]}, ["root"], seed=3, scale=1e-2)
+    runs = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            runs.append(analyze_folder(tmp_path, progress=False))
+    assert runs[0].ids == runs[1].ids
+    np.testing.assert_allclose(runs[0].distance, runs[1].distance, rtol=1e-6)
+    np.testing.assert_allclose(runs[0].direction, runs[1].direction, rtol=1e-12)
