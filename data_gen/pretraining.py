@@ -124,9 +124,10 @@ def mean_kurtosis(tensors: Iterable[tuple[str, torch.Tensor]], heads: tuple[str,
     return sum(vals) / len(vals)
 
 
-def plateau_drop(curve: Mapping[str, list]) -> float:
-    """Relative train-loss drop over the last 20% of a recorded curve (issue 14's plateau target: < 2%)."""
-    steps, loss = curve["step"], curve["train_loss"]
+def plateau_drop(curve: Mapping[str, list], key: str = "train_loss") -> float:
+    """Relative drop of `key` (train_loss: issue 14's plateau target, < 2%; or val_loss) over the last 20% of a
+    recorded curve."""
+    steps, loss = curve["step"], curve[key]
     ref = next((v for s, v in zip(reversed(steps), reversed(loss)) if s <= 0.8 * steps[-1]), loss[0])
     return float((ref - loss[-1]) / ref)
 

@@ -150,14 +150,16 @@ def test_root_measures_read_plateau_and_kurtosis_from_the_curve(monkeypatch):
     from analysis.experiments.calibration import root_measures
 
     curve = {"step": [100, 200, 300, 400, 500], "train_loss": [2.0, 1.5, 1.2, 1.0, 0.98],
-             "kurtosis": [0.1, 2.5, 3.0, 2.8, 2.7]}
+             "val_loss": [2.1, 1.7, 1.5, 1.25, 1.0], "kurtosis": [0.1, 2.5, 3.0, 2.8, 2.7]}
     records = {"r": {"arch": "vit_mini", "steps": 500, "val_accuracy": 0.61, "curve": curve},
                "old": {"arch": "vit_mini", "steps": 600, "val_accuracy": 0.2}}
     monkeypatch.setattr(roots, "root_record", lambda name, cache_dir=None: records[name])
     m = root_measures("r", None)
     assert m["plateau_drop"] == pytest.approx(0.02)     # loss 1.0 at step 400 (80%) -> 0.98 at the end
+    assert m["val_loss_drop"] == pytest.approx(0.2)     # validation loss 1.25 -> 1.0 over the same steps
     assert (m["kurtosis_first"], m["kurtosis_max"], m["kurtosis_last"]) == (0.1, 3.0, 2.7)
-    assert np.isnan(root_measures("old", None)["plateau_drop"])  # a record without a curve
+    old = root_measures("old", None)                    # a record without a curve
+    assert np.isnan(old["plateau_drop"]) and np.isnan(old["val_loss_drop"])
 
 
 def test_scale_ladder_builtin_rung_reuses_the_shipped_root(cfg_factory, monkeypatch):

@@ -19,7 +19,9 @@ For every graph (built at a seed that no reported result uses) and every root it
     - nearest model is parent/child: the share of models whose nearest model (same tree) is a tree neighbour;
     - kurtosis falls: the share of fine-tuning edges whose child has a lower direction score than its parent;
     - roots: validation accuracy on the pretraining mix, loss plateau (train-loss drop over the last 20% of the
-      recorded curve), the closest two roots' distance vs the largest edge, and kurtosis along pretraining.
+      recorded curve: the target; the validation loss's drop over the same steps beside it, since under a cosine
+      schedule the train loss keeps falling as the rate anneals), the closest two roots' distance vs the largest
+      edge, and kurtosis along pretraining.
 """
 from __future__ import annotations
 
@@ -131,9 +133,10 @@ def root_measures(name: str, cache_dir: Path | None) -> dict[str, Any]:
     rec = root_record(name, cache_dir=cache_dir)
     curve = rec.get("curve") or {}
     plateau = plateau_drop(curve) if curve.get("train_loss") else math.nan
+    val_drop = plateau_drop(curve, "val_loss") if curve.get("val_loss") else math.nan
     kurt = curve.get("kurtosis") or []  # mean excess kurtosis along pretraining (recorded by the resumable loop)
     return {"root": name, "arch": rec.get("arch"), "steps": rec.get("steps"), "val_accuracy": rec.get("val_accuracy"),
-            "plateau_drop": plateau, "train_seconds": rec.get("train_seconds"),
+            "plateau_drop": plateau, "val_loss_drop": val_drop, "train_seconds": rec.get("train_seconds"),
             "kurtosis_first": kurt[0] if kurt else math.nan, "kurtosis_max": max(kurt) if kurt else math.nan,
             "kurtosis_last": kurt[-1] if kurt else math.nan}
 
