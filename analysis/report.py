@@ -211,7 +211,7 @@ def recipes_line(record: dict, current: Mapping[str, str | None] | None = None) 
         return None
     from data_gen.recipes import changed_recipes
 
-    changed = changed_recipes(record["recipes"], dict(current or {}))
+    changed = changed_recipes(record["recipes"], current)
     return (f"- graph recipes: {', '.join(changed)} changed since these results were made (conf/data_gen); rerun the "
             f"command above to refresh them") if changed else None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
@@ -69,7 +69,7 @@ def configs_read(knobs: Any, names: list[str] | None = None) -> list[str]:
     return sorted(found)
 
 
-def changed_recipes(recorded: dict[str, str], current: dict[str, str | None] | None = None) -> list[str]:
+def changed_recipes(recorded: dict[str, str], current: Mapping[str, str | None] | None = None) -> list[str]:
     """The configs of a record's {name: digest} whose recipe differs now (or whose file is gone); `current`: the
     digests now, when already read (names it lacks are read)."""
     current = current or {}

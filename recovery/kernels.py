@@ -97,9 +97,9 @@ class BlasThreads:
 
     OpenBLAS threads spin while they wait for work, and the side thread's moments call BLAS too: with as many BLAS
     threads as cores beside a busy side thread, the float32 Gram of a ViT-B MLP stack of 105 models took 1.54 s
-    instead of 0.38 s (2 cores), and `recover` on 105 ViT-B-sized models 48.9 s instead of 24.0 s
-    (scripts/bench_recovery.py --only l2, run without and with OMP_NUM_THREADS=1). The count the process started
-    with (OMP_NUM_THREADS, or the cores) is the most it uses; it is never raised.
+    instead of 0.38 s (2 cores), and a cold l2 analysis of 40 ViT-B-sized models 17.8-19.8 s instead of 11.0-11.5 s
+    with this limit (results/runtime/bench_recovery.md). The count the process started with (OMP_NUM_THREADS, or the
+    cores) is the most it uses; it is never raised.
     """
 
     def __init__(self):
