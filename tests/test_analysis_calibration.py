@@ -166,7 +166,7 @@ def test_scale_ladder_builtin_rung_reuses_the_shipped_root(cfg_factory, monkeypa
     """A rung `{width, builtin: NAME}` reports the shipped root's own record and trains nothing."""
     import data_gen.pretraining as pretraining
     import data_gen.roots as roots
-    from analysis.experiments.scale_ladder import rung_root
+    from analysis.experiments.scale_ladder import probe_spec, rung_root
     from analysis.report import knobs
 
     def no_training(**kwargs):
@@ -179,3 +179,6 @@ def test_scale_ladder_builtin_rung_reuses_the_shipped_root(cfg_factory, monkeypa
     assert (rec["steps"], rec["val_accuracy"], rec["curve"]) == (shipped["steps"], shipped["val_accuracy"],
                                                                  shipped["curve"])
     assert rec["recipe"] == roots.train_recipe("vit_a1") and rec["mix"] == "pretrain/mix_a"
+    # its probe trees name the root by its built-in name, not by a path that changes with the checkout
+    _, overrides = probe_spec("d64_builtin", rec, {"name": "FT", "data_gen": "ft_mini"}, 64)
+    assert overrides["roots"][0]["source"] == "builtin:vit_a1"

@@ -28,7 +28,11 @@ log = logging.getLogger("mother.analysis")
 
 
 def builtin_rung_root(cfg: DictConfig, label: str, rung: Mapping) -> dict[str, Any]:
-    """A rung whose root is a shipped built-in root (`builtin: NAME`): its record, nothing trained."""
+    """A rung whose root is a shipped built-in root (`builtin: NAME`): its record, nothing trained.
+
+    Its probe trees name the root `builtin:NAME` (`source`), as the mini graphs do, not the file's path: a path
+    would tie the trees' records and root copies to where the checkout lives, and a moved checkout would rebuild
+    them."""
     from analysis.finetunes import roots_cache
     from data_gen.roots import ensure_root, root_record
 
@@ -38,7 +42,8 @@ def builtin_rung_root(cfg: DictConfig, label: str, rung: Mapping) -> dict[str, A
     return {"label": label, "arch": rec["arch"], "width": int(rung["width"]), "steps": rec["steps"],
             "recipe": rec["recipe"], "mix": rec["data"], "val_accuracy": rec["val_accuracy"],
             "val_loss": rec["val_loss"], "plateau_drop": rec["plateau_drop"], "train_seconds": rec["train_seconds"],
-            "num_threads": rec["num_threads"], "weights": str(weights), "builtin": name, "curve": rec["curve"]}
+            "num_threads": rec["num_threads"], "weights": str(weights), "source": f"builtin:{name}", "builtin": name,
+            "curve": rec["curve"]}
 
 
 def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tu
     """(data_gen config name, overrides) of one probe tree grown from a rung's root."""
     overrides = dict(probe.get("overrides") or {})
     overrides["name"] = f"{NAME}_{rung_label}_{probe['name']}"
-    overrides["roots"] = [{"id": rung_label, "source": root["weights"], "arch": root["arch"], "task": root["mix"]}]
+    overrides["roots"] = [{"id": rung_label, "source": root.get("source", root["weights"]), "arch": root["arch"], "task": root["mix"]}]
     scale = probe.get("rank_scale_width")
     if scale:  # LoRA ranks / alphas scale with the width (lora_v_mini: Table 3's ranks / 8 at width 64)
         factor = max(1, width // int(scale))
