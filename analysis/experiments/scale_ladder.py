@@ -77,7 +77,8 @@ def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tu
     """(data_gen config name, overrides) of one probe tree grown from a rung's root."""
     overrides = dict(probe.get("overrides") or {})
     overrides["name"] = f"{NAME}_{rung_label}_{probe['name']}"
-    overrides["roots"] = [{"id": rung_label, "source": root.get("source", root["weights"]), "arch": root["arch"], "task": root["mix"]}]
+    source = root.get("source", root["weights"])   # builtin:NAME, or the trained rung's weights file
+    overrides["roots"] = [{"id": rung_label, "source": source, "arch": root["arch"], "task": root["mix"]}]
     scale = probe.get("rank_scale_width")
     if scale:  # LoRA ranks / alphas scale with the width (lora_v_mini: Table 3's ranks / 8 at width 64)
         factor = max(1, width // int(scale))
