@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import stage
@@ -143,6 +144,11 @@ def test_scale_ladder_toy(cfg_factory, tmp_path):
     ranks = {m["lora_rank"] for n, m in graph["meta"].items() if m.get("parent")}
     assert ranks <= {2, 4} and ranks
     assert (tmp_path / "results" / "scale_ladder" / "scale_ladder.png").is_file()
+    # the table reports each rung root's loss plateau (val loss drop over its last 20% of steps) from its curve
+    table = pd.read_csv(tmp_path / "results" / "scale_ladder" / "scale_ladder.csv")
+    curve = res["rungs"]["d16_s4"]["curve"]
+    assert table["root val loss drop"].tolist() == pytest.approx(
+        [(curve["val_loss"][0] - curve["val_loss"][1]) / curve["val_loss"][0]] * 2)
 
 
 def test_root_measures_read_plateau_and_kurtosis_from_the_curve(monkeypatch):
