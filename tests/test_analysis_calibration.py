@@ -188,3 +188,30 @@ def test_scale_ladder_builtin_rung_reuses_the_shipped_root(cfg_factory, monkeypa
     # its probe trees name the root by its built-in name, not by a path that changes with the checkout
     _, overrides = probe_spec("d64_builtin", rec, {"name": "FT", "data_gen": "ft_mini"}, 64)
     assert overrides["roots"][0]["source"] == "builtin:vit_a1"
+
+
+def test_scale_ladder_like_rung_runs_a_shipped_roots_recipe_longer(cfg_factory, monkeypatch, tmp_path):
+    """A rung `{width, like: NAME, steps}` pretrains with root NAME's own architecture, mix, sizes, recipe and
+    seed, only `max_steps` changed (the shipped root's run, longer), and records it."""
+    import data_gen.pretraining as pretraining
+    import data_gen.roots as roots
+    from analysis.experiments.scale_ladder import rung_root
+    from analysis.report import knobs
+
+    seen = {}
+
+    def fake_pretrain(*, arch, task, recipe, folder, **kwargs):
+        seen.update(arch=arch, task=task.meta, recipe=recipe)
+        return {"steps": recipe["max_steps"], "val_accuracy": 0.5, "val_loss": 1.0, "final_loss": 1.0,
+                "train_seconds": 0.0, "num_threads": 1, "curve": {"step": [1], "train_loss": [1.0],
+                                                                  "val_loss": [1.0]}}
+    monkeypatch.setattr(pretraining, "pretrain", fake_pretrain)
+    monkeypatch.setattr("analysis.finetunes.load_task_data",
+                        lambda cfg, name, **options: type("T", (), {"meta": {"name": name, **options}})())
+    cfg = cfg_factory(["+experiment=scale_ladder", f"analysis.work_dir={tmp_path}"])
+    rec = rung_root(cfg, "a1_long", {"width": 64, "like": "vit_a1", "steps": 40000}, knobs(cfg, "scale_ladder"))
+    base = roots.RECIPES[roots.spec("vit_a1").recipe]
+    assert seen["recipe"] == {**roots.train_recipe("vit_a1"), "max_steps": 40000}
+    assert seen["arch"] == roots.spec("vit_a1").arch == rec["arch"]
+    assert seen["task"] == {"name": base["data"], "seed": 0, "n_train": base["n_train"], "n_val": base["n_val"]}
+    assert rec["like"] == "vit_a1" and rec["mix"] == base["data"] and rec["steps"] == 40000

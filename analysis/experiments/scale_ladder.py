@@ -47,6 +47,31 @@ def builtin_rung_root(cfg: DictConfig, label: str, rung: Mapping) -> dict[str, A
             "curve": rec["curve"]}
 
 
+def rung_recipe(cfg: DictConfig, rung: Mapping, k: DictConfig) -> tuple[str, str, dict, dict]:
+    """(arch, pretraining mix, recipe, {n_train, n_val}) of a rung that pretrains its root.
+
+    `{width, steps}`: the ladder's own recipe (`pretrain`, `mix`) on `vit_mini_d<width>`, seeded by the ladder.
+    `{width, like: NAME, steps}`: built-in root NAME's architecture, mix, recipe and seed with another length, i.e.
+    the same run as the shipped root but for its number of steps (e.g. twice as long: does it plateau?).
+    """
+    if rung.get("like"):
+        from data_gen.roots import RECIPES, spec, train_recipe
+
+        from data_gen.models import BUILTIN_ARCHS
+
+        name = str(rung["like"])
+        base = RECIPES[spec(name).recipe]
+        width = BUILTIN_ARCHS.get(spec(name).arch, {}).get("embed_dim")
+        if width != int(rung["width"]):
+            raise ValueError(f"scale_ladder rung like {name}: width {rung['width']} is not {name}'s ({width})")
+        return (spec(name).arch, str(base["data"]), {**train_recipe(name), "max_steps": int(rung["steps"])},
+                {"n_train": int(base["n_train"]), "n_val": int(base["n_val"])})
+    recipe = {**OmegaConf.to_container(k.pretrain, resolve=True), "max_steps": int(rung["steps"]),
+              "seed": derive_seed(cfg.seed, NAME, "root", int(rung.get("seed", 1)))}
+    return (f"vit_mini_d{int(rung['width'])}", str(k.mix), recipe,
+            {"n_train": int(k.n_train), "n_val": int(k.n_val)})
+
+
 def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict[str, Any]:
     """Pretrain (or reuse, or resume) the root of one rung; returns its record with the weights path."""
     from analysis.finetunes import load_task_data
@@ -54,20 +79,18 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
 
     if rung.get("builtin"):
         return builtin_rung_root(cfg, label, rung)
-    arch = f"vit_mini_d{int(rung['width'])}"
+    arch, mix, recipe, sizes = rung_recipe(cfg, rung, k)
     folder = Path(cfg.analysis.work_dir) / NAME / "roots" / label
-    recipe = {**OmegaConf.to_container(k.pretrain, resolve=True), "max_steps": int(rung["steps"]),
-              "seed": derive_seed(cfg.seed, NAME, "root", int(rung.get("seed", 1)))}
     record = folder / "root.json"
     if record.is_file() and read_json(record).get("recipe") == recipe and (folder / "final.safetensors").is_file():
         return read_json(record)
-    task = load_task_data(cfg, str(k.mix), seed=0, n_train=int(k.n_train), n_val=int(k.n_val))
+    task = load_task_data(cfg, mix, seed=0, **sizes)
     res = pretrain(arch=arch, task=task, recipe=recipe, folder=folder, checkpoint_every=int(rung["steps"]),
                    eval_every=int(k.eval_every), resume_every=int(k.eval_every), num_threads=cfg.get("num_threads"),
                    progress=True)
     curve = res["curve"]
     rec = {"label": label, "arch": arch, "width": int(rung["width"]), "steps": res["steps"], "recipe": recipe,
-           "mix": str(k.mix), "val_accuracy": res["val_accuracy"], "val_loss": res["val_loss"],
+           "mix": mix, "like": rung.get("like"), "val_accuracy": res["val_accuracy"], "val_loss": res["val_loss"],
            "plateau_drop": plateau_drop(curve), "train_seconds": res["train_seconds"],
            "num_threads": res["num_threads"], "weights": str(folder / "final.safetensors"), "curve": curve}
     write_json(record, rec)
