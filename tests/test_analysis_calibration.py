@@ -215,3 +215,15 @@ def test_scale_ladder_like_rung_runs_a_shipped_roots_recipe_longer(cfg_factory, 
     assert seen["arch"] == roots.spec("vit_a1").arch == rec["arch"]
     assert seen["task"] == {"name": base["data"], "seed": 0, "n_train": base["n_train"], "n_val": base["n_val"]}
     assert rec["like"] == "vit_a1" and rec["mix"] == base["data"] and rec["steps"] == 40000
+
+
+def test_scale_ladder_rung_lr_replaces_the_ladder_lr(cfg_factory):
+    from analysis.experiments.scale_ladder import rung_recipe
+    from analysis.report import knobs
+
+    cfg = cfg_factory(["+experiment=scale_ladder"])
+    k = knobs(cfg, "scale_ladder")
+    arch, mix, shared, _ = rung_recipe(cfg, {"width": 256, "steps": 10}, k)
+    _, _, own, _ = rung_recipe(cfg, {"width": 256, "steps": 10, "lr": 5e-4}, k)
+    assert arch == "vit_mini_d256" and mix == k.mix and shared["lr"] == k.pretrain.lr
+    assert own == {**shared, "lr": 5e-4}

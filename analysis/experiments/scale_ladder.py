@@ -50,7 +50,8 @@ def builtin_rung_root(cfg: DictConfig, label: str, rung: Mapping) -> dict[str, A
 def rung_recipe(cfg: DictConfig, rung: Mapping, k: DictConfig) -> tuple[str, str, dict, dict]:
     """(arch, pretraining mix, recipe, {n_train, n_val}) of a rung that pretrains its root.
 
-    `{width, steps}`: the ladder's own recipe (`pretrain`, `mix`) on `vit_mini_d<width>`, seeded by the ladder.
+    `{width, steps, lr?}`: the ladder's own recipe (`pretrain`, `mix`; `lr` replaces its learning rate) on
+    `vit_mini_d<width>`, seeded by the ladder.
     `{width, like: NAME, steps}`: built-in root NAME's architecture, mix, recipe and seed with another length, i.e.
     the same run as the shipped root but for its number of steps (e.g. twice as long: does it plateau?).
     """
@@ -68,6 +69,8 @@ def rung_recipe(cfg: DictConfig, rung: Mapping, k: DictConfig) -> tuple[str, str
                 {"n_train": int(base["n_train"]), "n_val": int(base["n_val"])})
     recipe = {**OmegaConf.to_container(k.pretrain, resolve=True), "max_steps": int(rung["steps"]),
               "seed": derive_seed(cfg.seed, NAME, "root", int(rung.get("seed", 1)))}
+    if rung.get("lr") is not None:   # a rung's own learning rate (wider models need smaller Adam steps)
+        recipe["lr"] = float(rung["lr"])
     return (f"vit_mini_d{int(rung['width'])}", str(k.mix), recipe,
             {"n_train": int(k.n_train), "n_val": int(k.n_val)})
 
@@ -149,6 +152,7 @@ def render(results: dict, out_dir: Path) -> None:
     for label, r in results["rungs"].items():
         for probe, p in r["probes"].items():
             rows.append({"rung": label, "width": r["root"]["width"], "pretrain steps": r["root"]["steps"],
+                         "pretrain lr": _num((r["root"].get("recipe") or {}).get("lr")),
                          "root val acc": _num(r["root"]["val_accuracy"]),
                          "root val loss drop": _val_loss_drop(r.get("curve")), "probe": probe, "distance": p["metric"],
                          "median val acc": _num(p["median_accuracy"]), "edge max/min": _num(p["edge_spread"]),
