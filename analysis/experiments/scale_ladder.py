@@ -168,14 +168,14 @@ def render(results: dict, out_dir: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for probe in probes:
         sub = frame[frame["probe"] == probe]
-        x = [f"{w}/{s}" for w, s in zip(sub["width"], sub["pretrain steps"])]
+        x = list(sub["rung"])   # rung labels: two rungs may share a width and length (e.g. another lr)
         axes[0].plot(x, sub["Fig. 1 rho"], "o-", label=probe)
         axes[1].plot(x, sub["same-task closer"], "o-", label=probe)
         axes[2].plot(x, sub["edge accuracy (paper's method)"], "o-", label=probe)
     for ax, title in zip(axes, ("Fig. 1 rho (paper 0.99)", "same-task pairs closer than the median edge",
                                 "edge accuracy, paper's method")):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("width / pretraining steps")
+        ax.set_xlabel("rung (d<width>_s<pretraining steps>)")
         ax.legend(fontsize=8)
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
