@@ -56,9 +56,8 @@ def rung_recipe(cfg: DictConfig, rung: Mapping, k: DictConfig) -> tuple[str, str
     the same run as the shipped root but for its number of steps (e.g. twice as long: does it plateau?).
     """
     if rung.get("like"):
-        from data_gen.roots import RECIPES, spec, train_recipe
-
         from data_gen.models import BUILTIN_ARCHS
+        from data_gen.roots import RECIPES, spec, train_recipe
 
         name = str(rung["like"])
         base = RECIPES[spec(name).recipe]
