@@ -227,3 +227,12 @@ def test_scale_ladder_rung_lr_replaces_the_ladder_lr(cfg_factory):
     _, _, own, _ = rung_recipe(cfg, {"width": 256, "steps": 10, "lr": 5e-4}, k)
     assert arch == "vit_mini_d256" and mix == k.mix and shared["lr"] == k.pretrain.lr
     assert own == {**shared, "lr": 5e-4}
+
+
+def test_scale_ladder_checks_rung_labels_before_training():
+    """A rung label becomes a root id: one with '-' fails at once, not after its root's hour of pretraining."""
+    from analysis.experiments.scale_ladder import check_labels
+
+    check_labels(["d64_s1500", "d128_s6000_lrw"])
+    with pytest.raises(ValueError, match="d128_s6000_lr1e-3"):
+        check_labels(["d64_s1500", "d128_s6000_lr1e-3"])

@@ -115,8 +115,19 @@ def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tu
     return str(probe["data_gen"]), overrides
 
 
+def check_labels(labels) -> None:
+    """Rung labels become root ids of the probe graphs: check them all before any root is pretrained (hours)."""
+    from data_gen.spec import _ROOT_ID
+
+    bad = [str(label) for label in labels if not _ROOT_ID.match(str(label))]
+    if bad:
+        raise ValueError(f"analysis.scale_ladder.rungs: labels {bad} must match {_ROOT_ID.pattern} (they name the "
+                         "probe trees' roots; no '-' or '/')")
+
+
 def compute(cfg: DictConfig) -> dict:
     k = knobs(cfg, NAME)
+    check_labels(k.rungs)
     rungs = {}
     for label, rung in k.rungs.items():
         root = rung_root(cfg, label, rung, k)
