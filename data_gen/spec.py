@@ -30,7 +30,7 @@ DATA_KEYS = ("n_train", "n_val")  # split sizes of built-in tasks (go to load_ta
 REQUIRED = {"full": ("tasks", "lr", "epochs", "batch_size"),
             "lora": ("tasks", "lr", "epochs", "batch_size", "lora_rank", "lora_alpha")}
 DEFAULTS = {"max_steps": None, "optimizer": "adamw", "weight_decay": 0.0}
-_ROOT_ID = re.compile(r"^[A-Za-z0-9_.]+$")
+ROOT_ID = re.compile(r"^[A-Za-z0-9_.]+$")   # a root id names node ids and files: no '-' or '/'
 
 
 def sample(value: Any, rng: random.Random) -> Any:
@@ -64,8 +64,8 @@ def _check(dg: Mapping) -> None:
         raise ValueError(f"{where}: 'roots' is empty")
     ids = [r.get("id") for r in roots]
     for r in roots:
-        if not r.get("id") or not _ROOT_ID.match(str(r["id"])):
-            raise ValueError(f"{where}: root id {r.get('id')!r} must match {_ROOT_ID.pattern} (no '-' or '/')")
+        if not r.get("id") or not ROOT_ID.match(str(r["id"])):
+            raise ValueError(f"{where}: root id {r.get('id')!r} must match {ROOT_ID.pattern} (no '-' or '/')")
         if not r.get("source"):
             raise ValueError(f"{where}: root {r['id']!r} has no 'source' (builtin:..., timm:..., hf:... or a path)")
     if len(set(ids)) != len(ids):

@@ -124,6 +124,14 @@ def graph_measures(cfg: DictConfig, label: str, spec: Mapping, k: DictConfig) ->
             else math.nan, "root_vectors": {r: vecs[r] for r in premises["per_tree"]}}
 
 
+def val_loss_drop(curve: Mapping | None) -> float:
+    """Relative drop of a root's validation loss over its last 20% of steps (the plateau measure; target < 2%);
+    NaN without a recorded validation curve."""
+    from data_gen.pretraining import plateau_drop
+
+    return plateau_drop(curve, "val_loss") if curve and curve.get("val_loss") else math.nan
+
+
 def root_measures(name: str, cache_dir: Path | None) -> dict[str, Any]:
     """A built-in root's record (cached, else shipped): accuracy, loss plateau and kurtosis along pretraining (from
     its curve when recorded), steps."""
@@ -133,7 +141,7 @@ def root_measures(name: str, cache_dir: Path | None) -> dict[str, Any]:
     rec = root_record(name, cache_dir=cache_dir)
     curve = rec.get("curve") or {}
     plateau = plateau_drop(curve) if curve.get("train_loss") else math.nan
-    val_drop = plateau_drop(curve, "val_loss") if curve.get("val_loss") else math.nan
+    val_drop = val_loss_drop(curve)
     kurt = curve.get("kurtosis") or []  # mean excess kurtosis along pretraining (recorded by the resumable loop)
     return {"root": name, "arch": rec.get("arch"), "steps": rec.get("steps"), "val_accuracy": rec.get("val_accuracy"),
             "plateau_drop": plateau, "val_loss_drop": val_drop, "train_seconds": rec.get("train_seconds"),

@@ -9,7 +9,6 @@ Recovery accuracy is reported, never used to choose anything here.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.experiments import experiment
-from analysis.experiments.calibration import _num, graph_measures
+from analysis.experiments.calibration import _num, graph_measures, val_loss_drop
 from analysis.graphs import ensure_graph
 from analysis.recover import accuracy_run
 from analysis.report import knobs, run_experiment, save_figure, write_table
@@ -117,11 +116,11 @@ def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tu
 
 def check_labels(labels) -> None:
     """Rung labels become root ids of the probe graphs: check them all before any root is pretrained (hours)."""
-    from data_gen.spec import _ROOT_ID
+    from data_gen.spec import ROOT_ID
 
-    bad = [str(label) for label in labels if not _ROOT_ID.match(str(label))]
+    bad = [str(label) for label in labels if not ROOT_ID.match(str(label))]
     if bad:
-        raise ValueError(f"analysis.scale_ladder.rungs: labels {bad} must match {_ROOT_ID.pattern} (they name the "
+        raise ValueError(f"analysis.scale_ladder.rungs: labels {bad} must match {ROOT_ID.pattern} (they name the "
                          "probe trees' roots; no '-' or '/')")
 
 
@@ -147,14 +146,6 @@ def compute(cfg: DictConfig) -> dict:
     return jsonable({"rungs": rungs})
 
 
-def _val_loss_drop(curve: Mapping | None) -> float:
-    """Relative drop of the root's validation loss over its last 20% of steps (calibration's plateau measure; the
-    target is < 2%); NaN without a recorded curve."""
-    from data_gen.pretraining import plateau_drop
-
-    return plateau_drop(curve, "val_loss") if curve and curve.get("val_loss") else math.nan
-
-
 def render(results: dict, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -164,7 +155,7 @@ def render(results: dict, out_dir: Path) -> None:
             rows.append({"rung": label, "width": r["root"]["width"], "pretrain steps": r["root"]["steps"],
                          "pretrain lr": _num((r["root"].get("recipe") or {}).get("lr")),
                          "root val acc": _num(r["root"]["val_accuracy"]),
-                         "root val loss drop": _val_loss_drop(r.get("curve")), "probe": probe, "distance": p["metric"],
+                         "root val loss drop": val_loss_drop(r.get("curve")), "probe": probe, "distance": p["metric"],
                          "median val acc": _num(p["median_accuracy"]), "edge max/min": _num(p["edge_spread"]),
                          "Fig. 1 rho": _num(p["rho"]),
                          "rho ceiling": _num(p.get("rho_ceiling")), "path rho": _num(p["rho_path"]),
@@ -199,7 +190,7 @@ def describe(results: dict) -> dict:
                        f"{_num(v['median_accuracy']):.2f}, edges "
                        f"{_num(v['edge_accuracy']):.2f}" for p, v in r["probes"].items())
         parts.append(f"{label} (root acc {_num(r['root']['val_accuracy']):.2f}, its val loss still falling "
-                     f"{100 * _val_loss_drop(r.get('curve')):.1f}% over its last 20% of steps): {ps}")
+                     f"{100 * val_loss_drop(r.get('curve')):.1f}% over its last 20% of steps): {ps}")
     return {"title": "Scale ladder: where MoTHer's premise appears as models grow", "ours": "; ".join(parts),
             "notes": "Not in the paper. Recovery accuracy is reported per rung and chooses nothing.",
             "paper": "ViT-B (86M parameters): Fig. 1 rho 0.99"}
