@@ -97,5 +97,14 @@ if __name__ == "__main__":  # python -m analysis.stage [RESULTS_DIR [NAME ...]]:
     from common.paths import project_root
 
     args = sys.argv[1:]
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m analysis.stage [RESULTS_DIR [NAME ...]]: redraw the tables and figures of finished "
+              "experiments from their results.json and rebuild RESULTS_DIR/README.md (default: results/)")
+        sys.exit(0)
     target = Path(args[0]) if args else project_root() / "results"
+    if not target.is_dir():
+        sys.exit(f"{target}: no such results folder")
+    unknown = sorted(set(args[1:]) - set(experiments.registry()))
+    if unknown:
+        sys.exit(f"unknown experiment(s) {unknown}; known: {sorted(experiments.registry())}")
     print("redrawn:", ", ".join(rerender(target, args[1:] or None)) or "nothing")
