@@ -194,7 +194,7 @@ def bench_l2(args, tmp: Path) -> None:
     print(f"[l2] wrote {args.l2_models} models ({sum(np.prod(v) for v in shapes.values()) / 1e6:.1f}M params each), "
           f"{size / 1e9:.2f} GB in files, {selected / 1e9:.2f} GB selected (2-D weights, heads excluded), in "
           f"{time.perf_counter() - t:.1f}s; free disk {shutil.disk_usage(tmp).free / 1e9:.0f} GB; "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores; BLAS {_blas()}")
     out = tmp.parent / "l2_out"
     cmd = [sys.executable, str(ROOT / "run.py"), "+experiment=recover", f"input={tmp}", f"output_dir={out}",
            "recovery=paper", "recovery.distance.metric=l2", "recovery.plot=false", f"recovery.device={args.device}"]
@@ -229,6 +229,16 @@ def bench_l2(args, tmp: Path) -> None:
         err = max(err, abs(v - e["distance"]) / v)
     print(f"[l2] max rel. difference of {min(len(doc['edges']), args.direct_pairs or 3)} edge distances vs a direct "
           f"float64 computation: {err:.1e}")
+
+
+def _blas() -> str:
+    """numpy's BLAS, its kernel set and threads: the Gram's speed depends on them (an OPENBLAS_CORETYPE in the
+    environment can pin AVX2 kernels on an AVX-512 machine)."""
+    from threadpoolctl import threadpool_info
+
+    libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture')} x{i['num_threads']}"
+                     for i in libs) or "none found"
 
 
 def main() -> None:
