@@ -9,6 +9,7 @@ Recovery accuracy is reported, never used to choose anything here.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -146,6 +147,12 @@ def compute(cfg: DictConfig) -> dict:
     return jsonable({"rungs": rungs})
 
 
+def _lr_cell(lr) -> str:
+    """A learning rate in full (0.0005; the tables' 3 decimals would round it to 0.001)."""
+    v = _num(lr)
+    return "n/a" if math.isnan(v) else f"{v:g}"
+
+
 def render(results: dict, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -153,7 +160,7 @@ def render(results: dict, out_dir: Path) -> None:
     for label, r in results["rungs"].items():
         for probe, p in r["probes"].items():
             rows.append({"rung": label, "width": r["root"]["width"], "pretrain steps": r["root"]["steps"],
-                         "pretrain lr": _num((r["root"].get("recipe") or {}).get("lr")),
+                         "pretrain lr": _lr_cell((r["root"].get("recipe") or {}).get("lr")),
                          "root val acc": _num(r["root"]["val_accuracy"]),
                          "root val loss drop": val_loss_drop(r.get("curve")), "probe": probe, "distance": p["metric"],
                          "median val acc": _num(p["median_accuracy"]), "edge max/min": _num(p["edge_spread"]),
@@ -170,11 +177,13 @@ def render(results: dict, out_dir: Path) -> None:
     for probe in probes:
         sub = frame[frame["probe"] == probe]
         x = list(sub["rung"])   # rung labels: two rungs may share a width and length (e.g. another lr)
-        axes[0].plot(x, sub["Fig. 1 rho"], "o-", label=probe)
+        line, = axes[0].plot(x, sub["Fig. 1 rho"], "o-", label=probe)
+        axes[0].plot(x, sub["rho ceiling"], "--", color=line.get_color(), alpha=0.6, label=f"{probe} ceiling")
         axes[1].plot(x, sub["same-task closer"], "o-", label=probe)
         axes[2].plot(x, sub["edge accuracy (paper's method)"], "o-", label=probe)
-    for ax, title in zip(axes, ("Fig. 1 rho (paper 0.99)", "same-task pairs closer than the median edge",
-                                "edge accuracy, paper's method")):
+    titles = ("Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow",
+              "same-task pairs closer than the median edge", "edge accuracy, paper's method")
+    for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rung (d<width>_s<pretraining steps>)")
         ax.legend(fontsize=8)
