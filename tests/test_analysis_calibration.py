@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from analysis import stage
 from analysis.experiments.calibration import TARGETS, accuracy_status
@@ -186,7 +187,7 @@ def test_scale_ladder_builtin_rung_reuses_the_shipped_root(cfg_factory, monkeypa
                                                                  shipped["curve"])
     assert rec["recipe"] == roots.train_recipe("vit_a1") and rec["mix"] == "pretrain/mix_a"
     # its probe trees name the root by its built-in name, not by a path that changes with the checkout
-    _, overrides = probe_spec("d64_builtin", rec, {"name": "FT", "data_gen": "ft_mini"}, 64)
+    _, overrides = probe_spec("d64_builtin", rec, {"name": "FT", "data_gen": "ft_mini"}, 64, "probe")
     assert overrides["roots"][0]["source"] == "builtin:vit_a1"
 
 
@@ -229,8 +230,34 @@ def test_scale_ladder_rung_lr_replaces_the_ladder_lr(cfg_factory):
     assert own == {**shared, "lr": 5e-4}
 
 
+def test_scale_ladder_rungs_share_their_probe_draws(cfg_factory):
+    """Two rungs' probe trees draw the same jobs (tasks, recipes, ranks scaled by width): only the root differs."""
+    from analysis.experiments.scale_ladder import probe_spec
+    from analysis.graphs import graph_cfg
+    from analysis.report import knobs
+    from data_gen.spec import build_spec
+
+    cfg = cfg_factory(["+experiment=scale_ladder"])
+    k = knobs(cfg, "scale_ladder")
+    probe = next(OmegaConf.to_container(p, resolve=True) for p in k.probes if p["name"] == "LoRA-V")
+    jobs = {}
+    for label, width in (("d64_s1500", 64), ("d128_s6000", 128)):
+        root = {"weights": f"/w/{label}.safetensors", "arch": f"vit_mini_d{width}", "mix": "pretrain/mix_a"}
+        name, overrides = probe_spec(label, root, probe, width, str(k.probe_root_id))
+        dg = OmegaConf.to_container(graph_cfg(cfg, name, **overrides).data_gen, resolve=True)
+        jobs[width] = build_spec(dg, int(dg["seed"]))
+    narrow, wide = jobs[64], jobs[128]
+    assert [j["id"] for j in narrow] == [j["id"] for j in wide] and len(narrow) == 21
+    for a, b in zip(narrow[1:], wide[1:]):
+        assert a["task"] == b["task"]
+        ra, rb = dict(a["recipe"]), dict(b["recipe"])
+        assert rb.pop("lora_rank") == 2 * ra.pop("lora_rank") and rb.pop("lora_alpha") == 2 * ra.pop("lora_alpha")
+        assert ra == rb
+    assert narrow[0]["recipe"]["source"] != wide[0]["recipe"]["source"]
+
+
 def test_scale_ladder_checks_rung_labels_before_training():
-    """A rung label becomes a root id: one with '-' fails at once, not after its root's hour of pretraining."""
+    """A rung label names graphs and folders: one with '-' fails at once, not after its root's hour of pretraining."""
     from analysis.experiments.scale_ladder import check_labels
 
     check_labels(["d64_s1500", "d128_s6000_lrw"])

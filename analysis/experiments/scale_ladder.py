@@ -99,12 +99,16 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
     return rec
 
 
-def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tuple[str, dict]:
-    """(data_gen config name, overrides) of one probe tree grown from a rung's root."""
+def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int, root_id: str) -> tuple[str, dict]:
+    """(data_gen config name, overrides) of one probe tree grown from a rung's root.
+
+    Every rung names its probe root `root_id`: a node's draws (task, lr, epochs, rank) are seeded by the graph seed
+    and its node id, so the rungs' trees share every draw and differ only in the root they grow from.
+    """
     overrides = dict(probe.get("overrides") or {})
     overrides["name"] = f"{NAME}_{rung_label}_{probe['name']}"
     source = root.get("source", root["weights"])   # builtin:NAME, or the trained rung's weights file
-    overrides["roots"] = [{"id": rung_label, "source": source, "arch": root["arch"], "task": root["mix"]}]
+    overrides["roots"] = [{"id": root_id, "source": source, "arch": root["arch"], "task": root["mix"]}]
     scale = probe.get("rank_scale_width")
     if scale:  # LoRA ranks / alphas scale with the width (lora_v_mini: Table 3's ranks / 8 at width 64)
         factor = max(1, width // int(scale))
@@ -116,25 +120,25 @@ def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int) -> tu
 
 
 def check_labels(labels) -> None:
-    """Rung labels become root ids of the probe graphs: check them all before any root is pretrained (hours)."""
+    """Rung labels name the probe graphs and their folders: check them all before any root is pretrained (hours)."""
     from data_gen.spec import ROOT_ID
 
     bad = [str(label) for label in labels if not ROOT_ID.match(str(label))]
     if bad:
         raise ValueError(f"analysis.scale_ladder.rungs: labels {bad} must match {ROOT_ID.pattern} (they name the "
-                         "probe trees' roots; no '-' or '/')")
+                         "probe graphs and their folders; no '-' or '/')")
 
 
 def compute(cfg: DictConfig) -> dict:
     k = knobs(cfg, NAME)
-    check_labels(k.rungs)
+    check_labels([*k.rungs, k.probe_root_id])
     rungs = {}
     for label, rung in k.rungs.items():
         root = rung_root(cfg, label, rung, k)
         probes = {}
         for probe in k.probes:
             probe = OmegaConf.to_container(probe, resolve=True)
-            name, overrides = probe_spec(label, root, probe, int(rung["width"]))
+            name, overrides = probe_spec(label, root, probe, int(rung["width"]), str(k.probe_root_id))
             graph_dir = ensure_graph(cfg, name, **overrides)
             spec = {"graph": {"path": str(graph_dir)}, "recovery": probe.get("recovery")}
             measures = graph_measures(cfg, probe["name"], spec, k)
