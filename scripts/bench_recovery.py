@@ -198,7 +198,8 @@ def bench_l2(args, tmp: Path) -> None:
     out = tmp.parent / "l2_out"
     cmd = [sys.executable, str(ROOT / "run.py"), "+experiment=recover", f"input={tmp}", f"output_dir={out}",
            "recovery=paper", "recovery.distance.metric=l2", "recovery.plot=false", f"recovery.device={args.device}"]
-    for state in ("cold", "warm"):
+    cold = []   # (cat s, recover wall s, analysis s) of each cold alternation
+    for state in ["cold"] * args.l2_repeats + ["warm"]:
         if state == "cold":
             _drop_cache(files)
             before = _cached_share(files)
@@ -218,6 +219,13 @@ def bench_l2(args, tmp: Path) -> None:
               f"{wall:.2f}s, RATIO {wall / cat:.2f}x; its analysis (weights_s) {weights_s:.2f}s, RATIO "
               f"{weights_s / cat:.2f}x; peak RSS {rss:.2f} GiB; read by recover {rchar / 1e9:.2f} GB (rchar, "
               f"imports included) for {selected / 1e9:.2f} GB selected")
+        if state == "cold":
+            cold.append((cat, wall, weights_s))
+    if len(cold) > 1:   # the disk's pace drifts between minutes: the median of paired ratios, and the spread
+        c, w, a = (np.array(v) for v in zip(*cold))
+        print(f"[l2] cold, {len(cold)} alternations: cat {np.median(c):.2f}s ({c.min():.2f}-{c.max():.2f}); recover "
+              f"wall {np.median(w):.2f}s ({w.min():.2f}-{w.max():.2f}); median RATIO {np.median(w / c):.2f}x "
+              f"({(w / c).min():.2f}-{(w / c).max():.2f}); analysis median RATIO {np.median(a / c):.2f}x")
     info = doc["info"]
     rel = sorted({e["base_model_relation"] for e in doc["edges"]})
     print(f"[l2] device: {info.get('device')}; edges {len(doc['edges'])} {rel}; passes {info.get('passes')}")
@@ -250,6 +258,8 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-3, help="explicit rank tolerance shared by both methods")
     p.add_argument("--l2-models", type=int, default=105)
     p.add_argument("--l2-depth", type=int, default=12)
+    p.add_argument("--l2-repeats", type=int, default=3, help="cold cat / recover alternations (the disk's pace "
+                   "drifts: the ratio is their median)")
     p.add_argument("--direct-pairs", type=int, default=10, help="pairs the direct method runs on (0 = all)")
     p.add_argument("--only", choices=["lora", "l2", "sparse"], default=None)
     p.add_argument("--sparse-args", default="", help="arguments for scripts/bench_sparse.py (default: its own: "
