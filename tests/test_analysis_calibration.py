@@ -263,3 +263,5 @@ def test_scale_ladder_checks_rung_labels_before_training():
     check_labels(["d64_s1500", "d128_s6000_lrw"])
     with pytest.raises(ValueError, match="d128_s6000_lr1e-3"):
         check_labels(["d64_s1500", "d128_s6000_lr1e-3"])
+    with pytest.raises(ValueError, match="probe_root_id"):
+        check_labels(["d64_s1500"], "probe-1")

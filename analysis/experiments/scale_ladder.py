@@ -119,19 +119,22 @@ def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int, root_
     return str(probe["data_gen"]), overrides
 
 
-def check_labels(labels) -> None:
-    """Rung labels name the probe graphs and their folders: check them all before any root is pretrained (hours)."""
+def check_labels(labels, root_id: str = "probe") -> None:
+    """Rung labels name the probe graphs and their folders, `root_id` their roots: check them before any root is
+    pretrained (hours)."""
     from data_gen.spec import ROOT_ID
 
     bad = [str(label) for label in labels if not ROOT_ID.match(str(label))]
     if bad:
         raise ValueError(f"analysis.scale_ladder.rungs: labels {bad} must match {ROOT_ID.pattern} (they name the "
                          "probe graphs and their folders; no '-' or '/')")
+    if not ROOT_ID.match(str(root_id)):
+        raise ValueError(f"analysis.scale_ladder.probe_root_id {root_id!r} must match {ROOT_ID.pattern} (a root id)")
 
 
 def compute(cfg: DictConfig) -> dict:
     k = knobs(cfg, NAME)
-    check_labels([*k.rungs, k.probe_root_id])
+    check_labels(k.rungs, str(k.probe_root_id))
     rungs = {}
     for label, rung in k.rungs.items():
         root = rung_root(cfg, label, rung, k)
