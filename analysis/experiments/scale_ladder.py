@@ -180,22 +180,22 @@ def render(results: dict, out_dir: Path) -> None:
     frame = pd.DataFrame(rows)
     write_table(frame, out_dir, NAME, caption="Scale ladder: regime measures and recovery per rung")
     probes = sorted(set(frame["probe"])) if len(frame) else []
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = (("Fig. 1 rho", "Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow"),
+              ("same-task closer", "same-task pairs closer than the median edge"),
+              ("kurtosis falls", "edges where kurtosis falls (direction)"),
+              ("edge accuracy (paper's method)", "edge accuracy, paper's method"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(18, 4), layout="constrained")
     for probe in probes:
         sub = frame[frame["probe"] == probe]
         x = list(sub["rung"])   # rung labels: two rungs may share a width and length (e.g. another lr)
-        line, = axes[0].plot(x, sub["Fig. 1 rho"], "o-", label=probe)
-        axes[0].plot(x, sub["rho ceiling"], "--", color=line.get_color(), alpha=0.6, label=f"{probe} ceiling")
-        axes[1].plot(x, sub["same-task closer"], "o-", label=probe)
-        axes[2].plot(x, sub["edge accuracy (paper's method)"], "o-", label=probe)
-    titles = ("Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow",
-              "same-task pairs closer than the median edge", "edge accuracy, paper's method")
-    for ax, title in zip(axes, titles):
+        lines = [ax.plot(x, sub[column], "o-", label=probe)[0] for ax, (column, _) in zip(axes, panels)]
+        axes[0].plot(x, sub["rho ceiling"], "--", color=lines[0].get_color(), alpha=0.6, label=f"{probe} ceiling")
+    for ax, (_, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rung (d<width>_s<pretraining steps>)")
-        ax.legend(fontsize=8)
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
+    if probes:   # one legend for every panel, outside the data
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     save_figure(fig, out_dir, NAME)
 
 
