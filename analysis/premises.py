@@ -111,12 +111,18 @@ def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
     """The measures of the paper's two premises on one graph, from its weight analysis `wa` (recovery's distances
     and direction scores): per tree and averaged over the trees, Fig. 1 / path rho, additivity, nearest model is
     parent/child, same-task attraction, the rho the edge sizes allow (ceiling); and the share of edges where the
-    direction score (kurtosis) falls."""
+    direction score (kurtosis) falls; the roots' direction statistic per layer (`root_direction`, mean over the
+    roots) and the median of each edge's fall in it per layer (`direction_drop`): how much room the roots leave."""
     index = {m: i for i, m in enumerate(wa.ids)}
     meta = graph["meta"]
     tasks = {n: meta[n].get("task") for n in graph["nodes"] if meta[n].get("parent") is not None}
     falls = [float(wa.direction[index[c]] < wa.direction[index[p]]) for p, c in graph["edges"]
              if p in index and c in index]
+    per_layer = np.asarray(wa.direction_per_layer, dtype=np.float64)   # (models, direction layers)
+    layered = per_layer.ndim == 2 and per_layer.shape[1] > 0
+    roots = [index[n] for n in graph["nodes"] if meta[n].get("parent") is None and n in index] if layered else []
+    drops = [float(np.nanmean(per_layer[index[p]] - per_layer[index[c]])) for p, c in graph["edges"]
+             if layered and p in index and c in index]
     per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks,
                                     wa.distance_metric) for root, members in trees_of(graph).items()}
 
@@ -127,7 +133,9 @@ def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
             "rho_ceiling": mean("rho_ceiling"), "edge_length_spread": mean("edge_length_spread"),
             "additivity": mean("additivity"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
             "same_task_closer": mean("same_task_closer"), "other_task_closer": mean("other_task_closer"),
-            "kurtosis_falls": float(np.mean(falls)) if falls else math.nan, "per_tree": per_tree}
+            "kurtosis_falls": float(np.mean(falls)) if falls else math.nan,
+            "root_direction": float(np.mean([np.nanmean(per_layer[r]) for r in roots])) if roots else math.nan,
+            "direction_drop": float(np.median(drops)) if drops else math.nan, "per_tree": per_tree}
 
 
 def premise_note(p: Mapping) -> str:

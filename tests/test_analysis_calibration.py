@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 from analysis import stage
 from analysis.experiments.calibration import TARGETS, accuracy_status
-from analysis.premises import path_edges, path_prediction, pearson, tree_measures, trees_of
+from analysis.premises import path_edges, path_prediction, pearson, premise_measures, tree_measures, trees_of
 
 
 def test_trees_of_groups_by_root():
@@ -33,6 +34,22 @@ def test_tree_measures_on_additive_orthogonal_edges():
     assert m["other_task_closer"] == 0.0
     # orthogonal moves add in quadrature: the path prediction is exact
     assert m["rho_path"] == pytest.approx(1.0) and m["additivity"] == pytest.approx(1.0)
+
+
+def test_premise_measures_report_the_roots_direction_room():
+    """The root's direction statistic per layer, and each edge's fall in it, averaged over layers (median edge)."""
+    graph = {"nodes": ["r", "a", "b"], "edges": [["r", "a"], ["a", "b"]],
+             "meta": {"r": {"parent": None}, "a": {"parent": "r", "task": "t"}, "b": {"parent": "a", "task": "t"}}}
+    per_layer = np.array([[4.0, 6.0], [3.5, 5.5], [3.5, 4.5]])   # edge falls: r->a 0.5 per layer, a->b 0.5
+    wa = SimpleNamespace(ids=["r", "a", "b"], distance=np.array([[0, 1, 2], [1, 0, 1], [2, 1, 0]], dtype=float),
+                         distance_metric="l2", direction=per_layer.sum(1), direction_per_layer=per_layer,
+                         direction_stat="kurtosis")
+    m = premise_measures(graph, wa)
+    assert m["root_direction"] == pytest.approx(5.0) and m["direction_drop"] == pytest.approx(0.5)
+    assert m["kurtosis_falls"] == 1.0
+    wa.direction_per_layer = np.zeros((3, 0))   # no direction layers: nothing to measure
+    m = premise_measures(graph, wa)
+    assert np.isnan(m["root_direction"]) and np.isnan(m["direction_drop"])
 
 
 def test_path_measures_separate_edge_sizes_from_geometry():

@@ -175,10 +175,14 @@ def render(results: dict, out_dir: Path) -> None:
                          "rho ceiling": _num(p.get("rho_ceiling")), "path rho": _num(p["rho_path"]),
                          "same-task closer": _num(p["same_task_closer"]),
                          "nearest is parent/child": _num(p["nearest_is_neighbour"]),
-                         "kurtosis falls": _num(p["kurtosis_falls"]), "edge accuracy (paper's method)":
+                         "kurtosis falls": _num(p["kurtosis_falls"]),
+                         "root kurtosis/layer": _num(p.get("root_direction")),
+                         "median fall/layer": _num(p.get("direction_drop")), "edge accuracy (paper's method)":
                          _num(p["edge_accuracy"]), "undirected": _num(p["undirected_accuracy"])})
     frame = pd.DataFrame(rows)
-    write_table(frame, out_dir, NAME, caption="Scale ladder: regime measures and recovery per rung")
+    write_table(frame, out_dir, NAME, caption="Scale ladder: regime measures and recovery per rung; root "
+                "kurtosis/layer: the root's direction statistic (kurtosis, 3 for a Gaussian) averaged over the "
+                "direction layers; median fall/layer: the median edge's fall in it (parent - child)")
     probes = sorted(set(frame["probe"])) if len(frame) else []
     panels = (("Fig. 1 rho", "Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow"),
               ("same-task closer", "same-task pairs closer than the median edge"),
