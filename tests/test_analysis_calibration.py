@@ -38,16 +38,18 @@ def test_tree_measures_on_additive_orthogonal_edges():
 
 def test_premise_measures_report_the_roots_direction_room():
     """The root's direction statistic per layer, and each edge's fall in it, averaged over layers (median edge)."""
-    graph = {"nodes": ["r", "a", "b"], "edges": [["r", "a"], ["a", "b"]],
-             "meta": {"r": {"parent": None}, "a": {"parent": "r", "task": "t"}, "b": {"parent": "a", "task": "t"}}}
-    per_layer = np.array([[4.0, 6.0], [3.5, 5.5], [3.5, 4.5]])   # edge falls: r->a 0.5 per layer, a->b 0.5
-    wa = SimpleNamespace(ids=["r", "a", "b"], distance=np.array([[0, 1, 2], [1, 0, 1], [2, 1, 0]], dtype=float),
-                         distance_metric="l2", direction=per_layer.sum(1), direction_per_layer=per_layer,
-                         direction_stat="kurtosis")
+    graph = {"nodes": ["r", "a", "b", "c"], "edges": [["r", "a"], ["a", "b"], ["a", "c"]],
+             "meta": {"r": {"parent": None}, "a": {"parent": "r", "task": "t"}, "b": {"parent": "a", "task": "t"},
+                      "c": {"parent": "a", "task": "u"}}}
+    # per-layer falls, averaged over the layers: r->a 0.5, a->b 0.5, a->c 3.0 (median 0.5, mean 1.33)
+    per_layer = np.array([[4.0, 6.0], [3.5, 5.5], [3.5, 4.5], [0.5, 2.5]])
+    pos = np.array([0.0, 1.0, 2.0, 3.0])
+    wa = SimpleNamespace(ids=["r", "a", "b", "c"], distance=np.abs(pos[:, None] - pos[None]), distance_metric="l2",
+                         direction=per_layer.sum(1), direction_per_layer=per_layer)
     m = premise_measures(graph, wa)
     assert m["root_direction"] == pytest.approx(5.0) and m["direction_drop"] == pytest.approx(0.5)
     assert m["kurtosis_falls"] == 1.0
-    wa.direction_per_layer = np.zeros((3, 0))   # no direction layers: nothing to measure
+    wa.direction_per_layer = np.zeros((4, 0))   # no direction layers: nothing to measure
     m = premise_measures(graph, wa)
     assert np.isnan(m["root_direction"]) and np.isnan(m["direction_drop"])
 
