@@ -107,6 +107,11 @@ def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, 
             "other_task_closer": float(np.mean(other)) if other else math.nan, "other_task_pairs": len(other)}
 
 
+# How the tables explain `premise_measures`' root_direction / direction_drop columns.
+DIRECTION_ROOM_NOTE = ("root kurtosis/layer: the roots' direction statistic (kurtosis, 3 for a Gaussian) averaged "
+                       "over the direction layers; median fall/layer: the median edge's fall in it (parent - child)")
+
+
 def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
     """The measures of the paper's two premises on one graph, from its weight analysis `wa` (recovery's distances
     and direction scores): per tree and averaged over the trees, Fig. 1 / path rho, additivity, nearest model is

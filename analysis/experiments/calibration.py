@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from analysis.experiments import experiment
 from analysis.finetunes import roots_cache
 from analysis.graphs import read_graph, resolve_graph
-from analysis.premises import premise_measures
+from analysis.premises import DIRECTION_ROOM_NOTE, premise_measures
 from analysis.recover import analyze, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
 from common.io import jsonable, read_json, write_json
@@ -212,12 +212,13 @@ def render(results: dict, out_dir: Path) -> None:
              "rho ceiling": g.get("rho_ceiling", math.nan), "path rho": g["rho_path"],
              "additivity": g["additivity"], "same-task closer": g["same_task_closer"],
              "other-task closer": g["other_task_closer"], "nearest is parent/child": g["nearest_is_neighbour"],
-             "kurtosis falls": g["kurtosis_falls"],
+             "kurtosis falls": g["kurtosis_falls"], "root kurtosis/layer": g.get("root_direction", math.nan),
+             "median fall/layer": g.get("direction_drop", math.nan),
              "in regime (acc, rho, spread)": "/".join([accuracy_status(g, t),
                                                       _ok(g["rho"], t["rho"]),
                                                       _ok(g["edge_spread"], t["edge_spread"], higher=False)])}
             for g in graphs]
-    write_table(pd.DataFrame(rows), out_dir, NAME, caption="Calibration of the mini graphs (weights only)")
+    write_table(pd.DataFrame(rows), out_dir, NAME, caption=f"Calibration of the mini graphs (weights only); {DIRECTION_ROOM_NOTE}")
     if results["roots"]:
         roots = pd.DataFrame([{**r, "acc >= 0.6": _ok(_num(r["val_accuracy"]), t["root_accuracy"]),
                                "plateaued": _ok(_num(r["plateau_drop"]), t["plateau"], higher=False)}

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from analysis.experiments import experiment
 from analysis.experiments.calibration import _num, graph_measures, val_loss_drop
 from analysis.graphs import ensure_graph
+from analysis.premises import DIRECTION_ROOM_NOTE
 from analysis.recover import accuracy_run
 from analysis.report import knobs, run_experiment, save_figure, write_table
 from common.io import jsonable, read_json, write_json
@@ -180,9 +181,7 @@ def render(results: dict, out_dir: Path) -> None:
                          "median fall/layer": _num(p.get("direction_drop")), "edge accuracy (paper's method)":
                          _num(p["edge_accuracy"]), "undirected": _num(p["undirected_accuracy"])})
     frame = pd.DataFrame(rows)
-    write_table(frame, out_dir, NAME, caption="Scale ladder: regime measures and recovery per rung; root "
-                "kurtosis/layer: the root's direction statistic (kurtosis, 3 for a Gaussian) averaged over the "
-                "direction layers; median fall/layer: the median edge's fall in it (parent - child)")
+    write_table(frame, out_dir, NAME, caption=f"Scale ladder: regime measures and recovery per rung; {DIRECTION_ROOM_NOTE}")
     probes = sorted(set(frame["probe"])) if len(frame) else []
     panels = (("Fig. 1 rho", "Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow"),
               ("same-task closer", "same-task pairs closer than the median edge"),
