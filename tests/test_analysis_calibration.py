@@ -142,6 +142,14 @@ def test_calibration_toy(cfg_factory, tmp_path):
     assert res["graphs"]["LoRA-V"]["metric"] == "lora_rank"
     assert [r["root"] for r in res["roots"]] == ["vit_a1", "vit_b1"]
     assert (tmp_path / "results" / "calibration" / "calibration.png").is_file()
+    # kurtosis per layer along each root's pretraining, per direction-layer set (a ViT has no convolutions)
+    curves = res["root_kurtosis"]["vit_a1"]
+    assert set(curves) == {"step", "q/k/v (LoRA)", "dense (FT)"}
+    assert curves["step"][0] == 0 and curves["step"] == sorted(curves["step"])
+    assert all(len(curves[s]) == len(curves["step"]) for s in curves)
+    assert curves["dense (FT)"][0] == pytest.approx(3.0, abs=0.1)   # the random init: Gaussian weights
+    assert curves["dense (FT)"][-1] > curves["dense (FT)"][0] + 1   # heavy-tailed after pretraining
+    assert (tmp_path / "results" / "calibration" / "calibration_root_kurtosis.png").is_file()
 
 
 @pytest.mark.slow

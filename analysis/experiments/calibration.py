@@ -21,7 +21,10 @@ For every graph (built at a seed that no reported result uses) and every root it
     - roots: validation accuracy on the pretraining mix, loss plateau (train-loss drop over the last 20% of the
       recorded curve: the target; the validation loss's drop over the same steps beside it, since under a cosine
       schedule the train loss keeps falling as the rate anneals), the closest two roots' distance vs the largest
-      edge, and kurtosis along pretraining.
+      edge, and kurtosis along pretraining (of all 2-D weights, from the curve the loop recorded; and per layer of
+      each direction-layer set from the shipped checkpoints: the q/k/v layers LoRA graphs read, the dense layers FT
+      graphs read, the convolutions ResNet graphs read), beside each graph's `root_direction` / `direction_drop`:
+      how much room the root leaves the direction signal.
 """
 from __future__ import annotations
 
@@ -149,6 +152,23 @@ def root_measures(name: str, cache_dir: Path | None) -> dict[str, Any]:
             "kurtosis_last": kurt[-1] if kurt else math.nan}
 
 
+def root_kurtosis(name: str, cache_dir: Path | None, sets: Mapping[str, list[str]]) -> dict[str, list]:
+    """Kurtosis per layer (mean over the layers of each set of kinds) at each of a built-in root's checkpoints along
+    pretraining: {"step": [...], set label: [...]}; a set with no layers in the root is left out."""
+    from analysis.trajectories import series_stats
+    from data_gen.roots import root_checkpoints
+
+    pairs = root_checkpoints(name, cache_dir=cache_dir)
+    files = [p for _, p in pairs]
+    out: dict[str, list] = {"step": [int(s) for s, _ in pairs]}
+    for label, kinds in sets.items():
+        vals = series_stats(files, stats=["kurtosis"], kinds=list(kinds), per_layer=True)["kurtosis"]
+        per_file = [[v for kind in kinds for v in vals[kind][i]["per_layer"].values()] for i in range(len(files))]
+        if all(per_file):
+            out[label] = [float(np.mean(v)) for v in per_file]
+    return out
+
+
 def _num(x: Any) -> float:
     """None (a measure that does not apply) as NaN, for tables and plots."""
     return math.nan if x is None else float(x)
@@ -159,6 +179,9 @@ def compute(cfg: DictConfig) -> dict:
     graphs = {label: graph_measures(cfg, label, OmegaConf.to_container(spec, resolve=True), k)
               for label, spec in k.graphs.items()}
     roots = [root_measures(r, roots_cache(cfg)) for r in k.roots]
+    sets = OmegaConf.to_container(k.root_kurtosis, resolve=True) if k.get("root_kurtosis") else {}
+    kurtosis = {r["root"]: root_kurtosis(r["root"], roots_cache(cfg), sets[r["arch"]]) for r in roots
+                if r["arch"] in sets}
     # separation of the roots: closest two roots of one architecture vs the largest edge of that architecture's
     # graphs (a ResNet edge says nothing about how far apart two ViT roots must be)
     vectors: dict[str, np.ndarray] = {}
@@ -176,7 +199,7 @@ def compute(cfg: DictConfig) -> dict:
               largest_for[vectors[a].shape]) for i, a in enumerate(names) for b in names[i + 1:]
              if vectors[a].shape == vectors[b].shape and vectors[a].shape in largest_for]
     closest, largest = min(pairs, key=lambda p: p[0] / p[1]) if pairs else (math.nan, math.nan)
-    return jsonable({"graphs": graphs, "roots": roots,
+    return jsonable({"graphs": graphs, "roots": roots, "root_kurtosis": kurtosis,
             "root_separation": {"closest_roots": closest, "largest_edge": largest, "ratio": closest / largest},
             "targets": TARGETS, "longer_factor": int(k.longer_factor)})
 
@@ -218,12 +241,15 @@ def render(results: dict, out_dir: Path) -> None:
                                                       _ok(g["rho"], t["rho"]),
                                                       _ok(g["edge_spread"], t["edge_spread"], higher=False)])}
             for g in graphs]
-    write_table(pd.DataFrame(rows), out_dir, NAME, caption=f"Calibration of the mini graphs (weights only); {DIRECTION_ROOM_NOTE}")
+    write_table(pd.DataFrame(rows), out_dir, NAME,
+                caption=f"Calibration of the mini graphs (weights only); {DIRECTION_ROOM_NOTE}")
     if results["roots"]:
         roots = pd.DataFrame([{**r, "acc >= 0.6": _ok(_num(r["val_accuracy"]), t["root_accuracy"]),
                                "plateaued": _ok(_num(r["plateau_drop"]), t["plateau"], higher=False)}
                               for r in results["roots"]])
         write_table(roots, out_dir, f"{NAME}_roots", caption="Built-in roots: accuracy on the pretraining mix, plateau")
+    if results.get("root_kurtosis"):
+        render_root_kurtosis(results["root_kurtosis"], out_dir)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     labels = [g["label"] for g in graphs]
     x = np.arange(len(graphs))
@@ -246,6 +272,32 @@ def render(results: dict, out_dir: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out_dir, NAME)
+
+
+def render_root_kurtosis(curves: Mapping[str, Mapping[str, list]], out_dir: Path) -> None:
+    """calibration_root_kurtosis: a panel per layer set, a line per root (kurtosis per layer vs pretraining step),
+    and a table of each root's first / highest / last value per set."""
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(label for c in curves.values() for label in c if label != "step"))
+    rows = []
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), layout="constrained", squeeze=False)
+    for ax, label in zip(axes[0], sets):
+        for root, c in curves.items():
+            if label in c:
+                ax.plot(c["step"], c[label], "o-", ms=3, label=root)
+                top = int(np.argmax(c[label]))
+                rows.append({"root": root, "layers": label, "first": c[label][0], "highest": c[label][top],
+                             "at step": c["step"][top], "last": c[label][-1], "steps": c["step"][-1]})
+        ax.axhline(3.0, color="k", ls=":", lw=1, label="Gaussian (3)")
+        ax.set_xscale("symlog", linthresh=500)
+        ax.set_title(f"{label}: kurtosis per layer along pretraining", fontsize=10)
+        ax.set_xlabel("pretraining step")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    save_figure(fig, out_dir, f"{NAME}_root_kurtosis")
+    write_table(pd.DataFrame(rows), out_dir, f"{NAME}_root_kurtosis",
+                caption="Built-in roots: kurtosis per layer of each direction-layer set along pretraining (shipped "
+                        "checkpoints; 3 for a Gaussian)")
 
 
 def describe(results: dict) -> dict:
