@@ -202,8 +202,11 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
                                                              (layer.rows[0] - start, layer.rows[1] - start))
                 y = view.take(x) if len(sub) == n else view.take(x)[sub]   # a view of the read buffer when all are in
                 batches.append((role, LayerBatch(layer, y, sub)))
-            done = [side.submit(direction_acc.update, b) for role, b in batches if role == "dir"]
-            with blas.beside_side_work(bool(done)):
+            side_work = [b for role, b in batches if role == "dir"]
+            with blas.beside_side_work(bool(side_work)):
+                # submitted under the limit, so the moments' BLAS calls always run at one thread count and the
+                # direction scores repeat bit for bit (submitted before it, they raced the limit: ~1e-14 apart)
+                done = [side.submit(direction_acc.update, b) for b in side_work]
                 for role, batch in batches:
                     if role == "dist":
                         batch.d2 = pairwise_sq_dists(batch.y, kernel=kernel)

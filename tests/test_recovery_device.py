@@ -151,3 +151,23 @@ def test_analysis_is_the_same_whatever_the_blas_threads(tmp_path):
     assert runs[0].ids == runs[1].ids
     np.testing.assert_allclose(runs[0].distance, runs[1].distance, rtol=1e-6)
     np.testing.assert_allclose(runs[0].direction, runs[1].direction, rtol=1e-12)
+
+
+def test_direction_side_work_runs_under_the_blas_limit_and_repeats_bit_for_bit(tmp_path, monkeypatch):
+    """The direction thread's moments call BLAS: they must always run at the limited count (set before the work is
+    submitted), or their sums depend on a race and the scores differ in their last digits from run to run."""
+    from threadpoolctl import threadpool_limits
+
+    from recovery.accumulate import DirectionStats
+    write_tree(tmp_path, vit_shapes(32, 2), {"root": ["a", "b"], "a": ["c"]}, ["root"], seed=4, scale=1e-2)
+    seen, update = [], DirectionStats.update
+
+    def spy(self, batch):
+        seen.append(_blas_threads())
+        return update(self, batch)
+
+    monkeypatch.setattr(DirectionStats, "update", spy)
+    with threadpool_limits(2, user_api="blas"):
+        runs = [analyze_folder(tmp_path, progress=False) for _ in range(2)]
+    assert seen and all(s == {1} for s in seen)
+    assert np.array_equal(runs[0].direction_per_layer, runs[1].direction_per_layer)
