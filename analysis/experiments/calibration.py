@@ -281,19 +281,24 @@ def render_root_kurtosis(curves: Mapping[str, Mapping[str, list]], out_dir: Path
 
     sets = list(dict.fromkeys(label for c in curves.values() for label in c if label != "step"))
     rows = []
+    colors = {root: f"C{i}" for i, root in enumerate(curves)}   # one colour per root across the panels
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), layout="constrained", squeeze=False)
     for ax, label in zip(axes[0], sets):
         for root, c in curves.items():
             if label in c:
-                ax.plot(c["step"], c[label], "o-", ms=3, label=root)
+                ax.plot(c["step"], c[label], "o-", ms=3, label=root, color=colors[root])
                 top = int(np.argmax(c[label]))
                 rows.append({"root": root, "layers": label, "first": c[label][0], "highest": c[label][top],
                              "at step": c["step"][top], "last": c[label][-1], "steps": c["step"][-1]})
         ax.axhline(3.0, color="k", ls=":", lw=1, label="Gaussian (3)")
         ax.set_xscale("symlog", linthresh=500)
+        ax.set_xlim(left=0)
         ax.set_title(f"{label}: kurtosis per layer along pretraining", fontsize=10)
         ax.set_xlabel("pretraining step")
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    legend = {}   # every root once (a set may hold only some of them: the ResNet's convolutions)
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8)
     save_figure(fig, out_dir, f"{NAME}_root_kurtosis")
     write_table(pd.DataFrame(rows), out_dir, f"{NAME}_root_kurtosis",
                 caption="Built-in roots: kurtosis per layer of each direction-layer set along pretraining (shipped "
