@@ -292,3 +292,13 @@ def test_scale_ladder_checks_rung_labels_before_training():
         check_labels(["d64_s1500", "d128_s6000_lr1e-3"])
     with pytest.raises(ValueError, match="probe_root_id"):
         check_labels(["d64_s1500"], "probe-1")
+
+
+def test_root_kurtosis_figure_needs_a_layer_set(tmp_path):
+    from analysis.experiments.calibration import render_root_kurtosis
+    render_root_kurtosis({"r": {"step": [0, 10]}}, tmp_path)   # no set measured: nothing drawn, no error
+    assert not list(tmp_path.iterdir())
+    render_root_kurtosis({"r": {"step": [0, 10], "q/k/v": [3.0, 3.5]}, "s": {"step": [0], "conv": [3.1]}}, tmp_path)
+    table = pd.read_csv(tmp_path / "calibration_root_kurtosis.csv")
+    assert table[["root", "layers", "highest", "at step"]].values.tolist() == [["r", "q/k/v", 3.5, 10],
+                                                                               ["s", "conv", 3.1, 0]]

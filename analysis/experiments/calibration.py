@@ -280,6 +280,8 @@ def render_root_kurtosis(curves: Mapping[str, Mapping[str, list]], out_dir: Path
     import matplotlib.pyplot as plt
 
     sets = list(dict.fromkeys(label for c in curves.values() for label in c if label != "step"))
+    if not sets:   # no root has a layer of any configured set
+        return
     rows = []
     colors = {root: f"C{i}" for i, root in enumerate(curves)}   # one colour per root across the panels
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), layout="constrained", squeeze=False)
