@@ -161,8 +161,9 @@ def root_kurtosis(name: str, cache_dir: Path | None, sets: Mapping[str, list[str
     pairs = root_checkpoints(name, cache_dir=cache_dir)
     files = [p for _, p in pairs]
     out: dict[str, list] = {"step": [int(s) for s, _ in pairs]}
+    every_kind = list(dict.fromkeys(kind for kinds in sets.values() for kind in kinds))
+    vals = series_stats(files, stats=["kurtosis"], kinds=every_kind, per_layer=True)["kurtosis"]   # one read a file
     for label, kinds in sets.items():
-        vals = series_stats(files, stats=["kurtosis"], kinds=list(kinds), per_layer=True)["kurtosis"]
         per_file = [[v for kind in kinds for v in vals[kind][i]["per_layer"].values()] for i in range(len(files))]
         if all(per_file):
             out[label] = [float(np.mean(v)) for v in per_file]
