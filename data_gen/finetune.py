@@ -20,8 +20,10 @@ failing on them.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
+import logging
 import math
 import os
 import shutil
@@ -299,6 +301,31 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None)
                       num_workers=0)
 
 
+# Lightning's own info lines (device summary, its litlogger tip, "`Trainer.fit` stopped: `max_steps=N` reached.")
+LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+@contextlib.contextmanager
+def lightning_info(show: bool):
+    """Lightning's per-Trainer INFO lines shown (show=True) or held back to WARNING and above (warnings still show).
+
+    A graph build runs one Trainer per node under its own progress bar, where three such lines per node would
+    bury it; the device used is in each node's record (`accelerator`, `device_name`).
+    """
+    if show:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in LIGHTNING_INFO_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _save_adapter(peft_model: torch.nn.Module, folder: Path) -> Path:
     """Write the peft adapter into a temporary folder, then move it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +358,7 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
         logger_cfg: the `logger:` dict of conf/logger/*.yaml (None: no experiment logger).
         checkpoint_every: also save merged weights every N optimizer steps (and at step 0).
         num_threads: torch threads for this call (restored afterwards); bit-identity holds per thread count.
-        progress: show Lightning's progress bar.
+        progress: show Lightning's progress bar and its info lines (device summary, stop reason).
         accelerator, devices, precision: Lightning options, see `resolve_trainer` (determinism is promised on CPU,
             where "auto" gives the Trainer of earlier versions: cpu, 1 device, 32-true).
         save_adapter: for LoRA, also save the peft adapter.
@@ -377,17 +404,18 @@ def finetune(*, arch: str, init_state: dict[str, torch.Tensor] | None, task, rec
             ckpt = StepCheckpoints(int(checkpoint_every), out_dir / "checkpoints" / node_id, r["method"], metadata)
             callbacks.append(ckpt)
         loggers = build_loggers(logger_cfg, node_id)
-        trainer = pl.Trainer(
-            **options, max_epochs=int(r["epochs"]),
-            max_steps=total, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-            check_val_every_n_epoch=None, val_check_interval=total, log_every_n_steps=max(1, min(50, total)),
-            deterministic="warn" if on_gpu else True, default_root_dir=str(out_dir))
-        if on_gpu:  # after the Trainer, which sets CUBLAS_WORKSPACE_CONFIG before CUDA starts here
-            torch.cuda.reset_peak_memory_stats()
-        trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
-        if module.val_accuracy is None:  # the end-of-run validation did not fire (e.g. stopped early)
-            trainer.validate(module, dataloaders=val, verbose=False)
+        with lightning_info(progress):
+            trainer = pl.Trainer(
+                **options, max_epochs=int(r["epochs"]),
+                max_steps=total, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
+                enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                check_val_every_n_epoch=None, val_check_interval=total, log_every_n_steps=max(1, min(50, total)),
+                deterministic="warn" if on_gpu else True, default_root_dir=str(out_dir))
+            if on_gpu:  # after the Trainer, which sets CUBLAS_WORKSPACE_CONFIG before CUDA starts here
+                torch.cuda.reset_peak_memory_stats()
+            trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+            if module.val_accuracy is None:  # the end-of-run validation did not fire (e.g. stopped early)
+                trainer.validate(module, dataloaders=val, verbose=False)
         device_name = torch.cuda.get_device_name() if on_gpu else None
         memory_mb = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
 

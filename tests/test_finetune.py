@@ -121,6 +121,36 @@ def test_csv_logger_records_metrics(tmp_path):
     assert "train/loss" in text and "val/acc" in text and res["steps"] == 2
 
 
+def test_lightning_info_lines_only_with_progress(tmp_path):
+    """Graph builds (progress=False) hold back Lightning's per-Trainer info lines; progress=True shows them."""
+    import logging
+
+    from data_gen.finetune import LIGHTNING_INFO_LOGGERS
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler, logger = Collect(), logging.getLogger(LIGHTNING_INFO_LOGGERS[0])
+    before = logger.level
+    logger.addHandler(handler)
+    try:
+        for progress in (False, True):
+            handler.messages.clear()
+            recipe = {"epochs": 1, "batch_size": 16, "lr": 1e-2, "seed": 3, "max_steps": 2}
+            finetune(arch="vit_mini", init_state=parent_state("vit_mini"), task=synthetic_task(), recipe=recipe,
+                     out_dir=tmp_path / str(progress), node_id="n", progress=progress, num_threads=1)
+            devices = [m for m in handler.messages if m.startswith("GPU available")]
+            assert bool(devices) == progress, (progress, handler.messages)
+            assert logger.level == before  # restored
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_recipe_errors():
     with pytest.raises(ValueError, match="recipe: unknown option 'lrr'"):
         resolve_recipe({"lrr": 1e-3})
