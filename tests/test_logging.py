@@ -12,14 +12,21 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("analysis", "common", "data_gen", "recovery")
 
 
+# Modules that look up other libraries' loggers to set their level, never to log: file -> the names they use.
+FOREIGN_LOGGERS = {"data_gen/finetune.py": {"name"}}   # lightning_info: Lightning's rank-zero info loggers
+
+
 def test_every_library_logger_is_under_mother():
     """No module logs under its own `__name__` (outside `mother`, whose level would not reach it)."""
     outside = []
     for package in LIBRARY:
         for path in (ROOT / package).rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
             for name in re.findall(r"getLogger\(([^)]*)\)", path.read_text()):
+                if name.strip() in FOREIGN_LOGGERS.get(rel, ()):
+                    continue
                 if not re.fullmatch(r"""["']mother(\.[\w.]+)?["']""", name.strip()):
-                    outside.append(f"{path.relative_to(ROOT)}: getLogger({name})")
+                    outside.append(f"{rel}: getLogger({name})")
     assert not outside, outside
 
 
