@@ -77,6 +77,30 @@ def test_tiny_graph_end_to_end(baseline):
 
 
 @pytest.mark.slow
+def test_graph_times_reads_the_node_records(baseline, tmp_path):
+    """scripts/graph_times.py: one row per graph and method, counts and times from the nodes' own records."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp, summary, graph = baseline
+    gdir, out = Path(summary["graph_dir"]), tmp_path / "times.md"
+    run = subprocess.run([sys.executable, "scripts/graph_times.py", str(gdir), "--out", str(out)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    assert out.read_text() == run.stdout
+    rows = [line.split(" | ") for line in run.stdout.splitlines()[2:]]
+    children = [n for n in graph["nodes"] if graph["meta"][n]["parent"] is not None]
+    methods = {graph["meta"][n]["method"] for n in children}
+    assert sorted(r[1] for r in rows) == sorted(methods)
+    assert sum(int(r[2]) for r in rows) == len(children) == 4
+    assert all(r[3] == "3" for r in rows)   # max_steps of every tiny fine-tune
+    bad = subprocess.run([sys.executable, "scripts/graph_times.py", str(tmp_path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 2 and "no nodes/ folder" in bad.stderr
+
+
+@pytest.mark.slow
 def test_parallel_workers_give_identical_hashes(baseline, tmp_path):
     """One level's nodes built in 2 worker processes or one after another: the same weights, bit for bit."""
     tmp, summary, graph = baseline
