@@ -12,7 +12,6 @@ the medians are what to quote.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.io import write_text  # noqa: E402
+from common.io import read_json, write_text  # noqa: E402
 
 
 def node_records(graph_dir: Path) -> list[dict]:
@@ -31,10 +30,10 @@ def node_records(graph_dir: Path) -> list[dict]:
         raise FileNotFoundError(f"{graph_dir}: no nodes/ folder (not a graph folder built by data_gen)")
     metas = []
     for path in sorted(folder.glob("*.json")):
-        try:
-            meta = json.loads(path.read_text())["meta"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a node record ({e})") from e
+        record = read_json(path)   # names the file when it is malformed
+        if not isinstance(record, dict) or "meta" not in record:
+            raise ValueError(f"{path}: not a node record (no 'meta')")
+        meta = record["meta"]
         if meta.get("parent") is not None:
             metas.append(meta)
     return metas
