@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -216,6 +217,14 @@ def recipes_line(record: dict, current: Mapping[str, str | None] | None = None) 
             f"command above to refresh them") if changed else None
 
 
+_RELATIVE_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|[/#])([^)\s]+\))")
+
+
+def rebase_links(markdown: str, folder: str) -> str:
+    """Markdown links and images relative to `folder` made relative to its parent (for inlining its .md files)."""
+    return _RELATIVE_LINK.sub(lambda m: f"{m.group(1)}{folder}/{m.group(2)}", markdown)
+
+
 def _section(folder: Path, record: dict, shipped: Mapping[str, str], recipes: Mapping[str, str | None]) -> str:
     name = record["experiment"]
     lines = [f"## {record['title']}", "",
@@ -234,7 +243,7 @@ def _section(folder: Path, record: dict, shipped: Mapping[str, str], recipes: Ma
     for f in record["files"]:
         path = folder / f
         if f.endswith(".md"):
-            lines += [path.read_text(encoding="utf-8").rstrip(), ""]
+            lines += [rebase_links(path.read_text(encoding="utf-8").rstrip(), folder.name), ""]
         elif f.endswith(".png"):
             lines += [f"![{name}: {Path(f).stem}]({folder.name}/{f})", ""]
     other = [f for f in record["files"] if not f.endswith((".md", ".png"))]

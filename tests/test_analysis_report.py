@@ -78,6 +78,18 @@ def test_record_and_readme(tmp_path):
     assert "[table1.csv](table1/table1.csv)" in readme
 
 
+def test_inlined_markdown_links_point_into_their_folder(tmp_path):
+    exp = tmp_path / "runtime"
+    exp.mkdir()
+    (exp / "bench.md").write_text("see [other](other.md), ![fig](fig.png), [web](https://x.org/a), [top](#t), "
+                                  "[abs](/etc/x) and [up](../table1/t.md)\n")
+    report.write_experiment_record(exp, experiment="runtime", title="T", scale="mini", command="c", paper="p",
+                                   ours="o", notes="", files=["bench.md"], seed=0)
+    readme = report.build_results_readme(tmp_path).read_text()
+    assert ("see [other](runtime/other.md), ![fig](runtime/fig.png), [web](https://x.org/a), [top](#t), "
+            "[abs](/etc/x) and [up](runtime/../table1/t.md)") in readme
+
+
 def test_readme_flags_results_made_on_other_roots(tmp_path):
     from data_gen.roots import shipped_digests
 
