@@ -2,6 +2,7 @@
 plain types (`jsonable`), sha256."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -15,14 +16,28 @@ import numpy as np
 from omegaconf import OmegaConf
 
 
+@functools.lru_cache(maxsize=1)
+def new_file_mode() -> int:
+    """The mode open() gives a new file under the process umask (mkstemp's temp files are 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place (with the mode a plain
+    open() would give it, or the mode of the file it replaces)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = new_file_mode()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -24,6 +24,7 @@ the header against the file (a truncated or corrupt file is reported by name); t
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import re
@@ -116,6 +117,13 @@ class Catalog:
     excluded: dict[str, str] = field(default_factory=dict)   # id -> why it cannot be used (names the file)
 
 
+def _header_int(v) -> int:
+    """An integer of a safetensors header (a float or string there is corruption, not a value to round)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(v)
+    return v
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and validate a safetensors header; raise CheckpointError naming `path` on any inconsistency."""
     path = Path(path)
@@ -143,13 +151,17 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (a, b) = meta["dtype"], tuple(int(s) for s in meta["shape"]), meta["data_offsets"]
+            dtype, shape, (a, b) = meta["dtype"], tuple(_header_int(s) for s in meta["shape"]), meta["data_offsets"]
+            a, b = _header_int(a), _header_int(b)
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors header (bad entry for tensor {name!r})") from None
         if dtype not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        if any(d < 0 for d in shape):
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensor {name!r} has negative shape "
+                                  f"{list(shape)})")
         itemsize = np.dtype(_DTYPES[dtype][0]).itemsize
-        if b - a != itemsize * int(np.prod(shape, dtype=np.int64)) or a < 0:
+        if b - a != itemsize * math.prod(shape) or a < 0:   # Python ints: a forged shape cannot overflow
             raise CheckpointError(f"{path}: corrupt safetensors header (tensor {name!r}: byte range {a}..{b} "
                                   f"does not match shape {list(shape)} {dtype})")
         if b > data:
@@ -224,8 +236,27 @@ def _check_stage(value, source: str, mid: str) -> str:
     return s
 
 
+# Flat-folder files that are pickles (never unpickled there; skipped with a note).
+_PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
 # One candidate model: (id, where it is, a loader returning the model, an adapter folder, or None for "not a model")
 Entry = tuple[str, Path, Callable[[], object]]
+
+
+def _graph_stages(path: Path) -> dict:
+    """The `stage` map of a graph folder's graph.json (DESIGN.md); a CheckpointError names the file if it is broken."""
+    try:
+        graph = read_json(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: cannot read ({e})") from None
+    if not isinstance(graph, dict):
+        raise CheckpointError(f"{path}: not a graph.json (expected a JSON object with nodes / edges / stage, "
+                              f"found a {type(graph).__name__})")
+    stages = graph.get("stage") or {}
+    if not isinstance(stages, dict):
+        raise CheckpointError(f"{path}: 'stage' must map model ids to generalization | specialization, "
+                              f"found a {type(stages).__name__}")
+    return stages
 
 
 def _folder_entries(search: Path, notes: list[str]) -> list[Entry]:
@@ -233,16 +264,34 @@ def _folder_entries(search: Path, notes: list[str]) -> list[Entry]:
     from recovery.hf import cache_entry, cache_repo_id
 
     entries: list[Entry] = []
+    pickles = []
     for p in sorted(search.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_file() and p.suffix == ".safetensors" and not _SHARD.match(p.name):
+        if p.is_symlink() and not p.exists():
+            notes.append(f"{p}: skipped, a broken link")
+        elif p.is_file() and p.suffix.lower() == ".safetensors" and not _SHARD.match(p.name):
             entries.append((p.stem, p, lambda p=p: ModelSource.from_safetensors(p)))
+        elif p.is_file() and p.suffix.lower() in _PICKLES:
+            pickles.append(p.name)
         elif p.is_dir() and cache_repo_id(p) is not None:
             entries.append((cache_repo_id(p), p, lambda p=p: cache_entry(p, notes)))
         elif p.is_dir():
-            entries.append((p.name, p, lambda p=p: model_from_folder(p)))
+            entries.append((p.name, p, lambda p=p: _folder_model(p, notes)))
+    if pickles:
+        notes.append(f"{search}: skipped {pickles[:5]}{' ...' if len(pickles) > 5 else ''}: pickle checkpoints are "
+                     f"read only as pytorch_model.bin in a model folder (torch.load with weights_only=True); "
+                     f"convert them to safetensors")
     return entries
+
+
+def _folder_model(d: Path, notes: list[str]) -> "ModelSource | object | None":
+    """model_from_folder, with a note when a folder holds no model (it is skipped)."""
+    m = model_from_folder(d)
+    if m is None:
+        notes.append(f"{d}: skipped, no model weights there (model.safetensors, sharded safetensors, "
+                     f"pytorch_model.bin or a PEFT adapter)")
+    return m
 
 
 def _is_single_model(root: Path) -> bool:
@@ -271,8 +320,7 @@ def discover(path: str | os.PathLike, stages_file: str | os.PathLike | None = No
         layout, search, entries = "hub ids", root, hub_entries(root, notes)
     elif (root / "graph.json").is_file() and (root / "models").is_dir():
         layout, search = "graph", root / "models"
-        graph = read_json(root / "graph.json")
-        for mid, st in (graph.get("stage") or {}).items():
+        for mid, st in _graph_stages(root / "graph.json").items():
             graph_stages[mid] = _check_stage(st, str(root / "graph.json"), mid)
         entries = _folder_entries(search, notes)
     else:

@@ -98,9 +98,9 @@ def _known_k(n_trees: int | str, n: int) -> int:
     try:
         k = int(n_trees)
     except (TypeError, ValueError):
-        raise ConfigError(f"n_trees must be a positive integer or 'auto', got {n_trees!r}") from None
+        raise ConfigError(f"recovery.cluster.n_trees must be a positive integer or 'auto', got {n_trees!r}") from None
     if not 1 <= k <= n:
-        raise ConfigError(f"n_trees={k} is impossible with {n} models")
+        raise ConfigError(f"recovery.cluster.n_trees={k} is impossible with {n} models (at most one tree per model)")
     return k
 
 

@@ -9,19 +9,24 @@ Allowed values that a type cannot express are each field's `choices`, checked by
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from common.schema import choices
+from common.schema import check, choices, number, pattern
+from recovery.cues import CUES
 from recovery.direction import STATS
 
 METRICS = ("l2", "rms", "lora_rank", "auto")
 # What `tree.cues: null` means: the paper's direction score, kurtosis, alone.
 PAPER_CUES: Dict[str, float] = {"kurtosis": 1.0}
 
+# tree.cues: weights >= 0 of known cues (recovery.cues.CUES).
+_CUE_WEIGHTS = check(lambda v: v is None or all(k in CUES and number(0)["check"][0](w) for k, w in v.items()),
+                     f"map cues of {list(CUES)} to finite weights >= 0")
+
 
 @dataclass
 class LayersOptions:
     """recovery.layers: the tensors that take part in the distances (recovery.layers.choose_layers)."""
     kinds: List[str] = field(default_factory=lambda: ["all_2d"])
-    regex: Optional[str] = None
+    regex: Optional[str] = field(default=None, metadata=pattern())
     exclude_heads: bool = True
     fallback: bool = True            # no tensor of the kinds: every 2-D weight instead (one warning)
 
@@ -30,9 +35,10 @@ class LayersOptions:
 class DistanceOptions:
     """recovery.distance: the pairwise distance (paper Eq. 1 and 2)."""
     metric: str = field(default="auto", metadata=choices(*METRICS))
-    rank_tol: Any = "weight"         # weight | delta | a number
-    rank_reduce: str = "max"         # max | sum over layers
-    low_rank_share: float = 0.5      # metric auto: a layer's low-rank share from which it enters the rank distance
+    rank_tol: Any = field(default="weight", metadata=number(0, also=("weight", "delta")))  # weight | delta | a number
+    rank_reduce: str = field(default="max", metadata=choices("max", "sum"))                # over layers
+    # metric auto: a layer's low-rank share from which it enters the rank distance
+    low_rank_share: float = field(default=0.5, metadata=number(0, 1))
     seed: int = 0
 
 
@@ -41,7 +47,7 @@ class DirectionOptions:
     """recovery.direction: the direction score (paper Eq. 3) and the per-layer cues (recovery.cues)."""
     stat: str = field(default="kurtosis", metadata=choices(*STATS))
     kinds: List[str] = field(default_factory=lambda: ["dense"])
-    regex: Optional[str] = None
+    regex: Optional[str] = field(default=None, metadata=pattern())
     cues: bool = False
     seed: int = 0
 
@@ -49,44 +55,44 @@ class DirectionOptions:
 @dataclass
 class ClusterOptions:
     """recovery.cluster: trees from hierarchical clustering on l2 (recovery.cluster.cluster_trees)."""
-    n_trees: Any = "auto"            # auto | truth | a number
+    n_trees: Any = field(default="auto", metadata=number(1, integer=True, also=("auto", "truth")))
     linkage: str = "single"
-    min_gap_ratio: float = 3.0
-    threshold: Optional[float] = None
+    min_gap_ratio: float = field(default=3.0, metadata=number(1))     # merge-height ratios are >= 1
+    threshold: Optional[float] = field(default=None, metadata=number(0, above=True, optional=True))
 
 
 @dataclass
 class TreeOptions:
     """recovery.tree: the tree inside each cluster (recovery.mother; orient=root: recovery.orient)."""
-    c: float = 0.3
+    c: float = field(default=0.3, metadata=number(0))
     stage_order: bool = True
     orient: str = field(default="edges", metadata=choices("edges", "root"))
     structure: str = field(default="mst", metadata=choices("mst", "mdst"))
-    cues: Optional[Dict[str, float]] = None      # cue -> weight; null: PAPER_CUES
+    cues: Optional[Dict[str, float]] = field(default=None, metadata=_CUE_WEIGHTS)   # cue -> weight; null: PAPER_CUES
     cue_reduce: str = field(default="sum", metadata=choices("sum", "votes"))
     stage: str = field(default="given", metadata=choices("given", "auto"))
     siblings: bool = False
-    sibling_tau: float = 0.5
+    sibling_tau: float = field(default=0.5, metadata=number(0, 1))
     missing: bool = False
-    missing_ratio: float = 0.75
-    missing_min_shared: float = 0.0
+    missing_ratio: float = field(default=0.75, metadata=number(0, 1, above=True))
+    missing_min_shared: float = field(default=0.0, metadata=number(0))
     missing_siblings: bool = False
-    max_hops: Optional[int] = None
+    max_hops: Optional[int] = field(default=None, metadata=number(1, integer=True, optional=True))
 
 
 @dataclass
 class SparseOptions:
     """recovery.sparse: nearest-neighbour candidate edges (recovery.sparse)."""
-    knn: int = 96
-    pool: int = 16
-    project_dim: Optional[int] = 64
-    auto_above: int = 20000
-    blocks: int = 1
-    strip: int = 512
+    knn: int = field(default=96, metadata=number(1, integer=True))
+    pool: int = field(default=16, metadata=number(1, integer=True))
+    project_dim: Optional[int] = field(default=64, metadata=number(1, integer=True, optional=True))
+    auto_above: int = field(default=20000, metadata=number(1, integer=True))
+    blocks: int = field(default=1, metadata=number(1, integer=True))
+    strip: int = field(default=512, metadata=number(1, integer=True))
     seed: int = 0
-    exact_block: int = 2048
-    link_sample: int = 64
-    dense_max: int = 2000
+    exact_block: int = field(default=2048, metadata=number(1, integer=True))
+    link_sample: int = field(default=64, metadata=number(1, integer=True))
+    dense_max: int = field(default=2000, metadata=number(1, integer=True))
 
 
 @dataclass

@@ -89,7 +89,11 @@ class Kernel:
         """Gram matrix (n, n) float64 of the rows of `x` (n, p) centred on their mean."""
         if self.backend == "torch":
             return _gram_torch(x, self.device)
-        return _gram32(x) if x.dtype == np.float32 else centred_gram(x)
+        if x.dtype != np.float32:
+            return centred_gram(x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            g = _gram32(x)
+        return g if np.isfinite(g).all() else centred_gram(x)   # weights near float32's range: products in float64
 
 
 class BlasThreads:

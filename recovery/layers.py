@@ -108,7 +108,7 @@ def split_architectures(models: list[ModelSource]) -> tuple[list[ModelSource], d
     core = {k for k, c in counts.items() if 2 * c > len(models)}
     core_size = sum(sizes[k] for k in core)
     if core_size == 0:
-        listing = ", ".join(f"{m.path} ({len(k)} tensors)" for m, k in zip(models, keys))
+        listing = ", ".join(f"{m.path} ({len(k)} floating-point tensors{_integers(m)})" for m, k in zip(models, keys))
         raise CheckpointError(f"no architecture is shared by a majority of the models, cannot compare them: {listing}")
     kept, excluded = [], {}
     for m, ks in zip(models, keys):
@@ -131,7 +131,16 @@ def _first_difference(model: ModelSource, core: set[tuple[str, tuple[int, ...]]]
             return f"; e.g. it has no {name}"
         if info.shape != shape:
             return f"; e.g. {name} is {list(info.shape)} here, {list(shape)} in the others"
+        if not info.floating:
+            return f"; e.g. {name} is {info.dtype} here{_integers(model)}"
     return ""
+
+
+def _integers(model: ModelSource) -> str:
+    """", n integer tensors: ..." when `model` holds integer tensors (quantized weights), else ""."""
+    n = sum(not t.floating for t in model.tensors.values())
+    return (f", {n} integer tensors: quantized weights are not compared, dequantize them to float first"
+            if n else "")
 
 
 def _natural(name: str):
@@ -178,6 +187,8 @@ def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",),
             dropped[name] = "classifier head (re-initialised per task, carries no heritage; layers.exclude_heads)"
         elif not all(i.floating for i in present):
             dropped[name] = "not floating point"
+        elif 0 in shape:
+            dropped[name] = f"empty (shape {list(shape)})"
         elif chosen:
             layers.append(Layer(name, name))
         else:

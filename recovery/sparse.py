@@ -56,13 +56,7 @@ CANDIDATES = ("dense", "knn", "auto")
 def sparse_options(given: Mapping | None) -> dict:
     """The sparse options (recovery.config.SparseOptions) with defaults; unknown keys and bad values are one-line
     errors."""
-    o = merge_options(SparseOptions, given, "recovery.sparse")
-    for key in ("knn", "pool", "strip", "auto_above", "exact_block", "link_sample", "dense_max", "blocks"):
-        if o[key] < 1:
-            raise ConfigError(f"recovery.sparse.{key} must be a positive integer, got {o[key]!r}")
-    if o["project_dim"] is not None and o["project_dim"] < 1:
-        raise ConfigError(f"recovery.sparse.project_dim must be a positive integer or null, got {o['project_dim']!r}")
-    return o
+    return merge_options(SparseOptions, given, "recovery.sparse")   # the ranges: SparseOptions' field checks
 
 
 def use_knn(candidates: str, n: int, auto_above: int) -> bool:

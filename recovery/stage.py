@@ -8,6 +8,7 @@ tree (recovery.mother), name each edge finetune/adapter, score against a ground 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -34,6 +35,9 @@ class SolveResult(NamedTuple):
     lambdas: dict[int, float]        # weight of the direction prior per cluster (the paper's tree)
     tree_evidence: dict[int, dict]   # orientation evidence per cluster (tree.orient=root)
     missing: list[dict]              # missing-parent groups, with model ids (tree.missing)
+
+# The files recover writes into output_dir (tree.json; export: graphml, dot, model cards; metrics; plot).
+OUTPUTS = ("tree.json", "tree.graphml", "tree.dot", "model_cards.md", "metrics.json", "tree.png")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -96,6 +100,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     cluster = merge_options(ClusterOptions, cluster, "recovery.cluster")
     tree = tree_options(tree)
     truth = load_graph(ground_truth) if ground_truth else None  # fail on a bad ground truth before any reading
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))                           # and on an output folder it cannot write
     if cluster["n_trees"] == "truth" and truth is None:
         raise ConfigError("recovery.cluster.n_trees=truth (recover each known tree, the paper's Table 1 protocol) "
                           "needs ground_truth=FILE")
@@ -154,6 +160,10 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     paths: dict[str, str] = {}
     if output_dir is not None:
         out = Path(output_dir)
+        for stale in ({"metrics.json"} if metrics is None else set()) | (set() if plot else {"tree.png"}):
+            if (out / stale).is_file():   # an earlier run's, which would read as this run's
+                (out / stale).unlink()
+                log.warning(f"{out / stale}: removed, an earlier run's output (this run writes none)")
         paths["tree"] = str(write_json(out / "tree.json", jsonable(doc)))
         from recovery.export import write_exports
         paths.update(write_exports(jsonable(doc), out))
@@ -165,6 +175,19 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
     if not quiet:
         print(summary(doc, metrics, paths))
     return {"tree": doc, "metrics": metrics, "paths": paths, "warnings": warnings, "analysis": None if knn else wa}
+
+
+def check_output_dir(out: Path) -> None:
+    """A ConfigError unless recovery can write OUTPUTS into folder `out` (checked before reading any weights;
+    nothing is created here)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out}: exists and is not a folder")
+    taken = [name for name in OUTPUTS if (out / name).exists() and not (out / name).is_file()]
+    if taken:
+        raise ConfigError(f"output_dir={out}: {taken} exist there and are not files; recovery writes {list(OUTPUTS)}")
+    parent = next((d for d in [out, *out.parents] if d.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir={out}: cannot create or write it ({parent} is not a writable folder)")
 
 
 def _use_knn(path: str | Path, candidates: str, sparse: Mapping | None, stages_file: Any, strict: bool) -> bool:

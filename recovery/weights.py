@@ -105,6 +105,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     excluded = {**catalog.excluded, **other_arch}
     warnings += [f"excluded model {k}: {v}" for k, v in excluded.items()]
     dist_layers, dropped, selection = _select(models, lo, ro, warnings)
+    _warn_disagreements(dropped, strict, catalog.root, warnings)
     dir_layers = selection.pop("_dir_layers")
     n = len(models)
     gram = GramSums(n)
@@ -136,6 +137,20 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
         layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info,
         sq_l2=gram.sq[kx], cues=cues, aliases=aliases, layer_selection=selection,
         sources=[models[i] for i in keep], selected=list(dist_layers), rank_evidence=evidence)
+
+
+def _warn_disagreements(dropped: dict[str, str], strict: bool, root: Path, warnings: list[str]) -> None:
+    """One warning (with `strict`: a CheckpointError) for tensors of the chosen kinds that the models disagree on
+    (missing in some, or shaped differently): they are left out of every model's distances."""
+    disagree = {k: v for k, v in dropped.items() if v.startswith(("not in all models", "shape differs"))}
+    if not disagree:
+        return
+    shown = "; ".join(f"{k}: {v}" for k, v in list(disagree.items())[:3]) + ("; ..." if len(disagree) > 3 else "")
+    msg = (f"{root}: {len(disagree)} tensor(s) of the chosen kinds left out of every model because the models "
+           f"disagree on them ({shown}); tree.json lists every dropped tensor under `dropped`")
+    if strict:
+        raise CheckpointError(f"{msg}; recovery.strict=true makes this fatal")
+    warnings.append(msg)
 
 
 def _select(models: list[ModelSource], lo: dict, ro: dict, warnings: list[str]

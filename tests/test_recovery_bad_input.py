@@ -1,6 +1,8 @@
 """Bad input gets a clear message naming the file and the problem (synthetic checkpoints, no network)."""
+import json
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -128,3 +130,90 @@ def test_missing_shard_and_duplicate_ids(tmp_path):
     shutil.copy(tmp_path / "r.safetensors", tmp_path / "a" / "model.safetensors")
     with pytest.raises(CheckpointError, match="share the id 'a'"):
         discover(tmp_path)
+
+
+def _forge_header(path, name, shape):
+    """Add tensor `name` with a forged `shape` and an empty byte range to a safetensors file's header."""
+    import struct
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize("shape", [[2 ** 32, 2 ** 32], [-4, -4], [2.5, 4]])
+def test_forged_shapes_in_the_header_are_corruption(tmp_path, shape):
+    """A shape whose product overflows int64, a negative or a fractional one: corrupt, not a tensor to read."""
+    _tree(tmp_path)
+    _forge_header(tmp_path / "a.safetensors", "blocks.0.extra.weight", shape)
+    res = analyze_folder(tmp_path, progress=False)
+    assert res.ids == ["b", "r"] and "a.safetensors: corrupt safetensors header" in res.excluded["a"]
+
+
+@pytest.mark.parametrize("graph, problem", [("{bad", "not valid JSON"), ([1, 2], "not a graph.json"),
+                                            ({"stage": ["a"]}, "'stage' must map model ids")])
+def test_broken_graph_json_of_a_graph_folder(tmp_path, graph, problem):
+    _tree(tmp_path / "models")
+    (tmp_path / "graph.json").write_text(graph if isinstance(graph, str) else json.dumps(graph))
+    with pytest.raises(CheckpointError, match=rf"graph\.json: {re.escape(problem)}"):
+        discover(tmp_path)
+
+
+def test_integer_tensors_are_named_as_quantized(tmp_path):
+    _tree(tmp_path)
+    from safetensors.numpy import load_file
+    w = {k: v.astype(np.int8) for k, v in load_file(str(tmp_path / "a.safetensors")).items()}
+    save_file(w, str(tmp_path / "a.safetensors"))
+    res = analyze_folder(tmp_path, progress=False)
+    assert "integer tensors: quantized weights are not compared" in res.excluded["a"]
+
+
+def test_tensors_the_models_disagree_on_are_said_and_strict_fails(tmp_path):
+    _tree(tmp_path)
+    from safetensors.numpy import load_file
+    w = load_file(str(tmp_path / "a.safetensors"))
+    name = next(k for k in w if k.endswith("mlp.fc1.weight"))
+    w[name] = np.zeros((w[name].shape[0] + 1, w[name].shape[1]), np.float32)
+    save_file(w, str(tmp_path / "a.safetensors"))
+    res = analyze_folder(tmp_path, progress=False)
+    assert name in res.dropped and name not in res.layers
+    assert any("left out of every model because the models disagree" in m and name in m for m in res.warnings)
+    with pytest.raises(CheckpointError, match="disagree on them.*recovery.strict=true"):
+        analyze_folder(tmp_path, progress=False, strict=True)
+
+
+def test_skipped_files_are_said_and_empty_tensors_dropped(tmp_path):
+    """Pickles in a flat folder, broken links and folders without weights are skipped with a note (never
+    unpickled); an upper-case .SAFETENSORS is a model; a tensor with a zero dimension takes no part."""
+    _tree(tmp_path)
+    (tmp_path / "evil.pt").write_bytes(b"never unpickled")
+    (tmp_path / "gone.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    shutil.move(tmp_path / "b.safetensors", tmp_path / "B.SAFETENSORS")
+    from safetensors.numpy import load_file
+    for f in ("a.safetensors", "B.SAFETENSORS", "r.safetensors"):
+        save_file({**load_file(str(tmp_path / f)), "blocks.0.empty.weight": np.zeros((0, 8), np.float32)},
+                  str(tmp_path / f))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # the empty tensor must not reach a division
+        res = analyze_folder(tmp_path, progress=False, layers={"kinds": ["all"]})
+    assert sorted(res.ids) == ["B", "a", "r"]
+    notes = " | ".join(res.warnings)
+    assert "evil.pt" in notes and "gone.safetensors: skipped, a broken link" in notes
+    assert "notes: skipped, no model weights there" in notes
+    assert res.dropped["blocks.0.empty.weight"].startswith("empty") and np.isfinite(res.distance).all()
+
+
+def test_weights_near_float32_range_give_finite_distances(tmp_path):
+    """A finite weight whose square overflows float32 (1e20): the Gram is redone in float64, no error."""
+    _tree(tmp_path)
+    from safetensors.numpy import load_file
+    w = load_file(str(tmp_path / "a.safetensors"))
+    name = next(k for k in w if k.endswith("mlp.fc1.weight"))
+    w[name][0, 0] = 1e20
+    save_file(w, str(tmp_path / "a.safetensors"))
+    res = analyze_folder(tmp_path, progress=False)
+    assert np.isfinite(res.distance).all() and np.isfinite(res.l2).all() and res.l2.max() > 1e18

@@ -85,3 +85,31 @@ def test_graphml_and_dot_hold_the_recovered_graph(recovered):
     assert {(p, c) for p, c, _ in arrows} == {(e["parent"], e["child"]) for e in doc["edges"]}
     assert len(re.findall(r"subgraph cluster_\d+", dot)) == len(doc["trees"])
     assert set(res["paths"]) >= {"tree", "graphml", "dot", "model_cards", "metrics", "plot"}
+
+
+def test_output_folder_checked_first_stale_outputs_removed_and_modes_plain(tmp_path):
+    """An output_dir recovery cannot write is an error before any weight is read; a rerun without a ground truth
+    removes the earlier run's metrics.json (it would read as this run's); outputs get the umask's mode, not 0600."""
+    import os
+
+    from common.errors import ConfigError
+    from recovery.stage import recover
+
+    models, edges = forest(tiny_transformer_shapes(16, 2), n_trees=1, children=2, grandchildren=0)
+    folder = write_flat(tmp_path / "models", models)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="afile: exists and is not a folder"):
+        recover(folder, output_dir=tmp_path / "afile", quiet=True)
+    (tmp_path / "taken" / "tree.png").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"\['tree.png'\] exist there and are not files"):
+        recover(folder, output_dir=tmp_path / "taken", quiet=True)
+    out = tmp_path / "out"
+    recover(folder, ground_truth=write_truth(tmp_path / "truth.json", models, edges), output_dir=out, quiet=True,
+            plot=False)
+    assert (out / "metrics.json").is_file()
+    recover(folder, output_dir=out, quiet=True, plot=False)
+    assert not (out / "metrics.json").exists() and (out / "tree.json").is_file()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()} == {
+        f.name: 0o666 & ~mask for f in out.iterdir()}

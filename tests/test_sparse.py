@@ -141,7 +141,7 @@ def test_folder_blocks_and_recover_knn_equal_dense(forest, tmp_path):
 def test_bad_options_are_one_line_errors():
     with pytest.raises(ConfigError, match="unknown option"):
         sparse.sparse_options({"k": 3})
-    with pytest.raises(ConfigError, match="positive integer"):
+    with pytest.raises(ConfigError, match="recovery.sparse.knn must be an integer >= 1"):
         sparse.sparse_options({"knn": 0})
     with pytest.raises(ConfigError, match="one of"):
         sparse.use_knn("nearest", 10, 5)

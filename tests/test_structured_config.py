@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from common.errors import ConfigError
-from common.schema import check_choices, merge_options
+from common.schema import check_values, merge_options
 from tests.conftest import ROOT, compose
 
 GRAPHS = sorted(p.stem for p in (ROOT / "conf" / "data_gen").glob("*.yaml"))
@@ -144,7 +144,7 @@ def test_plain_dict_options_are_checked_against_the_same_schemas():
     with pytest.raises(ConfigError, match="recipe: unknown option 'optimiser'"):
         resolve_recipe({"optimiser": "sgd"})
     with pytest.raises(ConfigError, match=r"recovery.distance.metric must be one of \['l2', 'rms', 'lora_rank', "):
-        check_choices(RecoveryConfig, {"distance": {"metric": "cosine"}}, "recovery")
+        check_values(RecoveryConfig, {"distance": {"metric": "cosine"}}, "recovery")
 
 
 def test_tree_cues_null_means_the_papers_kurtosis():
@@ -163,3 +163,38 @@ def test_recipe_defaults_and_types():
     assert r["lr"] == 1.0 and isinstance(r["lr"], float)
     assert r["lora_targets"] == ["fc1"] and r["augment"] == ["flip"]
     assert (r["optimizer"], r["scheduler"], r["epochs"], r["max_steps"]) == ("adamw", "constant", 1, None)
+
+
+@pytest.mark.parametrize("group, given, message", [
+    ("cluster", {"n_trees": 2.5}, r"recovery.cluster.n_trees must be an integer >= 1, or one of \['auto', 'truth'\]"),
+    ("cluster", {"n_trees": 0}, r"recovery.cluster.n_trees must be an integer >= 1"),
+    ("cluster", {"n_trees": True}, r"recovery.cluster.n_trees must be an integer >= 1"),
+    ("cluster", {"threshold": -1}, r"recovery.cluster.threshold must be a finite number > 0, or null, got -1"),
+    ("cluster", {"min_gap_ratio": 0.5}, r"recovery.cluster.min_gap_ratio must be a finite number >= 1"),
+    ("tree", {"c": -1}, r"recovery.tree.c must be a finite number >= 0, got -1"),
+    ("tree", {"c": float("nan")}, r"recovery.tree.c must be a finite number, got nan"),
+    ("tree", {"max_hops": 0}, r"recovery.tree.max_hops must be an integer >= 1, or null"),
+    ("tree", {"missing_ratio": -5}, r"recovery.tree.missing_ratio must be a finite number > 0 and <= 1"),
+    ("tree", {"cues": {"kurtosis": -1}}, r"recovery.tree.cues must map cues of \['kurtosis'"),
+    ("tree", {"cues": {"kurtossis": 1}}, r"recovery.tree.cues must map cues of"),
+    ("layers", {"regex": "(unclosed"}, r"recovery.layers.regex must be a valid Python regular expression"),
+    ("distance", {"rank_tol": -1}, r"recovery.distance.rank_tol must be a finite number >= 0, or one of"),
+    ("sparse", {"knn": 0}, r"recovery.sparse.knn must be an integer >= 1"),
+])
+def test_option_values_outside_their_range_name_the_option(group, given, message):
+    """Values of the right type that make no sense (a negative weight, a fractional count, a broken regex, NaN)
+    are ConfigErrors naming the option, through merge_options and through check_config (the Hydra path)."""
+    from omegaconf import OmegaConf
+
+    from common.schema import check_config, schema_of
+    from recovery import config as rc
+
+    schema = {"cluster": rc.ClusterOptions, "tree": rc.TreeOptions, "layers": rc.LayersOptions,
+              "distance": rc.DistanceOptions, "sparse": rc.SparseOptions}[group]
+    with pytest.raises(ConfigError, match=message):
+        merge_options(schema, given, f"recovery.{group}")
+    if not any(isinstance(v, float) and v != v for v in given.values()):
+        cfg = OmegaConf.create({"recovery": OmegaConf.to_container(OmegaConf.structured(schema_of("recovery")))})
+        cfg.recovery[group] = {**cfg.recovery[group], **given}
+        with pytest.raises(ConfigError, match=message):
+            check_config(cfg)
