@@ -12,27 +12,27 @@ from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import MISSING
 
-from common.schema import choices
+from common.schema import choices, number
 
 
 @dataclass
 class Recipe:
     """One fine-tune's training recipe (data_gen.finetune)."""
     method: str = field(default="full", metadata=choices("full", "lora"))
-    lora_rank: int = 16
-    lora_alpha: Union[int, float] = 16
+    lora_rank: int = field(default=16, metadata=number(1, integer=True))
+    lora_alpha: Union[int, float] = field(default=16, metadata=number(0, above=True))
     lora_targets: Any = field(default_factory=lambda: ["qkv"])   # module-name patterns (a list, or one str)
-    lora_dropout: float = 0.0
-    lr: float = 1e-3
-    epochs: int = 1
-    batch_size: int = 64
+    lora_dropout: float = field(default=0.0, metadata=number(0, 1))
+    lr: float = field(default=1e-3, metadata=number(0, above=True))
+    epochs: int = field(default=1, metadata=number(1, integer=True))
+    batch_size: int = field(default=64, metadata=number(1, integer=True))
     seed: int = 0
-    max_steps: Optional[int] = None                               # optional cap on optimizer steps
+    max_steps: Optional[int] = field(default=None, metadata=number(1, integer=True, optional=True))  # step cap
     optimizer: str = field(default="adamw", metadata=choices("adamw", "adam", "sgd"))
-    weight_decay: float = 0.0
-    momentum: float = 0.9                                         # sgd only
+    weight_decay: float = field(default=0.0, metadata=number(0))
+    momentum: float = field(default=0.9, metadata=number(0, 1))   # sgd only
     scheduler: str = field(default="constant", metadata=choices("constant", "cosine"))  # cosine: to 0 after warmup
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=number(0, integer=True))
     augment: Any = field(default_factory=list)   # any of "flip" (horizontal), "crop" (pad 4 + random crop)
 
 
@@ -89,8 +89,8 @@ class DataGenConfig:
     name: str = MISSING
     dir: str = MISSING
     seed: int = MISSING
-    num_threads: Optional[int] = None
-    workers: Any = "auto"                              # auto | a number
+    num_threads: Optional[int] = field(default=None, metadata=number(1, integer=True, optional=True))
+    workers: Any = field(default="auto", metadata=number(1, integer=True, also=("auto",)))   # auto | a number
     accelerator: str = "cpu"
     devices: Any = 1
     precision: Any = "auto"
@@ -103,7 +103,7 @@ class DataGenConfig:
     max_resubmits: int = 2
     progress: bool = True
     roots: List[Any] = MISSING                         # root specs (data_gen.spec checks them)
-    depth: int = 2
+    depth: int = field(default=2, metadata=number(0, integer=True))
     children: Any = 4                                  # an int, or one int per level
     methods: Methods = field(default_factory=Methods)
     smoke: SmokeConfig = field(default_factory=SmokeConfig)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import json
 import logging
 import math
 import os
@@ -37,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.io import sha256_file
+from common.errors import ConfigError
+from common.io import new_file_mode, sha256_file
 from common.schema import merge_options
 from common.seed import derive_seed, seed_everything
 from data_gen.config import Recipe
@@ -93,12 +95,8 @@ def resolve_recipe(recipe: Mapping) -> dict[str, Any]:
     r = merge_options(Recipe, recipe, "recipe")
     r["lora_targets"] = [r["lora_targets"]] if isinstance(r["lora_targets"], str) else list(r["lora_targets"])
     r["augment"] = [r["augment"]] if isinstance(r["augment"], str) else list(r["augment"])
-    checks = {"augment": set(r["augment"]) <= {"flip", "crop"}, "lr": r["lr"] > 0, "epochs": r["epochs"] >= 1,
-              "batch_size": r["batch_size"] >= 1, "lora_rank": r["lora_rank"] >= 1,
-              "max_steps": r["max_steps"] is None or r["max_steps"] >= 1}
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(f"recipe has bad values: {({k: r[k] for k in bad})}")
+    if not set(r["augment"]) <= {"flip", "crop"}:
+        raise ConfigError(f"recipe.augment may hold 'flip' and 'crop', got {r['augment']}")
     return r
 
 
@@ -192,12 +190,25 @@ def match_targets(model: torch.nn.Module, patterns: list[str]) -> list[str]:
     return out
 
 
+def _matrix_shape(module: torch.nn.Module) -> tuple[int, int]:
+    """(out, in) of a LoRA target's weight as a matrix (a convolution's in: channels x kernel positions)."""
+    w = module.weight
+    return int(w.shape[0]), int(w[0].numel())
+
+
 def add_lora(model: torch.nn.Module, recipe: Mapping, head: str) -> torch.nn.Module:
     """Wrap `model` with peft LoRA on the recipe's targets; the head is trained fully (modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
     targets = [n for n in match_targets(model, recipe["lora_targets"]) if not n.startswith(head)]
-    config = LoraConfig(r=int(recipe["lora_rank"]), lora_alpha=int(recipe["lora_alpha"]),
+    rank, alpha = int(recipe["lora_rank"]), float(recipe["lora_alpha"])
+    modules = dict(model.named_modules())
+    narrow = min(targets, key=lambda n: min(_matrix_shape(modules[n])))
+    if rank > min(_matrix_shape(modules[narrow])):   # the "low-rank" delta would be full rank: a full fine-tune
+        raise ConfigError(f"recipe.lora_rank={rank} exceeds the width of {narrow} (weight as a matrix "
+                          f"{'x'.join(map(str, _matrix_shape(modules[narrow])))}); choose lora_rank <= "
+                          f"{min(_matrix_shape(modules[narrow]))}")
+    config = LoraConfig(r=rank, lora_alpha=int(alpha) if alpha.is_integer() else alpha,
                         lora_dropout=float(recipe["lora_dropout"]), target_modules=targets,
                         modules_to_save=[head], bias="none")
     return get_peft_model(model, config)
@@ -326,12 +337,29 @@ def lightning_info(show: bool):
             lg.setLevel(level)
 
 
+def _plain_adapter_files(folder: Path) -> None:
+    """A saved adapter as plain files: target_modules in sorted order (peft writes a set's order, which varies
+    between runs) and the modes a plain open() gives (mkdtemp's folder is 0700)."""
+    config = folder / "adapter_config.json"
+    if config.is_file():
+        doc = json.loads(config.read_text())
+        if isinstance(doc.get("target_modules"), list):
+            doc["target_modules"] = sorted(doc["target_modules"])
+            config.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    mode = new_file_mode()
+    dir_mode = mode | (mode & 0o444) >> 2   # x where r
+    for f in folder.rglob("*"):
+        os.chmod(f, dir_mode if f.is_dir() else mode)
+    os.chmod(folder, dir_mode)
+
+
 def _save_adapter(peft_model: torch.nn.Module, folder: Path) -> Path:
     """Write the peft adapter into a temporary folder, then move it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        _plain_adapter_files(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from common.errors import ConfigError
 from common.io import read_json, sha256_file, write_json
 from common.runinfo import versions
 from data_gen.spec import active_methods, build_spec
@@ -86,7 +87,68 @@ def is_done(graph_dir: Path, job: Mapping, parent_sha256: str | None) -> bool:
     if sha256_file(path) != meta.get("sha256"):
         log.warning("%s: sha256 differs from the recorded one (modified or corrupted); rebuilding", path)
         return False
+    if meta.get("adapter") and not (Path(graph_dir) / "adapters" / job["id"]).is_dir():
+        log.warning("%s: the node's LoRA adapter folder is missing; rebuilding",
+                    Path(graph_dir) / "adapters" / job["id"])
+        return False
     return True
+
+
+def check_jobs(jobs: list[Mapping], *, tasks: bool = True, roots: bool = True) -> None:
+    """ConfigErrors found before anything is built, for every job the graph plans: each fine-tune's drawn recipe
+    (data_gen.finetune.resolve_recipe), split sizes and (`tasks`) task name, and (`roots`) each root's source."""
+    from data_gen.finetune import resolve_recipe
+    from data_gen.sources import check_root_source
+    from data_gen.tasks import check_task_name
+
+    for job in jobs:
+        if job["parent"] is None:
+            if roots:
+                check_root_source(job["recipe"]["source"])
+            continue
+        method = job["recipe"].get("method")
+        try:
+            resolve_recipe({k: v for k, v in job["recipe"].items() if k != "source"})
+            if tasks:
+                check_task_name(job["task"])
+        except ConfigError as e:
+            raise ConfigError(f"node {job['id']} (data_gen.methods.{method}): {e}") from None
+        for key in ("n_train", "n_val"):
+            if job.get("data", {}).get(key) is not None and int(job["data"][key]) < 1:
+                raise ConfigError(f"data_gen.methods.{method}.{key} must be >= 1, got {job['data'][key]}")
+
+
+def survey(graph_dir: Path, jobs: list[Mapping], threads: int, force: bool) -> None:
+    """Before a build into an existing folder: a ConfigError when its finished nodes were trained at another
+    thread count (weights are bit-identical only at one, so a graph is built at one), and one warning each for
+    nodes whose record holds another job (a changed config: they are retrained) and for nodes the config no
+    longer plans (left in the folder, not in graph.json)."""
+    folder = Path(graph_dir) / "nodes"
+    if not folder.is_dir():
+        return
+    planned = {job["id"]: job for job in jobs}
+    held = sorted(p.stem for p in folder.glob("*.json"))
+    other_threads, changed = {}, []
+    for node in (n for n in held if n in planned):
+        rec = read_record(graph_dir, node) or {}
+        if rec.get("job") != _plain(planned[node]):
+            changed.append(node)
+        elif planned[node]["parent"] is not None and rec.get("meta", {}).get("num_threads") not in (None, threads):
+            other_threads[node] = rec["meta"]["num_threads"]
+    if other_threads and not force:
+        counts = sorted(set(other_threads.values()))
+        raise ConfigError(f"{graph_dir}: {len(other_threads)} built node(s) were trained with num_threads={counts} "
+                          f"(e.g. {next(iter(other_threads))}), this run asks num_threads={threads}; weights are "
+                          f"bit-identical only at one thread count, so a graph is built at one: rerun with "
+                          f"num_threads={counts[0]} to resume or reuse it, data_gen.force=true to retrain every node, "
+                          f"or another data_gen.name")
+    if changed:
+        log.warning("%s: %d node(s) were built from another config (e.g. %s: its task, recipe, seed or parent "
+                    "changed); retraining them", graph_dir, len(changed), changed[:3])
+    orphans = [n for n in held if n not in planned]
+    if orphans:
+        log.warning("%s: %d node(s) the config no longer plans (e.g. %s) stay in the folder, left out of graph.json; "
+                    "delete them or build into another data_gen.name", graph_dir, len(orphans), orphans[:3])
 
 
 def _plain(obj: Any) -> Any:
@@ -338,6 +400,8 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     threads = int(dg.get("num_threads") or torch.get_num_threads())
     torch.set_num_threads(threads)
     jobs = build_spec(dg, seed)
+    check_jobs(jobs, tasks=load_task_fn is None, roots=load_root_fn is None)
+    survey(graph_dir, jobs, threads, bool(dg.get("force")))
     show = dg.get("progress", True) if progress is None else progress
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
@@ -421,7 +485,7 @@ def resolve_workers(value: Any, threads: int, gpus: list[str] | None = None) -> 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // max(threads, 1))
     if int(value) < 1:
-        raise ValueError(f"data_gen.workers must be >= 1 or auto, got {value!r}")
+        raise ConfigError(f"data_gen.workers must be >= 1 or auto, got {value!r}")
     return int(value)
 
 

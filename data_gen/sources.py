@@ -20,6 +20,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from common.errors import ConfigError, InputError
 from data_gen import roots
 from data_gen.models import trainable_state, weights_info
 
@@ -28,6 +29,23 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 class RootUnavailableError(RuntimeError):
     """A root cannot be loaded (e.g. a hub root while offline and not cached)."""
+
+
+def check_root_source(source: str) -> None:
+    """A ConfigError for a root source that cannot load, found before anything is built: an unknown scheme, an
+    unknown built-in root, a missing local file (hub roots are checked when loaded; `random:` is a smoke root)."""
+    if source.startswith(("timm:", "hf:", "random:")):
+        return
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in roots.ROOTS:
+            raise ConfigError(f"root {source!r}: unknown built-in root {name!r}; known: {sorted(roots.ROOTS)}")
+    elif source.endswith(".safetensors") or os.path.sep in source:
+        if not Path(source).is_file():
+            raise ConfigError(f"root {source!r}: root weights file not found")
+    else:
+        raise ConfigError(f"root {source!r}: expected 'builtin:<name>', 'timm:<name>', 'hf:<repo id>' "
+                          f"or a path to a .safetensors file")
 
 
 def load_root(root: str | Mapping, *, cache_dir: Path | None, data_dir: str | Path | None = None,
@@ -52,7 +70,7 @@ def load_root(root: str | Mapping, *, cache_dir: Path | None, data_dir: str | Pa
     arch = None
     if isinstance(root, Mapping):
         if "root" not in root:
-            raise ValueError(f"root mapping {dict(root)} needs a 'root' key (and optionally 'arch')")
+            raise ConfigError(f"root mapping {dict(root)} needs a 'root' key (and optionally 'arch')")
         arch, root = root.get("arch"), str(root["root"])
     root = str(root)
     if root.startswith("builtin:"):
@@ -65,7 +83,7 @@ def load_root(root: str | Mapping, *, cache_dir: Path | None, data_dir: str | Pa
         return _load_hf(root.removeprefix("hf:"))
     if root.endswith(".safetensors") or os.path.sep in root:
         return _load_safetensors(Path(root), arch)
-    raise ValueError(f"root {root!r}: expected 'builtin:<name>', 'timm:<name>', 'hf:<repo id>' "
+    raise ConfigError(f"root {root!r}: expected 'builtin:<name>', 'timm:<name>', 'hf:<repo id>' "
                      f"or a path to a .safetensors file")
 
 
@@ -74,18 +92,18 @@ def _load_safetensors(path: Path, arch: str | None) -> tuple[str, dict[str, torc
     if not path.is_file():
         raise FileNotFoundError(f"{path}: root weights file not found")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: roots are read from .safetensors files only (never unpickled)")
+        raise InputError(f"{path}: roots are read from .safetensors files only (never unpickled)")
     try:
         meta = weights_info(path)
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
     arch = arch or meta.get("arch")
     sidecar = path.parent / "root.json"
     if arch is None and sidecar.is_file():
         arch = json.loads(sidecar.read_text()).get("arch")
     if arch is None:
-        raise ValueError(f"{path}: architecture unknown; give the root as {{root: {path}, arch: <timm name>}}")
+        raise InputError(f"{path}: architecture unknown; give the root as {{root: {path}, arch: <timm name>}}")
     return arch, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 

@@ -21,6 +21,7 @@ import random
 import re
 from typing import Any, Mapping
 
+from common.errors import ConfigError
 from common.schema import merge_options
 from common.seed import derive_seed
 from data_gen.config import Methods
@@ -38,16 +39,16 @@ def sample(value: Any, rng: random.Random) -> Any:
     if isinstance(value, Mapping):
         if set(value) == {"choices"}:
             if not value["choices"]:
-                raise ValueError("empty 'choices'")
+                raise ConfigError("empty 'choices'")
             return rng.choice(list(value["choices"]))
         if set(value) == {"range"}:
             lo, hi = value["range"]
             if lo > hi:
-                raise ValueError(f"range [{lo}, {hi}] is empty")
+                raise ConfigError(f"range [{lo}, {hi}] is empty")
             if isinstance(lo, int) and isinstance(hi, int):
                 return rng.randint(lo, hi)
             return rng.uniform(float(lo), float(hi))
-        raise ValueError(f"a sampled value is {{choices: [...]}} or {{range: [lo, hi]}}, got keys {sorted(value)}")
+        raise ConfigError(f"a sampled value is {{choices: [...]}} or {{range: [lo, hi]}}, got keys {sorted(value)}")
     return value
 
 
@@ -61,31 +62,31 @@ def _check(dg: Mapping) -> None:
     where = f"data_gen config {dg.get('name', '?')!r}"
     roots = dg.get("roots") or []
     if not roots:
-        raise ValueError(f"{where}: 'roots' is empty")
+        raise ConfigError(f"{where}: 'roots' is empty")
     ids = [r.get("id") for r in roots]
     for r in roots:
         if not r.get("id") or not ROOT_ID.match(str(r["id"])):
-            raise ValueError(f"{where}: root id {r.get('id')!r} must match {ROOT_ID.pattern} (no '-' or '/')")
+            raise ConfigError(f"{where}: root id {r.get('id')!r} must match {ROOT_ID.pattern} (no '-' or '/')")
         if not r.get("source"):
-            raise ValueError(f"{where}: root {r['id']!r} has no 'source' (builtin:..., timm:..., hf:... or a path)")
+            raise ConfigError(f"{where}: root {r['id']!r} has no 'source' (builtin:..., timm:..., hf:... or a path)")
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{where}: duplicate root ids {ids}")
+        raise ConfigError(f"{where}: duplicate root ids {ids}")
     depth = int(dg.get("depth", 0))
     if depth < 0:
-        raise ValueError(f"{where}: depth must be >= 0, got {depth}")
+        raise ConfigError(f"{where}: depth must be >= 0, got {depth}")
     children = dg.get("children")
     if not isinstance(children, int) and len(list(children)) != depth:
-        raise ValueError(f"{where}: 'children' is an int or a list of {depth} ints (one per level)")
+        raise ConfigError(f"{where}: 'children' is an int or a list of {depth} ints (one per level)")
     merge_options(Methods, dg.get("methods"), "data_gen.methods")
     methods = active_methods(dg)
     if depth and not methods:
-        raise ValueError(f"{where}: 'methods' is empty")
+        raise ConfigError(f"{where}: 'methods' is empty")
     for name, block in methods.items():
         missing = [k for k in REQUIRED[name] if block.get(k) is None]
         if missing:
-            raise ValueError(f"{where}: methods.{name} is missing {missing}")
+            raise ConfigError(f"{where}: methods.{name} is missing {missing}")
         if len({task_key(t) for t in block["tasks"]}) < 2 and depth > 1:
-            raise ValueError(f"{where}: methods.{name}.tasks needs >= 2 datasets so a child's task can differ "
+            raise ConfigError(f"{where}: methods.{name}.tasks needs >= 2 datasets so a child's task can differ "
                              "from its parent's")
 
 
@@ -108,7 +109,7 @@ def node_job(dg: Mapping, seed: int, node_id: str, parent: Mapping) -> dict:
     block = methods[method]
     pool = [t for t in block["tasks"] if task_key(t) != task_key(parent["task"])]
     if not pool:
-        raise ValueError(f"methods.{method}.tasks has no task other than the parent's ({parent['task']!r})")
+        raise ConfigError(f"methods.{method}.tasks has no task other than the parent's ({parent['task']!r})")
     task = rng.choice(pool)
     recipe = {**DEFAULTS, "method": method}
     for key in sorted(set(block) - {"tasks", *DATA_KEYS}):

@@ -220,3 +220,56 @@ def test_paper_graph_fails_fast_at_the_hub_offline(name, tmp_path, monkeypatch):
         build_graph(cfg, finetune_fn=no_training)
     assert time.perf_counter() - start < 30
     assert ".safetensors" in str(err.value), "the message says how to point at a local file"
+
+
+@pytest.mark.slow
+def test_other_thread_count_refused_and_config_changes_said(baseline, tmp_path, caplog):
+    """A graph is built at one thread count: resuming or reusing it at another is a ConfigError naming both
+    (force retrains); nodes of a changed config and nodes no longer planned are each said in one warning."""
+    import shutil
+
+    from common.errors import ConfigError
+
+    tmp, _, graph = baseline
+    shutil.copytree(tmp / "graphs" / "tiny", tmp_path / "graphs" / "tiny")
+    with pytest.raises(ConfigError, match=r"num_threads=\[1\].*asks num_threads=2.*rerun with num_threads=1"):
+        build_graph(tiny_cfg(tmp_path, "num_threads=2"), finetune_fn=Counting())
+    counting = Counting()
+    with caplog.at_level("WARNING", logger="mother.data_gen"):
+        summary = build_graph(tiny_cfg(tmp_path, "data_gen.depth=1"), finetune_fn=counting)
+    assert counting.calls == [] and len(summary["skipped"]) == 4
+    assert "2 node(s) the config no longer plans" in caplog.text and "vit_a1-0-0" in caplog.text
+
+
+@pytest.mark.parametrize("override, message", [
+    ("++data_gen.methods.full.lr=0", r"node vit_a1-0 \(data_gen.methods.full\): recipe.lr must be a finite number > 0"),
+    ("++data_gen.methods.full.epochs=0", r"recipe.epochs must be an integer >= 1"),
+    ("data_gen.methods.full.tasks=[builtin/nope,builtin/digits]", r"unknown task 'builtin/nope'"),
+    ("++data_gen.methods.full.n_train=0", r"data_gen.methods.full.n_train must be >= 1, got 0"),
+    ("data_gen.roots=[{id: x, source: 'builtin:vit_zz'}]", r"unknown built-in root 'vit_zz'"),
+    ("data_gen.roots=[{id: x, source: /nowhere/w.safetensors}]", r"root weights file not found"),
+    ("data_gen.roots=[{id: x, source: 'foo:bar'}]", r"expected 'builtin:<name>'"),
+])
+def test_bad_values_fail_before_anything_is_built(tmp_path, override, message):
+    """Every job the graph plans is checked first (each drawn recipe, task and split size; each root's source), so
+    a bad value fails at once with a ConfigError, not after hours of training or not at all (an undrawn task)."""
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_graph(tiny_cfg(tmp_path, "data_gen.methods.lora=null", override))
+    assert not (tmp_path / "graphs" / "tiny" / "models").exists()
+
+
+def test_lora_rank_beyond_the_width_and_fractional_alpha():
+    """A rank above a target's width is a ConfigError (the delta would be full rank); alpha keeps its fraction."""
+    from common.errors import ConfigError
+    from data_gen.finetune import add_lora, resolve_recipe
+    from data_gen.models import classifier_name, create_model
+
+    model = create_model("vit_mini", num_classes=4)
+    head = classifier_name(model)
+    with pytest.raises(ConfigError, match=r"recipe.lora_rank=1000 exceeds the width of .*qkv"):
+        add_lora(model, resolve_recipe({"method": "lora", "lora_rank": 1000}), head)
+    peft = add_lora(create_model("vit_mini", num_classes=4), resolve_recipe({"method": "lora", "lora_rank": 4,
+                                                                             "lora_alpha": 0.5}), head)
+    assert peft.peft_config["default"].lora_alpha == 0.5

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import ConfigError
 from data_gen.tasks import builtin, pretrain
 from data_gen.tasks.store import load_arrays, save_arrays
 
@@ -48,6 +49,16 @@ def list_tasks(source: str = "builtin") -> list[str]:
     raise ValueError(f"unknown task source {source!r}; known: {SOURCES}")
 
 
+def check_task_name(name: str) -> None:
+    """A ConfigError unless `name` is a task `load_task` knows (no data is read or generated)."""
+    source, _, task = str(name).partition("/")
+    if source not in SOURCES or not task:
+        raise ConfigError(f"task name {name!r} must look like '<source>/<task>' with source in {SOURCES}")
+    known = list_tasks(source)
+    if name not in known:
+        raise ConfigError(f"unknown task {name!r}; known {source} tasks: {known}")
+
+
 def load_task(name: str, *, image_size: int = 32, seed: int = 0, data_dir: str | Path | None = None,
               n_train: int | None = None, n_val: int | None = None, allow_download: bool = False) -> TaskData:
     """Load (or generate) task `name` ("<source>/<task>") at `image_size`.
@@ -62,9 +73,9 @@ def load_task(name: str, *, image_size: int = 32, seed: int = 0, data_dir: str |
     """
     source, _, task = name.partition("/")
     if source not in SOURCES or not task:
-        raise ValueError(f"task name {name!r} must look like '<source>/<task>' with source in {SOURCES}")
+        raise ConfigError(f"task name {name!r} must look like '<source>/<task>' with source in {SOURCES}")
     if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+        raise ConfigError(f"image_size must be >= 8, got {image_size}")
     if source in ("vtab", "vtab10k"):
         if n_train is not None or n_val is not None:
             raise ValueError(f"{name}: VTAB split sizes are fixed by the protocol (see data_gen/tasks/vtab.py)")
@@ -78,9 +89,9 @@ def _load_synthetic(source: str, task: str, size: int, seed: int, data_dir: str 
                     n_train: int | None, n_val: int | None) -> TaskData:
     """Generate (or read from cache) a built-in task or a pretraining mix."""
     d_train, d_val = DEFAULT_SIZES[source]
-    n_train, n_val = n_train or d_train, n_val or d_val
+    n_train, n_val = d_train if n_train is None else n_train, d_val if n_val is None else n_val
     if n_train < 1 or n_val < 1:
-        raise ValueError(f"{source}/{task}: n_train and n_val must be positive, got {n_train}, {n_val}")
+        raise ConfigError(f"{source}/{task}: n_train and n_val must be positive, got {n_train}, {n_val}")
     if source == "builtin":
         if task not in builtin.GENERATORS:
             raise KeyError(f"unknown built-in task {task!r}; known: {sorted(builtin.GENERATORS)}")
