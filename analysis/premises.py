@@ -74,35 +74,39 @@ def path_prediction(lengths: list[float], metric: str) -> float:
 
 
 def tree_measures(members: list[str], edges: list[list[str]], dist: np.ndarray, index: Mapping[str, int],
-                  tasks: Mapping[str, str], metric: str = "l2") -> dict[str, Any]:
+                  tasks: Mapping[str, str], metric: str = "l2", tree: list[str] | None = None) -> dict[str, Any]:
     """rho (distance vs hops and vs the path prediction), nearest-is-neighbour and same-task attraction in one tree.
 
-    `rho_ceiling` is the Fig. 1 rho this tree would show if every pair's distance were exactly its path prediction
-    from the measured edges: what the edges' sizes alone allow (1.0 only when every edge has one size; LoRA ranks
-    drawn from {8, 16, 32, 64} allow ~0.7 however additive the ranks are). `edge_length_spread` is the largest /
-    smallest edge in the distance measured."""
-    hops = hop_distances(members, edges)
-    tree_edges = [(p, c) for p, c in edges if p in hops and c in hops]
-    median_edge = float(np.median([dist[index[p], index[c]] for p, c in tree_edges])) if tree_edges else math.nan
-    parent = {c: p for p, c in tree_edges}
-    edge_len = {c: float(dist[index[p], index[c]]) for p, c in tree_edges}
-    xs, ys, preds, same, other = [], [], [], [], []
+    `members` are the tree's models that were measured (in `index`); `tree` is the whole tree (default: `members`),
+    which gives the hops when recovery left a model out. A pair whose path crosses an unmeasured edge has no path
+    prediction. `rho_ceiling` is the Fig. 1 rho this tree would show if every pair's distance were exactly its path
+    prediction from the measured edges: what the edges' sizes alone allow (1.0 only when every edge has one size;
+    LoRA ranks drawn from {8, 16, 32, 64} allow ~0.7 however additive the ranks are). `edge_length_spread` is the
+    largest / smallest edge in the distance measured."""
+    hops = hop_distances(tree or members, edges)
+    parent = {c: p for p, c in edges if p in hops and c in hops}
+    edge_len = {c: float(dist[index[p], index[c]]) for c, p in parent.items() if p in index and c in index}
+    median_edge = float(np.median(list(edge_len.values()))) if edge_len else math.nan
+    xs, ys, paired, same, other = [], [], [], [], []
     for a, u in enumerate(members):
         for v in members[a + 1:]:
             d = float(dist[index[u], index[v]])
             xs.append(hops[u][v])
             ys.append(d)
-            preds.append(path_prediction([edge_len[c] for c in path_edges(u, v, parent)], metric))
+            path = path_edges(u, v, parent)
+            if all(c in edge_len for c in path):
+                paired.append((hops[u][v], path_prediction([edge_len[c] for c in path], metric), d))
             if hops[u][v] > 1 and tasks.get(u) and tasks.get(v):
                 (same if tasks[u] == tasks[v] else other).append(d < median_edge)
     near = [hops[u][min((v for v in members if v != u), key=lambda v: dist[index[u], index[v]])] == 1
-            for u in members]
-    ratio = [y / p for y, p in zip(ys, preds) if p > 0]
-    return {"rho": pearson(xs, ys), "rho_path": pearson(preds, ys), "rho_ceiling": pearson(xs, preds),
+            for u in members] if len(members) > 1 else []
+    ph, preds, pd_ = ([list(col) for col in zip(*paired)] if paired else ([], [], []))
+    ratio = [y / p for p, y in zip(preds, pd_) if p > 0]
+    return {"rho": pearson(xs, ys), "rho_path": pearson(preds, pd_), "rho_ceiling": pearson(ph, preds),
             "edge_length_spread": max(edge_len.values()) / min(edge_len.values())
             if edge_len and min(edge_len.values()) > 0 else math.nan,
             "additivity": float(np.median(ratio)) if ratio else math.nan,
-            "nearest_is_neighbour": float(np.mean(near)), "pairs": len(xs),
+            "nearest_is_neighbour": float(np.mean(near)) if near else math.nan, "pairs": len(xs),
             "same_task_closer": float(np.mean(same)) if same else math.nan, "same_task_pairs": len(same),
             "other_task_closer": float(np.mean(other)) if other else math.nan, "other_task_pairs": len(other)}
 
@@ -129,7 +133,7 @@ def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
     drops = [float(np.nanmean(per_layer[index[p]] - per_layer[index[c]])) for p, c in graph["edges"]
              if layered and p in index and c in index]
     per_tree = {root: tree_measures([m for m in members if m in index], graph["edges"], wa.distance, index, tasks,
-                                    wa.distance_metric) for root, members in trees_of(graph).items()}
+                                    wa.distance_metric, tree=members) for root, members in trees_of(graph).items()}
 
     def mean(key: str) -> float:  # over the trees where the measure applies (nan when none)
         vals = [t[key] for t in per_tree.values() if not math.isnan(t[key])]

@@ -6,6 +6,11 @@
   against its graph.json; cached in `work_dir` (a rerun with the same graph and options reads the result back).
 - `analyze(graph_dir, options)` + `forest(...)`: the two halves of recovery for experiments that reuse one
   weight analysis many times (c sweep, clustering subsamples).
+
+Stages (`analysis.stages`): `none`, the paper's protocol (Sec. 6.1, "We label all of the models as
+specialization-trained"), tells every recovery that each model is a specialization (fine-tuned) model; `given`
+passes graph.json's stages, whose roots are generalization models, which tells recovery where each root is
+(recovery's stage_order then charges an edge into a root one more lambda).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ from common.paths import portable
 
 log = logging.getLogger("mother.analysis")
 OPTION_KEYS = ("layers", "distance", "direction", "cluster", "tree")
-CACHE_VERSION = 2   # bump when recover()'s outputs change meaning (2: clustering_accuracy_known_k)
+CACHE_VERSION = 3   # bump when recover()'s outputs change meaning (2: clustering_accuracy_known_k; 3: stages)
+STAGES = ("none", "given")
 
 
 def _merge(base: Mapping, extra: Mapping) -> dict:
@@ -68,17 +74,23 @@ def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = 
 
     options = recovery_options(cfg, overrides)
     graph_dir = Path(graph_dir)
-    key = _key(graph_dir, options)
+    stages = analysis_stages(cfg)
+    key = _key(graph_dir, {**options, "stages": stages})
     work_dir = Path(cfg.analysis.work_dir) / graph_dir.name / key[:12]
     stamp = work_dir / "key.json"
     if stamp.is_file() and read_json(stamp).get("key") == key and (work_dir / "metrics.json").is_file():
         return {"tree": read_json(work_dir / "tree.json"), "metrics": read_json(work_dir / "metrics.json"),
-                "options": options, "work_dir": portable(work_dir), "cached": True, "analysis": None}
+                "options": {**options, "stages": stages}, "work_dir": portable(work_dir), "cached": True,
+                "analysis": None}
+    stages_file = None
+    if stages == "none":   # the paper's protocol: every model a specialization model
+        stages_file = write_json(work_dir / "stages.json",
+                                 dict.fromkeys(read_json(graph_dir / "graph.json")["nodes"], "specialization"))
     out = recover(graph_dir, ground_truth=graph_dir / "graph.json", output_dir=work_dir, plot=plot,
-                  seed=int(cfg.seed), quiet=True, **options)
-    write_json(stamp, {"key": key, "graph": str(graph_dir), "options": options})
-    return {"tree": out["tree"], "metrics": out["metrics"], "options": options, "work_dir": portable(work_dir),
-            "cached": False, "analysis": out["analysis"]}
+                  seed=int(cfg.seed), quiet=True, stages_file=stages_file, **options)
+    write_json(stamp, {"key": key, "graph": str(graph_dir), "options": options, "stages": stages})
+    return {"tree": out["tree"], "metrics": out["metrics"], "options": {**options, "stages": stages},
+            "work_dir": portable(work_dir), "cached": False, "analysis": out["analysis"]}
 
 
 def accuracy_run(cfg: DictConfig, label: str, graph_spec: Any, overrides: Mapping | None = None, *,
@@ -154,12 +166,26 @@ def accuracy_frame(rows: list[Mapping], label: str = "sub-graph") -> "pd.DataFra
     return pd.DataFrame(records)
 
 
-def analyze(graph_dir: Path, options: Mapping, *, stages_file: Path | None = None) -> Any:
-    """recovery.weights.analyze_folder on a graph folder with the layers/distance/direction options."""
+def analysis_stages(cfg: DictConfig) -> str:
+    """`analysis.stages` (none | given; module docstring), checked."""
+    from common.errors import ConfigError
+
+    stages = str(cfg.analysis.get("stages", "none")) if "analysis" in cfg else "none"
+    if stages not in STAGES:
+        raise ConfigError(f"analysis.stages must be one of {list(STAGES)}, got {stages!r}")
+    return stages
+
+
+def analyze(graph_dir: Path, options: Mapping, *, stages: str = "given", stages_file: Path | None = None) -> Any:
+    """recovery.weights.analyze_folder on a graph folder with the layers/distance/direction options; with
+    `stages="none"` every model counts as a specialization model (the paper's protocol; module docstring)."""
+    import dataclasses
+
     from recovery.weights import analyze_folder
 
-    return analyze_folder(graph_dir, stages_file=stages_file, layers=options.get("layers", {}),
-                          distance=options.get("distance", {}), direction=options.get("direction", {}))
+    wa = analyze_folder(graph_dir, stages_file=stages_file, layers=options.get("layers", {}),
+                        distance=options.get("distance", {}), direction=options.get("direction", {}))
+    return dataclasses.replace(wa, stages=dict.fromkeys(wa.ids, "specialization")) if stages == "none" else wa
 
 
 def forest(wa: Any, truth: Any, *, labels: np.ndarray | None = None, cluster: Mapping | None = None,

@@ -94,3 +94,20 @@ def test_c_outside_range_fails(cfg_factory):
     cfg = cfg_factory(["+experiment=c_sensitivity", "scale=toy", "analysis.c_sensitivity.cs=[5.0]"])
     with pytest.raises(ValueError, match=r"outside \(0, 5\)"):
         stage.run(cfg)
+
+
+def test_tree_measures_with_a_lone_root_and_a_model_left_out():
+    """A single-model tree gives NaNs, not an error; a middle model left out by recovery keeps the hops of the
+    others right (its edges have no measured length, so pairs across them get no path prediction)."""
+    import math
+
+    from analysis.premises import tree_measures
+
+    lone = tree_measures(["s"], [], np.zeros((1, 1)), {"s": 0}, {})
+    assert lone["pairs"] == 0 and math.isnan(lone["rho"]) and math.isnan(lone["nearest_is_neighbour"])
+    edges = [["r", "a"], ["a", "b"], ["r", "c"]]
+    index = {"r": 0, "b": 1, "c": 2}            # "a" was left out
+    dist = np.array([[0.0, 2.0, 1.0], [2.0, 0.0, 3.0], [1.0, 3.0, 0.0]])
+    m = tree_measures(["r", "b", "c"], edges, dist, index, {}, tree=["r", "a", "b", "c"])
+    assert m["pairs"] == 3 and m["rho"] > 0.9          # hops r-b 2, r-c 1, b-c 3
+    assert m["edge_length_spread"] == 1.0 and m["nearest_is_neighbour"] == 2 / 3

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import resolve_graph
-from analysis.recover import analyze, forest, recovery_options
+from analysis.recover import analysis_stages, analyze, forest, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
 
 NAME = "c_sensitivity"
@@ -29,13 +29,13 @@ def compute(cfg: DictConfig) -> dict:
     for label, sub in k.subgraphs.items():
         graph_dir = resolve_graph(cfg, sub.graph)
         opts = recovery_options(cfg, sub.get("recovery"))
-        wa = analyze(graph_dir, opts)
+        wa = analyze(graph_dir, opts, stages=analysis_stages(cfg))
         truth = load_graph(graph_dir / "graph.json")
         if opts["cluster"].get("n_trees") == "truth":   # the known trees (conf/analysis/base.yaml)
             labels = truth_clusters(wa.ids, truth, graph_dir / "graph.json").labels
         else:
             labels = cluster_trees(wa.l2, **opts["cluster"]).labels
-        accs = [forest(wa, truth, labels=labels, c=c)["metrics"]["edge_accuracy"] for c in cs]
+        accs = [forest(wa, truth, labels=labels, tree={**opts["tree"], "c": c})["metrics"]["edge_accuracy"] for c in cs]
         out[label] = {"graph": graph_dir.name, "accuracy": accs}
     return {"cs": cs, "reference_c": float(k.reference_c), "subgraphs": out}
 

@@ -248,7 +248,12 @@ def render(results: dict, out_dir: Path) -> None:
         roots = pd.DataFrame([{**r, "acc >= 0.6": _ok(_num(r["val_accuracy"]), t["root_accuracy"]),
                                "plateaued": _ok(_num(r["plateau_drop"]), t["plateau"], higher=False)}
                               for r in results["roots"]])
-        write_table(roots, out_dir, f"{NAME}_roots", caption="Built-in roots: accuracy on the pretraining mix, plateau")
+        write_table(roots, out_dir, f"{NAME}_roots",
+                    caption="Built-in roots: accuracy on the pretraining mix, plateau (plateau_drop: train loss, "
+                            "val_loss_drop: validation loss, relative drop over the last 20% of steps); kurtosis_*: "
+                            "the training loop's mean excess kurtosis of the weights (0 for a Gaussian, unlike the "
+                            "Pearson kurtosis of the tables above, 3 for a Gaussian) at the first, highest and last "
+                            "evaluation")
     if results.get("root_kurtosis"):
         render_root_kurtosis(results["root_kurtosis"], out_dir)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))

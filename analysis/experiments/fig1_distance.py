@@ -19,7 +19,7 @@ PAPER_RHO = 0.99
 
 
 def tree_members(graph: dict, root: str | None) -> tuple[str, list[str]]:
-    """The root (default: the first generalization root) and the nodes of its tree, in graph order."""
+    """The root (default: the graph's first root) and the nodes of its tree, in graph order."""
     parent = {c: p for p, c in graph["edges"]}
     roots = [n for n in graph["nodes"] if n not in parent]
     root = root or roots[0]
@@ -40,8 +40,11 @@ def panel(cfg: DictConfig, spec: DictConfig) -> dict:
     root, members = tree_members(graph, spec.get("root"))
     wa = analyze(graph_dir, recovery_options(cfg, spec.get("recovery")))
     index = {m: i for i, m in enumerate(wa.ids)}
+    hops = hop_distances(members, graph["edges"])   # over the whole tree: a model left out keeps its place
     members = [m for m in members if m in index]
-    hops = hop_distances(members, graph["edges"])
+    if len(members) < 2:
+        raise ValueError(f"{graph_dir}: tree of {root!r} has {len(members)} measured model(s); "
+                         f"Fig. 1 needs two or more")
     xs, ys = [], []
     for a, u in enumerate(members):
         for v in members[a + 1:]:

@@ -53,13 +53,13 @@ def build(cfg: DictConfig, k) -> tuple[Path, dict[str, list[str]]]:
 
 def compute(cfg: DictConfig) -> dict:
     """Sibling-sibling and parent-child l2 distances per parent; recovery accuracy on the whole set."""
-    from analysis.recover import analyze, forest, recovery_options
+    from analysis.recover import analysis_stages, analyze, forest, recovery_options
     from recovery.evaluate import load_graph
 
     k = report.knobs(cfg, NAME)
     folder, family = build(cfg, k)
     options = recovery_options(cfg, k.get("recovery"))
-    wa = analyze(folder, options)
+    wa = analyze(folder, options, stages=analysis_stages(cfg))
     idx = {m: i for i, m in enumerate(wa.ids)}
     per_parent = []
     for parent, sibs in family.items():
@@ -70,14 +70,15 @@ def compute(cfg: DictConfig) -> dict:
                            "sibling_l2_min": min(ss), "ratio_min_sib_over_max_pc": min(ss) / max(pc),
                            "siblings_farther": bool(min(ss) > max(pc))})
     cluster = {**options["cluster"], "n_trees": len(family)} if k.trees_known else options["cluster"]
-    rec = forest(wa, load_graph(folder / "graph.json"), cluster=cluster, c=float(options["tree"].get("c", 0.3)))
+    rec = forest(wa, load_graph(folder / "graph.json"), cluster=cluster, tree=options["tree"])
     m = rec["metrics"]
     for row in per_parent:
         row["recovery_accuracy"] = m["per_tree"].get(row["parent"], {}).get("accuracy")
     return {"distance": "l2 (paper Eq. 1) on the layers of recovery.layers", "per_parent": per_parent,
             "recovery_metric": wa.distance_metric, "edge_accuracy": m["edge_accuracy"],
             "clustering_accuracy": m["clustering_accuracy"], "recovered_edges": [list(e) for e in rec["edges"]],
-            "folder": portable(folder), "recipe": jsonable(k.recipe), "tasks": [str(t) for t in k.tasks]}
+            "folder": portable(folder), "recipe": jsonable(k.recipe), "tasks": [str(t) for t in k.tasks],
+            "stages": analysis_stages(cfg)}
 
 
 def render(results: dict, out_dir: Path) -> None:
