@@ -169,6 +169,12 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
                                   f"the file holds {data} data bytes)")
         covered = max(covered, b)
         out[name] = TensorInfo(path, dtype, shape, base + a, base + b)
+    end = 0
+    for name, info in sorted(out.items(), key=lambda kv: (kv[1].start, kv[1].end)):   # back to back, as the format says
+        if info.start - base != end:
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensor {name!r} starts at data byte "
+                                  f"{info.start - base}, the tensor before it ends at {end}: overlap or gap)")
+        end = info.end - base
     if covered < data:
         raise CheckpointError(f"{path}: corrupt safetensors file ({data - covered} trailing bytes not covered by the header)")
     return out

@@ -217,3 +217,23 @@ def test_weights_near_float32_range_give_finite_distances(tmp_path):
     save_file(w, str(tmp_path / "a.safetensors"))
     res = analyze_folder(tmp_path, progress=False)
     assert np.isfinite(res.distance).all() and np.isfinite(res.l2).all() and res.l2.max() > 1e18
+
+
+def test_overlapping_tensor_ranges_are_corruption(tmp_path):
+    """Tensors must lie back to back in the data section (the format's rule): two sharing bytes is corruption."""
+    import struct
+
+    from recovery.checkpoints import read_safetensors_header
+
+    path = tmp_path / "m.safetensors"
+    save_file({"x.weight": np.ones((4, 4), np.float32), "y.weight": np.ones((2, 2), np.float32)}, str(path))
+    assert set(read_safetensors_header(path)) == {"x.weight", "y.weight"}
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["y.weight"]["data_offsets"] = [0, 16]    # y re-reads x's first bytes; the last 16 bytes: a gap
+    header["x.weight"]["data_offsets"] = [0, 64]
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    with pytest.raises(CheckpointError, match="overlap or gap"):
+        read_safetensors_header(path)
