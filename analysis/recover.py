@@ -62,19 +62,20 @@ def _key(graph_dir: Path, options: Mapping) -> str:
 
 
 def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = None, *,
-                  plot: bool = False) -> dict:
+                  plot: bool = False, stages: str | None = None) -> dict:
     """MoTHer on a graph folder, scored against its graph.json.
 
     Returns {"tree", "metrics", "options", "work_dir", "cached", "analysis"}: "analysis" is the run's own weight
     analysis (None when cached), so that callers measure more without reading the weights again. The run goes into
     ${analysis.work_dir}/<graph folder name>/<options hash>/ (tree.json, metrics.json, key.json); a call with the
     same graph.json and options reuses it, so experiments sharing a recovery (Table 1 and its ablation) share it.
+    `stages` (none | given) overrides `analysis.stages` for an experiment whose protocol fixes it.
     """
     from recovery.stage import recover
 
     options = recovery_options(cfg, overrides)
     graph_dir = Path(graph_dir)
-    stages = analysis_stages(cfg)
+    stages = analysis_stages(cfg) if stages is None else stages
     key = _key(graph_dir, {**options, "stages": stages})
     work_dir = Path(cfg.analysis.work_dir) / graph_dir.name / key[:12]
     stamp = work_dir / "key.json"

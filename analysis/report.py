@@ -153,7 +153,8 @@ def plot_panels(series: Sequence[Mapping], panels: Sequence[str], *, ylabel: str
 
 def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale: str, command: str,
                             paper: str, ours: str, notes: str, files: list[str], seed: int,
-                            roots: dict[str, str] | None = None, recipes: dict[str, str] | None = None) -> Path:
+                            roots: dict[str, str] | None = None, recipes: dict[str, str] | None = None,
+                            stages: str | None = None) -> Path:
     """Write out_dir/experiment.json: what `build_results_readme` turns into a section of results/README.md.
 
     Args:
@@ -170,6 +171,8 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
             (`data_gen.roots.shipped_digests`); the README flags results made on roots that changed since.
         recipes: graph config -> digest of its recipe (`data_gen.recipes.recipe_digest`) for the graph configs the
             experiment read; the README flags results whose graph recipes changed since.
+        stages: for an experiment that scores recoveries, the `analysis.stages` they were told (none: the paper's
+            protocol); the README flags another setting, or a record without it.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -183,7 +186,25 @@ def write_experiment_record(out_dir: Path, *, experiment: str, title: str, scale
         record["roots"] = dict(roots)
     if recipes is not None:
         record["recipes"] = dict(recipes)
+    if stages is not None:
+        record["stages"] = str(stages)
     return write_json(out_dir / RECORD, record)
+
+
+def stages_line(record: dict) -> str | None:
+    """For a mini-scale record of an experiment that scores recoveries: a README line when they were not told the
+    paper's stage protocol (analysis.stages=none), or when the record predates the setting, else None."""
+    from analysis.experiments import registry
+
+    known = registry().get(record.get("experiment"))
+    if record.get("scale") != "mini" or known is None or not known.recovers:
+        return None
+    if "stages" not in record:
+        return ("- stages: not recorded (made before 77e030d, when the experiments' recoveries were told graph.json's "
+                "stages, whose roots are generalization models, instead of the paper's all-specialization); rerun "
+                "the command above")
+    return (f"- stages: recoveries told analysis.stages={record['stages']}, not the paper's protocol (none)"
+            if record["stages"] != "none" else None)
 
 
 def roots_line(record: dict, shipped: Mapping[str, str] | None = None) -> str | None:
@@ -236,7 +257,7 @@ def _section(folder: Path, record: dict, shipped: Mapping[str, str], recipes: Ma
              f"- ours: {record['ours']}"]
     if record.get("notes"):
         lines.append(f"- notes: {record['notes']}")
-    for stale in (roots_line(record, shipped), recipes_line(record, recipes)):
+    for stale in (roots_line(record, shipped), recipes_line(record, recipes), stages_line(record)):
         if stale is not None:
             lines.append(stale)
     lines.append("")
@@ -366,10 +387,14 @@ def run_experiment(cfg: DictConfig, name: str, compute: Callable[[DictConfig], d
     from data_gen.recipes import recipe_digest
     from data_gen.roots import shipped_digests
 
+    from analysis.experiments import registry
+    from analysis.recover import analysis_stages
+
+    known = registry().get(name)
     write_experiment_record(out_dir, experiment=name, scale=str(cfg.analysis.scale),
                             command=regenerate_command(cfg, name), files=files, seed=int(cfg.seed),
                             roots=shipped_digests(), recipes={n: recipe_digest(n) for n in graphs_read(cfg, name)},
-                            **text)
+                            stages=analysis_stages(cfg) if known is not None and known.recovers else None, **text)
     log.info("%s: %s", name, text["ours"])
     return results
 

@@ -135,3 +135,31 @@ def test_a_queued_experiment_records_its_own_command(monkeypatch):
     Fake.overrides = OmegaConf.create({"task": ["num_threads=1"]})   # plain `python run.py` (task_name: default)
     cfg = OmegaConf.create({"task_name": "default", "analysis": {"command": None}})
     assert report.regenerate_command(cfg, "default") == "python run.py num_threads=1"
+
+
+def test_stages_line_flags_recoveries_not_told_the_papers_protocol():
+    """An experiment that scores recoveries records analysis.stages; the README flags a record without it (made
+    when graph.json's generalization roots told recovery where each root is) or with another setting."""
+    from analysis.report import stages_line
+
+    assert "not recorded" in stages_line({"experiment": "table1", "scale": "mini"})
+    assert "analysis.stages=given" in stages_line({"experiment": "resnet", "scale": "mini", "stages": "given"})
+    assert stages_line({"experiment": "table1", "scale": "mini", "stages": "none"}) is None
+    assert stages_line({"experiment": "fig2_direction", "scale": "mini"}) is None   # scores no recovery
+    assert stages_line({"experiment": "table1", "scale": "toy"}) is None
+
+
+def test_analyze_with_the_papers_stages(tmp_path):
+    """analysis.recover.analyze(stages="none") counts every model as specialization (graph.json's roots are
+    generalization); "given" keeps graph.json's."""
+    from analysis.recover import analyze
+    from recovery.synthetic import vit_shapes, write_tree
+
+    from common.io import read_json, write_json
+
+    write_tree(tmp_path, vit_shapes(8, 1), {"r": ["a", "b"]}, ["r"])
+    graph = read_json(tmp_path / "graph.json")
+    write_json(tmp_path / "graph.json", {**graph, "stage": {**graph["stage"], "r": "generalization"}})
+    assert analyze(tmp_path, {}, stages="given").stages == {"r": "generalization", "a": "specialization",
+                                                           "b": "specialization"}
+    assert set(analyze(tmp_path, {}, stages="none").stages.values()) == {"specialization"}

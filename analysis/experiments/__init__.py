@@ -33,12 +33,15 @@ class Experiment:
         module: the module defining compute / render / run.
         order: position in results/README.md (calibration first, then the paper's order).
         not_run_here: why it cannot run on this project's offline CPU machines (listed in results/README.md).
+        recovers: it scores recoveries told `analysis.stages` (its record holds the setting; results/README.md flags
+            one made under another, or before the setting was recorded).
     """
 
     name: str
     module: ModuleType
     order: float
     not_run_here: str | None = None
+    recovers: bool = False
 
     @property
     def run(self) -> RunFn:
@@ -53,7 +56,8 @@ _REGISTRY: dict[str, Experiment] = {}
 _DISCOVERED = False
 
 
-def experiment(name: str, *, order: float = 1000.0, not_run_here: str | None = None) -> Callable[[RunFn], RunFn]:
+def experiment(name: str, *, order: float = 1000.0, not_run_here: str | None = None,
+               recovers: bool = False) -> Callable[[RunFn], RunFn]:
     """Register the module of the decorated `run` function as experiment `name`."""
     def register(run: RunFn) -> RunFn:
         module = importlib.import_module(run.__module__)
@@ -63,7 +67,7 @@ def experiment(name: str, *, order: float = 1000.0, not_run_here: str | None = N
         known = _REGISTRY.get(name)
         if known is not None and known.module.__name__ != module.__name__:
             raise ValueError(f"experiment {name!r} registered twice: {known.module.__name__} and {module.__name__}")
-        _REGISTRY[name] = Experiment(name, module, float(order), not_run_here)
+        _REGISTRY[name] = Experiment(name, module, float(order), not_run_here, recovers)
         return run
     return register
 

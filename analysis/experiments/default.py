@@ -70,6 +70,6 @@ def describe(results: dict) -> dict:
                      + "The tree picture marks right, wrong and missed edges."}
 
 
-@experiment(NAME, order=200)
+@experiment(NAME, order=200, recovers=True)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -43,6 +43,6 @@ def describe(results: dict) -> dict:
             "paper": "lora_rank 1.0, l2 0.78 (22% lower)"}
 
 
-@experiment(NAME, order=20)
+@experiment(NAME, order=20, recovers=True)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

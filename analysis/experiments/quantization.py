@@ -130,6 +130,6 @@ def describe(results: dict) -> dict:
             "paper": "none 0.89; fp16 0.883 ± 0.0044; int8 (bitsandbytes) 0.883 ± 0.0078 (10 repeats)"}
 
 
-@experiment(NAME, order=130)
+@experiment(NAME, order=130, recovers=True)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

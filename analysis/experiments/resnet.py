@@ -34,6 +34,6 @@ def describe(results: dict) -> dict:
             "notes": accuracy_note(r, PAPER, "accuracy")}
 
 
-@experiment(NAME, order=30)
+@experiment(NAME, order=30, recovers=True)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)

@@ -215,7 +215,7 @@ def describe(results: dict) -> dict:
             "paper": "ViT-B (86M parameters): Fig. 1 rho 0.99"}
 
 
-@experiment(NAME, order=190)
+@experiment(NAME, order=190, recovers=True)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)
 

@@ -107,7 +107,7 @@ def describe(results: dict) -> dict[str, str]:
             "ours": ours, "notes": "Built-in tiny roots and tasks. " + plain}
 
 
-@experiment(NAME, order=90)
+@experiment(NAME, order=90, recovers=True)
 def run(cfg: DictConfig) -> dict:
     """compute -> results.json -> render -> experiment.json."""
     return report.run_experiment(cfg, NAME, compute, render, describe)

@@ -52,6 +52,6 @@ def describe(results: dict) -> dict:
             "ours": ours, "notes": notes + ". Per-tree columns are our roots, not the paper's ViT-B roots."}
 
 
-@experiment(NAME, order=10)
+@experiment(NAME, order=10, recovers=True)
 def run(cfg: DictConfig) -> dict:
     return run_experiment(cfg, NAME, compute, render, describe)
