@@ -118,6 +118,18 @@ def check_jobs(jobs: list[Mapping], *, tasks: bool = True, roots: bool = True) -
                 raise ConfigError(f"data_gen.methods.{method}.{key} must be >= 1, got {job['data'][key]}")
 
 
+def _remove_partial_writes(graph_dir: Path) -> None:
+    """Delete the temporary files of writes a killed build left behind (common.io.atomic_write's `.<name>.*.tmp`;
+    never read as results, but they would stay forever). Only this build writes into its folder."""
+    leftovers = [f for d in (graph_dir, graph_dir / "models", graph_dir / "nodes") if d.is_dir()
+                 for f in d.glob(".*.tmp") if f.is_file()]
+    for f in leftovers:
+        f.unlink()
+    if leftovers:
+        log.info("%s: removed %d partial write(s) of an interrupted build, e.g. %s", graph_dir, len(leftovers),
+                 leftovers[0].name)
+
+
 def survey(graph_dir: Path, jobs: list[Mapping], threads: int, force: bool) -> None:
     """Before a build into an existing folder: a ConfigError when its finished nodes were trained at another
     thread count (weights are bit-identical only at one, so a graph is built at one), and one warning each for
@@ -402,6 +414,7 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     jobs = build_spec(dg, seed)
     check_jobs(jobs, tasks=load_task_fn is None, roots=load_root_fn is None)
     survey(graph_dir, jobs, threads, bool(dg.get("force")))
+    _remove_partial_writes(graph_dir)
     show = dg.get("progress", True) if progress is None else progress
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None

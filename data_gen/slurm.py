@@ -32,7 +32,8 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from common.runinfo import versions
-from data_gen.graph import build_node, graph_config, is_done, read_record, trainer_options, write_graph
+from data_gen.graph import (build_node, check_jobs, graph_config, is_done, read_record, survey, trainer_options,
+                            write_graph)
 from data_gen.spec import build_spec
 
 log = logging.getLogger("mother.data_gen")
@@ -172,6 +173,8 @@ def build_graph_slurm(cfg: DictConfig, *, launcher: Mapping[str, Any] | None = N
     folder = Path(folder) if folder is not None else Path(cfg.paths.output_dir) / "submitit"
     max_resubmits = int(dg.get("max_resubmits", 2))
     jobs = build_spec(dg, seed)
+    check_jobs(jobs, tasks=load_task_fn is None, roots=load_root_fn is None)   # before anything is submitted
+    survey(graph_dir, jobs, threads, bool(dg.get("force")))
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
     node_kwargs = dict(cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),

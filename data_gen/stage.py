@@ -5,6 +5,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from common.errors import ConfigError
 from data_gen.graph import build_graph
 
 log = logging.getLogger("mother.data_gen")
@@ -23,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
     elif executor == "inline":
         summary = build_graph(cfg)
     else:
-        raise ValueError(f"data_gen.executor={executor!r}: use inline or slurm")
+        raise ConfigError(f"data_gen.executor={executor!r}: use inline or slurm")
     acc = summary["mean_val_accuracy"]
     log.info("graph %s: %d nodes, %d built, %d skipped (already done), %.1f s, mean val accuracy %s -> %s",
              cfg.data_gen.name, summary["nodes"], len(summary["built"]), len(summary["skipped"]),
