@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from common.errors import ConfigError
 from common.io import jsonable
@@ -104,7 +104,7 @@ def check_config(cfg: DictConfig) -> None:
             merged = _merge(schema_of(group), OmegaConf.to_container(cfg[group], resolve=False), group)
             try:
                 values = OmegaConf.to_container(merged, resolve=True)
-            except Exception:   # an interpolation only the stage can resolve: the stage's merge_options checks it
+            except OmegaConfBaseException:   # an interpolation only the stage resolves: its merge_options checks it
                 continue
             check_values(schema_of(group), values, group)
 
@@ -128,8 +128,8 @@ def merge_options(schema: type, given: Mapping | None, where: str) -> dict[str, 
         where: the options' place in the config, for messages (e.g. "recovery.tree").
 
     Raises:
-        ConfigError: a key the schema does not declare, a value of the wrong type, or one outside a field's
-            `choices`; the message names the option.
+        ConfigError: a key the schema does not declare, a value of the wrong type, NaN / inf, or one outside a
+            field's `choices` or failing its `check`; the message names the option.
     """
     _check_finite(given or {}, where)
     out = OmegaConf.to_container(_merge(schema, jsonable(given or {}), where), resolve=True)
