@@ -302,3 +302,26 @@ def test_root_kurtosis_figure_needs_a_layer_set(tmp_path):
     table = pd.read_csv(tmp_path / "calibration_root_kurtosis.csv")
     assert table[["root", "layers", "highest", "at step"]].values.tolist() == [["r", "q/k/v", 3.5, 10],
                                                                                ["s", "conv", 3.1, 0]]
+
+
+@pytest.mark.slow
+def test_scale_ladder_rung_roots_pretrain_side_by_side_with_the_same_bits(cfg_factory, tmp_path):
+    """With two workers the rungs' roots pretrain in two processes, each at num_threads: the same weights as one
+    after the other (a root is a pure function of its recipe and thread count)."""
+    from analysis.experiments import scale_ladder
+    from analysis.report import knobs
+    from common.io import sha256_file
+
+    rungs = "analysis.scale_ladder.rungs.d16_s4={width: 16, steps: 4}"
+    other = "+analysis.scale_ladder.rungs.d8_s4={width: 8, steps: 4}"
+    digests = {}
+    for workers in (1, 2):
+        cfg = cfg_factory(["+experiment=scale_ladder", "scale=toy", f"paths.data_dir={tmp_path / 'data'}",
+                           f"paths.log_dir={tmp_path / f'logs{workers}'}", f"data_gen.workers={workers}", rungs,
+                           other])
+        k = knobs(cfg, "scale_ladder")
+        trained = scale_ladder.pretrain_rungs(cfg, k)
+        assert trained == ([] if workers == 1 else ["d16_s4", "d8_s4"])
+        digests[workers] = {label: sha256_file(scale_ladder.rung_root(cfg, label, k.rungs[label], k)["weights"])
+                            for label in ("d16_s4", "d8_s4")}
+    assert digests[1] == digests[2]

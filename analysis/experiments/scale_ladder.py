@@ -85,7 +85,7 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
     arch, mix, recipe, sizes = rung_recipe(cfg, rung, k)
     folder = Path(cfg.analysis.work_dir) / NAME / "roots" / label
     record = folder / "root.json"
-    if record.is_file() and read_json(record).get("recipe") == recipe and (folder / "final.safetensors").is_file():
+    if _trained(folder, recipe):
         return read_json(record)
     task = load_task_data(cfg, mix, seed=0, **sizes)
     res = pretrain(arch=arch, task=task, recipe=recipe, folder=folder, checkpoint_every=int(rung["steps"]),
@@ -98,6 +98,37 @@ def rung_root(cfg: DictConfig, label: str, rung: Mapping, k: DictConfig) -> dict
            "num_threads": res["num_threads"], "weights": str(folder / "final.safetensors"), "curve": curve}
     write_json(record, rec)
     return rec
+
+
+def _trained(folder: Path, recipe: Mapping) -> bool:
+    """A rung root already pretrained with `recipe` in `folder` (its record and final weights)."""
+    record = folder / "root.json"
+    return record.is_file() and read_json(record).get("recipe") == recipe and (folder / "final.safetensors").is_file()
+
+
+def pretrain_rungs(cfg: DictConfig, k: DictConfig) -> list[str]:
+    """Pretrain the rungs' roots not yet trained side by side: one spawned process per worker
+    (`data_gen.workers`, auto: cores // num_threads), each at `num_threads`, so a root's weights are the ones a lone
+    run gives. Returns the labels trained here (none with one worker: `compute` trains them in turn)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from data_gen.graph import resolve_workers
+
+    todo = [label for label, rung in k.rungs.items() if not rung.get("builtin")
+            and not _trained(Path(cfg.analysis.work_dir) / NAME / "roots" / label, rung_recipe(cfg, rung, k)[2])]
+    threads = int(cfg.get("num_threads") or 1)
+    workers = min(len(todo), resolve_workers(cfg.data_gen.get("workers", "auto") if "data_gen" in cfg else 1, threads))
+    if workers <= 1:
+        return []
+    log.info("%s: pretraining %d rung roots, %d at a time: %s", NAME, len(todo), workers, todo)
+    # resolved here: a spawned process has no Hydra context for ${hydra:...} interpolations
+    plain, kp = (OmegaConf.create(OmegaConf.to_container(c, resolve=True)) for c in (cfg, k))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(rung_root, plain, label, kp.rungs[label], kp) for label in todo]
+        for future in as_completed(futures):
+            future.result()
+    return todo
 
 
 def probe_spec(rung_label: str, root: Mapping, probe: Mapping, width: int, root_id: str) -> tuple[str, dict]:
@@ -136,6 +167,7 @@ def check_labels(labels, root_id: str = "probe") -> None:
 def compute(cfg: DictConfig) -> dict:
     k = knobs(cfg, NAME)
     check_labels(k.rungs, str(k.probe_root_id))
+    pretrain_rungs(cfg, k)
     rungs = {}
     for label, rung in k.rungs.items():
         root = rung_root(cfg, label, rung, k)
