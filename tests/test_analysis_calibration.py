@@ -321,7 +321,7 @@ def test_scale_ladder_rung_roots_pretrain_side_by_side_with_the_same_bits(cfg_fa
                            other])
         k = knobs(cfg, "scale_ladder")
         trained = scale_ladder.pretrain_rungs(cfg, k)
-        assert trained == ([] if workers == 1 else ["d16_s4", "d8_s4"])
+        assert trained == ([] if workers == 1 else ["d16_s4", "d8_s4"])   # longest first: 4 steps x 16^2 first
         digests[workers] = {label: sha256_file(scale_ladder.rung_root(cfg, label, k.rungs[label], k)["weights"])
                             for label in ("d16_s4", "d8_s4")}
     assert digests[1] == digests[2]

@@ -117,6 +117,8 @@ def pretrain_rungs(cfg: DictConfig, k: DictConfig) -> list[str]:
 
     todo = [label for label, rung in k.rungs.items() if not rung.get("builtin")
             and not _trained(Path(cfg.analysis.work_dir) / NAME / "roots" / label, rung_recipe(cfg, rung, k)[2])]
+    # longest first (a step costs ~width^2), so the last root to finish is a short one
+    todo.sort(key=lambda label: -int(k.rungs[label]["steps"]) * int(k.rungs[label]["width"]) ** 2)
     threads = int(cfg.get("num_threads") or 1)
     workers = min(len(todo), resolve_workers(cfg.data_gen.get("workers", "auto") if "data_gen" in cfg else 1, threads))
     if workers <= 1:
