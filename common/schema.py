@@ -101,12 +101,13 @@ def check_config(cfg: DictConfig) -> None:
     """
     for group in SCHEMAS:
         if OmegaConf.is_dict(cfg.get(group)):
-            merged = _merge(schema_of(group), OmegaConf.to_container(cfg[group], resolve=False), group)
-            try:
-                values = OmegaConf.to_container(merged, resolve=True)
-            except OmegaConfBaseException:   # an interpolation only the stage resolves: its merge_options checks it
+            schema = schema_of(group)
+            _merge(schema, OmegaConf.to_container(cfg[group], resolve=False), group)   # names and types
+            try:   # resolved in the whole config (the group's values point into paths, num_threads, ...)
+                values = OmegaConf.to_container(cfg[group], resolve=True)
+            except OmegaConfBaseException:   # an interpolation only a running job resolves (${hydra:...})
                 continue
-            check_values(schema_of(group), values, group)
+            check_values(schema, OmegaConf.to_container(_merge(schema, values, group)), group)
 
 
 def _merge(schema: type, given: Any, where: str) -> DictConfig:

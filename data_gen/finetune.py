@@ -201,6 +201,9 @@ def add_lora(model: torch.nn.Module, recipe: Mapping, head: str) -> torch.nn.Mod
     from peft import LoraConfig, get_peft_model
 
     targets = [n for n in match_targets(model, recipe["lora_targets"]) if not n.startswith(head)]
+    if not targets:
+        raise ConfigError(f"recipe.lora_targets {recipe['lora_targets']} match only the classifier head {head!r} "
+                          f"(trained fully anyway); name the layers LoRA should adapt")
     rank, alpha = int(recipe["lora_rank"]), float(recipe["lora_alpha"])
     modules = dict(model.named_modules())
     narrow = min(targets, key=lambda n: min(_matrix_shape(modules[n])))

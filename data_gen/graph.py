@@ -25,6 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -118,13 +119,15 @@ def check_jobs(jobs: list[Mapping], *, tasks: bool = True, roots: bool = True) -
                 raise ConfigError(f"data_gen.methods.{method}.{key} must be >= 1, got {job['data'][key]}")
 
 
-def _remove_partial_writes(graph_dir: Path) -> None:
-    """Delete the temporary files of writes a killed build left behind (common.io.atomic_write's `.<name>.*.tmp`;
-    never read as results, but they would stay forever). Only this build writes into its folder."""
-    leftovers = [f for d in (graph_dir, graph_dir / "models", graph_dir / "nodes") if d.is_dir()
-                 for f in d.glob(".*.tmp") if f.is_file()]
+def remove_partial_writes(graph_dir: Path) -> None:
+    """Delete what writes a killed build left half done: common.io.atomic_write's temp files of graph.json, node
+    records and weights (`.<name>.*.tmp`) and the finetune adapters' temp folders (`adapters/.<id>.*`). Never read
+    as results, they would stay forever; only a build of this graph writes these names."""
+    graph_dir = Path(graph_dir)
+    leftovers = [*graph_dir.glob(".graph.json.*.tmp"), *(graph_dir / "models").glob(".*.safetensors.*.tmp"),
+                 *(graph_dir / "nodes").glob(".*.json.*.tmp"), *(graph_dir / "adapters").glob(".*")]
     for f in leftovers:
-        f.unlink()
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
     if leftovers:
         log.info("%s: removed %d partial write(s) of an interrupted build, e.g. %s", graph_dir, len(leftovers),
                  leftovers[0].name)
@@ -414,7 +417,7 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     jobs = build_spec(dg, seed)
     check_jobs(jobs, tasks=load_task_fn is None, roots=load_root_fn is None)
     survey(graph_dir, jobs, threads, bool(dg.get("force")))
-    _remove_partial_writes(graph_dir)
+    remove_partial_writes(graph_dir)
     show = dg.get("progress", True) if progress is None else progress
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None

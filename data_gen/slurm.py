@@ -32,8 +32,8 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from common.runinfo import versions
-from data_gen.graph import (build_node, check_jobs, graph_config, is_done, read_record, survey, trainer_options,
-                            write_graph)
+from data_gen.graph import (build_node, check_jobs, graph_config, is_done, read_record, remove_partial_writes,
+                            survey, trainer_options, write_graph)
 from data_gen.spec import build_spec
 
 log = logging.getLogger("mother.data_gen")
@@ -175,6 +175,7 @@ def build_graph_slurm(cfg: DictConfig, *, launcher: Mapping[str, Any] | None = N
     jobs = build_spec(dg, seed)
     check_jobs(jobs, tasks=load_task_fn is None, roots=load_root_fn is None)   # before anything is submitted
     survey(graph_dir, jobs, threads, bool(dg.get("force")))
+    remove_partial_writes(graph_dir)
     extra = {"name": dg["name"], "seed": seed, "num_threads": threads, "config": dg, "versions": versions()}
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
     node_kwargs = dict(cache_dir=dg.get("cache_dir"), data_dir=dg.get("data_dir"),

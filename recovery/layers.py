@@ -137,8 +137,9 @@ def _first_difference(model: ModelSource, core: set[tuple[str, tuple[int, ...]]]
 
 
 def _integers(model: ModelSource) -> str:
-    """", n integer tensors: ..." when `model` holds integer tensors (quantized weights), else ""."""
-    n = sum(not t.floating for t in model.tensors.values())
+    """", n integer tensors: ..." when `model` holds integer weight matrices (quantized weights; 0-d / 1-d integer
+    buffers such as batch norm's num_batches_tracked are not), else ""."""
+    n = sum(not t.floating and len(t.shape) >= 2 for t in model.tensors.values())
     return (f", {n} integer tensors: quantized weights are not compared, dequantize them to float first"
             if n else "")
 

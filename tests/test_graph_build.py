@@ -273,17 +273,24 @@ def test_lora_rank_beyond_the_width_and_fractional_alpha():
     peft = add_lora(create_model("vit_mini", num_classes=4), resolve_recipe({"method": "lora", "lora_rank": 4,
                                                                              "lora_alpha": 0.5}), head)
     assert peft.peft_config["default"].lora_alpha == 0.5
+    with pytest.raises(ConfigError, match=r"recipe.lora_targets \['head'\] match only the classifier head"):
+        add_lora(create_model("vit_mini", num_classes=4), resolve_recipe({"method": "lora", "lora_targets": ["head"]}),
+                 head)
 
 
 def test_partial_writes_of_a_killed_build_are_removed(tmp_path):
-    """atomic_write's temp files left by a kill mid-write are deleted when the next build starts."""
-    from data_gen.graph import _remove_partial_writes
+    """atomic_write's temp files and the adapters' temp folders left by a kill mid-write are deleted when the next
+    build starts; other files are not."""
+    from data_gen.graph import remove_partial_writes
 
-    (tmp_path / "models").mkdir()
-    (tmp_path / "nodes").mkdir()
-    stale = [tmp_path / "models" / ".x-0.safetensors.ab12.tmp", tmp_path / "nodes" / ".x-0.json.cd34.tmp"]
-    for f in stale:
+    for d in ("models", "nodes", "adapters/.x-0.ab12cd"):
+        (tmp_path / d).mkdir(parents=True)
+    stale = [tmp_path / "models" / ".x-0.safetensors.ab12.tmp", tmp_path / "nodes" / ".x-0.json.cd34.tmp",
+             tmp_path / ".graph.json.ef56.tmp", tmp_path / "adapters" / ".x-0.ab12cd"]
+    for f in stale[:3]:
         f.write_bytes(b"half")
-    (tmp_path / "models" / "x-0.safetensors").write_bytes(b"kept")
-    _remove_partial_writes(tmp_path)
-    assert not any(f.exists() for f in stale) and (tmp_path / "models" / "x-0.safetensors").exists()
+    kept = [tmp_path / "models" / "x-0.safetensors", tmp_path / ".notes.tmp"]
+    for f in kept:
+        f.write_bytes(b"kept")
+    remove_partial_writes(tmp_path)
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)

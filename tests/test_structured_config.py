@@ -198,3 +198,19 @@ def test_option_values_outside_their_range_name_the_option(group, given, message
         cfg.recovery[group] = {**cfg.recovery[group], **given}
         with pytest.raises(ConfigError, match=message):
             check_config(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data_gen.num_threads=-2", r"data_gen.num_threads must be an integer >= 1, or null, got -2"),
+    ("data_gen.workers=0", r"data_gen.workers must be an integer >= 1, or one of \['auto'\], got 0"),
+    ("data_gen.workers=2.5", r"data_gen.workers must be an integer >= 1"),
+    ("num_threads=0", r"data_gen.num_threads must be an integer >= 1"),
+])
+def test_data_gen_values_are_checked_in_the_whole_config(override, message):
+    """The data_gen group's values point into the rest of the config (${num_threads}, ${paths...}): check_config
+    resolves them there, so its range checks run on every composed config."""
+    from common.schema import check_config
+
+    check_config(compose(["data_gen=default"]))   # the shipped config passes
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose(["data_gen=default", override]))
