@@ -106,6 +106,11 @@ def _trained(folder: Path, recipe: Mapping) -> bool:
     return record.is_file() and read_json(record).get("recipe") == recipe and (folder / "final.safetensors").is_file()
 
 
+def _log_like(level: int) -> None:
+    """A spawned pretraining process logs its progress lines (pretrain's every eval_every steps) to stderr."""
+    logging.basicConfig(level=level, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
+
 def pretrain_rungs(cfg: DictConfig, k: DictConfig) -> list[str]:
     """Pretrain the rungs' roots not yet trained side by side: one spawned process per worker
     (`data_gen.workers`, auto: cores // num_threads), each at `num_threads`, so a root's weights are the ones a lone
@@ -126,7 +131,8 @@ def pretrain_rungs(cfg: DictConfig, k: DictConfig) -> list[str]:
     log.info("%s: pretraining %d rung roots, %d at a time: %s", NAME, len(todo), workers, todo)
     # resolved here: a spawned process has no Hydra context for ${hydra:...} interpolations
     plain, kp = (OmegaConf.create(OmegaConf.to_container(c, resolve=True)) for c in (cfg, k))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_log_like,
+                             initargs=(logging.getLogger("mother").getEffectiveLevel(),)) as pool:
         futures = [pool.submit(rung_root, plain, label, kp.rungs[label], kp) for label in todo]
         for future in as_completed(futures):
             future.result()
