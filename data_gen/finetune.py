@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -196,22 +197,49 @@ def _matrix_shape(module: torch.nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w[0].numel())
 
 
+def lora_targets(model: torch.nn.Module, recipe: Mapping, head: str) -> list[str]:
+    """The modules LoRA adapts (the recipe's lora_targets, the head excluded); a ConfigError when none is left, or
+    when lora_rank exceeds the narrowest one's width (the "low-rank" delta would be full rank: a full fine-tune)."""
+    targets, narrow, shape = _narrowest(model, list(recipe["lora_targets"]), head)
+    _check_rank(int(recipe["lora_rank"]), narrow, shape)
+    return targets
+
+
+def check_lora_fits(arch: str, targets: list[str], rank: int) -> None:
+    """lora_targets' checks on a fresh `arch` model, before anything trains (built once per arch and targets)."""
+    _check_rank(int(rank), *_fresh_narrowest(arch, tuple(targets)))
+
+
+@functools.lru_cache(maxsize=8)
+def _fresh_narrowest(arch: str, targets: tuple[str, ...]) -> tuple[str, tuple[int, int]]:
+    model = create_model(arch, num_classes=2)
+    return _narrowest(model, list(targets), classifier_name(model))[1:]
+
+
+def _narrowest(model: torch.nn.Module, patterns: list[str], head: str) -> tuple[list[str], str, tuple[int, int]]:
+    """(LoRA target modules, the narrowest one, its weight's matrix shape); the head is not a target."""
+    targets = [n for n in match_targets(model, patterns) if not n.startswith(head)]
+    if not targets:
+        raise ConfigError(f"recipe.lora_targets {patterns} match only the classifier head {head!r} "
+                          f"(trained fully anyway); name the layers LoRA should adapt")
+    modules = dict(model.named_modules())
+    narrow = min(targets, key=lambda n: min(_matrix_shape(modules[n])))
+    return targets, narrow, _matrix_shape(modules[narrow])
+
+
+def _check_rank(rank: int, narrow: str, shape: tuple[int, int]) -> None:
+    if rank > min(shape):
+        raise ConfigError(f"recipe.lora_rank={rank} exceeds the width of {narrow} (weight as a matrix "
+                          f"{shape[0]}x{shape[1]}); choose lora_rank <= {min(shape)}")
+
+
 def add_lora(model: torch.nn.Module, recipe: Mapping, head: str) -> torch.nn.Module:
     """Wrap `model` with peft LoRA on the recipe's targets; the head is trained fully (modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = [n for n in match_targets(model, recipe["lora_targets"]) if not n.startswith(head)]
-    if not targets:
-        raise ConfigError(f"recipe.lora_targets {recipe['lora_targets']} match only the classifier head {head!r} "
-                          f"(trained fully anyway); name the layers LoRA should adapt")
-    rank, alpha = int(recipe["lora_rank"]), float(recipe["lora_alpha"])
-    modules = dict(model.named_modules())
-    narrow = min(targets, key=lambda n: min(_matrix_shape(modules[n])))
-    if rank > min(_matrix_shape(modules[narrow])):   # the "low-rank" delta would be full rank: a full fine-tune
-        raise ConfigError(f"recipe.lora_rank={rank} exceeds the width of {narrow} (weight as a matrix "
-                          f"{'x'.join(map(str, _matrix_shape(modules[narrow])))}); choose lora_rank <= "
-                          f"{min(_matrix_shape(modules[narrow]))}")
-    config = LoraConfig(r=rank, lora_alpha=int(alpha) if alpha.is_integer() else alpha,
+    targets = lora_targets(model, recipe, head)
+    alpha = float(recipe["lora_alpha"])
+    config = LoraConfig(r=int(recipe["lora_rank"]), lora_alpha=int(alpha) if alpha.is_integer() else alpha,
                         lora_dropout=float(recipe["lora_dropout"]), target_modules=targets,
                         modules_to_save=[head], bias="none")
     return get_peft_model(model, config)

@@ -98,21 +98,25 @@ def is_done(graph_dir: Path, job: Mapping, parent_sha256: str | None) -> bool:
 def check_jobs(jobs: list[Mapping], *, tasks: bool = True, roots: bool = True) -> None:
     """ConfigErrors found before anything is built, for every job the graph plans: each fine-tune's drawn recipe
     (data_gen.finetune.resolve_recipe), split sizes and (`tasks`) task name, and (`roots`) each root's source."""
-    from data_gen.finetune import resolve_recipe
-    from data_gen.sources import check_root_source
+    from data_gen.finetune import check_lora_fits, resolve_recipe
+    from data_gen.sources import check_root_source, root_arch
     from data_gen.tasks import check_task_name
 
+    archs = {}
     for job in jobs:
         if job["parent"] is None:
             if roots:
                 check_root_source(job["recipe"]["source"])
+                archs[job["id"]] = root_arch(job["recipe"]["source"], job["recipe"].get("arch"))
             continue
         method = job["recipe"].get("method")
         try:
-            resolve_recipe({k: v for k, v in job["recipe"].items() if k != "source"})
+            recipe = resolve_recipe({k: v for k, v in job["recipe"].items() if k != "source"})
             if tasks:
                 check_task_name(job["task"])
-        except ConfigError as e:
+            if method == "lora" and archs.get(job["root"]):   # rank vs width on the root's architecture
+                check_lora_fits(archs[job["root"]], recipe["lora_targets"], recipe["lora_rank"])
+        except (ConfigError, ValueError) as e:
             raise ConfigError(f"node {job['id']} (data_gen.methods.{method}): {e}") from None
         for key in ("n_train", "n_val"):
             if job.get("data", {}).get(key) is not None and int(job["data"][key]) < 1:

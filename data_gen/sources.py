@@ -31,6 +31,20 @@ class RootUnavailableError(RuntimeError):
     """A root cannot be loaded (e.g. a hub root while offline and not cached)."""
 
 
+def root_arch(source: str, arch: str | None = None) -> str | None:
+    """The architecture a root source gives, known without loading it (None: only loading tells, e.g. hf: repos
+    and local files without `arch`)."""
+    if arch:
+        return str(arch)
+    if source.startswith("builtin:") and source.removeprefix("builtin:") in roots.ROOTS:
+        return roots.spec(source.removeprefix("builtin:")).arch
+    if source.startswith("timm:"):
+        return source.removeprefix("timm:")
+    if source.startswith("random:"):
+        return source.removeprefix("random:").rpartition(":")[0] or None
+    return None
+
+
 def check_root_source(source: str) -> None:
     """A ConfigError for a root source that cannot load, found before anything is built: an unknown scheme, an
     unknown built-in root, a missing local file (hub roots are checked when loaded; `random:` is a smoke root)."""

@@ -260,6 +260,17 @@ def test_bad_values_fail_before_anything_is_built(tmp_path, override, message):
     assert not (tmp_path / "graphs" / "tiny" / "models").exists()
 
 
+def test_lora_rank_beyond_the_roots_width_fails_before_anything_is_built(tmp_path):
+    """The rank is checked on the root's architecture (built-in vit_a1: qkv 192x64) up front, not when the node
+    trains."""
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"node vit_a1-0 \(data_gen.methods.lora\): recipe.lora_rank=65 exceeds the "
+                                          r"width of .*qkv \(weight as a matrix 192x64\)"):
+        build_graph(tiny_cfg(tmp_path, "data_gen.methods.full=null", "++data_gen.methods.lora.lora_rank=65"))
+    assert not (tmp_path / "graphs" / "tiny" / "models").exists()
+
+
 def test_lora_rank_beyond_the_width_and_fractional_alpha():
     """A rank above a target's width is a ConfigError (the delta would be full rank); alpha keeps its fraction."""
     from common.errors import ConfigError
