@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -86,7 +86,7 @@ def recover_graph(cfg: DictConfig, graph_dir: Path, overrides: Mapping | None = 
     stages_file = None
     if stages == "none":   # the paper's protocol: every model a specialization model
         stages_file = write_json(work_dir / "stages.json",
-                                 dict.fromkeys(read_json(graph_dir / "graph.json")["nodes"], "specialization"))
+                                 all_specialization(read_json(graph_dir / "graph.json")["nodes"]))
     out = recover(graph_dir, ground_truth=graph_dir / "graph.json", output_dir=work_dir, plot=plot,
                   seed=int(cfg.seed), quiet=True, stages_file=stages_file, **options)
     write_json(stamp, {"key": key, "graph": str(graph_dir), "options": options, "stages": stages})
@@ -177,16 +177,26 @@ def analysis_stages(cfg: DictConfig) -> str:
     return stages
 
 
+def all_specialization(ids: Iterable[str]) -> dict[str, str]:
+    """The paper's protocol (`analysis.stages=none`): every model id labelled a specialization model."""
+    return dict.fromkeys(ids, "specialization")
+
+
+def with_stages(wa: Any, stages: str) -> Any:
+    """A weight analysis told the stages of `analysis.stages`: graph.json's (`given`) or all specialization."""
+    import dataclasses
+
+    return dataclasses.replace(wa, stages=all_specialization(wa.ids)) if stages == "none" else wa
+
+
 def analyze(graph_dir: Path, options: Mapping, *, stages: str = "given", stages_file: Path | None = None) -> Any:
     """recovery.weights.analyze_folder on a graph folder with the layers/distance/direction options; with
     `stages="none"` every model counts as a specialization model (the paper's protocol; module docstring)."""
-    import dataclasses
-
     from recovery.weights import analyze_folder
 
     wa = analyze_folder(graph_dir, stages_file=stages_file, layers=options.get("layers", {}),
                         distance=options.get("distance", {}), direction=options.get("direction", {}))
-    return dataclasses.replace(wa, stages=dict.fromkeys(wa.ids, "specialization")) if stages == "none" else wa
+    return with_stages(wa, stages)
 
 
 def forest(wa: Any, truth: Any, *, labels: np.ndarray | None = None, cluster: Mapping | None = None,

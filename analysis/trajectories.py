@@ -16,6 +16,7 @@ import numpy as np
 
 from analysis.finetunes import analysis_cache, finetune_run, node_name
 from analysis.trends import spearman, trend
+from common.errors import ConfigError
 from common.io import jsonable
 
 log = logging.getLogger("mother.analysis")
@@ -90,7 +91,10 @@ def root_trajectories(cfg: Any) -> list[dict[str, Any]]:
 
     k = knobs(cfg, "trajectory")
     if not k.roots:
-        raise ValueError("no roots configured (analysis.trajectory.roots is empty)")
+        raise ConfigError("no roots configured (analysis.trajectory.roots is empty)")
+    repeated = sorted({str(r) for r in k.roots if list(k.roots).count(r) > 1})
+    if repeated:   # the panels summarise one run per root (Spearman rho keyed by root)
+        raise ConfigError(f"analysis.trajectory.roots lists {repeated} more than once; each root has one fine-tune run")
     cache = analysis_cache(cfg, str(k.cache))
     runs = []
     for i, root in enumerate(k.roots):

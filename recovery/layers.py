@@ -148,6 +148,16 @@ def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+MISSING = "not in all models"
+SHAPE_DIFFERS = "shape differs across models"
+
+
+def models_disagree(reason: str) -> bool:
+    """Whether a `select_layers` drop reason says the models disagree on the tensor (missing in some, or shaped
+    differently), as opposed to a tensor left out by rule (classifier heads, integer or empty tensors)."""
+    return reason.startswith((MISSING, SHAPE_DIFFERS))
+
+
 def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",), regex: str | None = None,
                   exclude_heads: bool = True, head_pattern: str = HEAD_PATTERN) -> tuple[list[Layer], dict[str, str]]:
     """Layers selected by kind/regex among tensors whose name and shape agree across `models`.
@@ -180,10 +190,10 @@ def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",),
         head = exclude_heads and is_head(name, head_pattern)
         if len(present) < len(models):
             missing = [m.id for m, i in zip(models, infos) if i is None]
-            dropped[name] = f"not in all models (missing in {missing[:5]}{'...' if len(missing) > 5 else ''})"
+            dropped[name] = f"{MISSING} (missing in {missing[:5]}{'...' if len(missing) > 5 else ''})"
         elif len({i.shape for i in present}) > 1:
             shapes = Counter(str(list(i.shape)) for i in present)
-            dropped[name] = ("classifier head; " if head else "") + f"shape differs across models ({dict(shapes)})"
+            dropped[name] = ("classifier head; " if head else "") + f"{SHAPE_DIFFERS} ({dict(shapes)})"
         elif head:
             dropped[name] = "classifier head (re-initialised per task, carries no heritage; layers.exclude_heads)"
         elif not all(i.floating for i in present):

@@ -26,7 +26,7 @@ from recovery.accumulate import (CueMoments, DirectionStats, FinetuneCertificate
 from recovery.config import DirectionOptions, DistanceOptions, LayersOptions
 from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce_ranks
 from recovery.kernels import BlasThreads, Kernel
-from recovery.layers import Layer, choose_layers, numel, split_architectures
+from recovery.layers import Layer, choose_layers, models_disagree, numel, split_architectures
 
 
 @dataclass
@@ -142,7 +142,7 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
 def _warn_disagreements(dropped: dict[str, str], strict: bool, root: Path, warnings: list[str]) -> None:
     """One warning (with `strict`: a CheckpointError) for tensors of the chosen kinds that the models disagree on
     (missing in some, or shaped differently): they are left out of every model's distances."""
-    disagree = {k: v for k, v in dropped.items() if v.startswith(("not in all models", "shape differs"))}
+    disagree = {k: v for k, v in dropped.items() if models_disagree(v)}
     if not disagree:
         return
     shown = "; ".join(f"{k}: {v}" for k, v in list(disagree.items())[:3]) + ("; ..." if len(disagree) > 3 else "")

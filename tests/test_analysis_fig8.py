@@ -73,3 +73,16 @@ def test_a_panel_that_is_not_consistent_says_why_in_numbers():
     assert panel_why(results, "kurtosis") == (": here kurtosis's Spearman rho along fine-tuning is -0.95 (vit_a1), "
                                               "-0.47 (vit_b1) (|rho| >= 0.8 needed on every root, sign down); "
                                               "consistently monotone instead: variance")
+
+
+def test_repeated_trajectory_root_is_refused():
+    """Each root has one fine-tune run (the panels key Spearman rho by root): a root listed twice is a config
+    error that names the key and the root, before anything trains."""
+    from omegaconf import OmegaConf
+
+    from common.errors import ConfigError
+
+    cfg = OmegaConf.create({"seed": 0, "analysis": {"trajectory": {"roots": ["builtin:vit_a1", "builtin:vit_a1"],
+                                                                   "tasks": ["a", "b"], "cache": "x"}}})
+    with pytest.raises(ConfigError, match=r"analysis.trajectory.roots lists \['builtin:vit_a1'\] more than once"):
+        tr.root_trajectories(cfg)

@@ -10,7 +10,6 @@ choice. The pretraining chains (roots' checkpoints, a generalization stage) test
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.experiments import experiment
-from analysis.recover import analyze, forest, recovery_options
+from analysis.recover import analyze, forest, recovery_options, with_stages
 from analysis.report import knobs as get_knobs, run_experiment, save_figure, write_table
 
 NAME = "recovery_ablation"
@@ -41,7 +40,7 @@ def compute(cfg: DictConfig) -> dict:
             wa = analyze(graph_dir, opts)
             truth = load_graph(graph_dir / "graph.json")
             for stages in k.stages:
-                w = wa if stages == "given" else dataclasses.replace(wa, stages=dict.fromkeys(wa.ids, "specialization"))
+                w = with_stages(wa, stages)
                 for name, tree in variants.items():
                     res = forest(w, truth, cluster=dict(k.cluster), tree={**opts["tree"], **tree})
                     m = res["metrics"]
