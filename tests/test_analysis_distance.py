@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from analysis import stage
-from analysis.premises import hop_distances
 from analysis.experiments.fig6_clustering import draw
+from analysis.premises import hop_distances
+from common.io import read_json
 
 
 def _results(tmp_path, name):
@@ -56,6 +57,13 @@ def test_fig1_toy(cfg_factory, tmp_path, saved_figures):
     l2 = panels["l2 (full fine-tuning)"]["mean_by_hops"]
     assert l2["1"] < l2["2"] < l2["4"]
     assert panels["rank (LoRA)"]["metric"] == "lora_rank"
+    # why a rho falls short: the ceiling the edge sizes allow, and how closely distances follow their paths
+    lora = panels["rank (LoRA)"]
+    assert lora["rho_path"] == pytest.approx(1.0)   # independent low-rank deltas: ranks add exactly along a path
+    assert lora["rho_ceiling"] == pytest.approx(lora["rho"], abs=1e-9)   # so the rank draws alone set the rho
+    assert lora["edge_length_spread"] >= 1.0
+    notes = read_json(tmp_path / "results" / "fig1_distance" / "experiment.json")["notes"]
+    assert notes.count("the edges' sizes allow at most") == 2
     assert (tmp_path / "results" / "fig1_distance" / "fig1_distance.png").is_file()
     # the figure draws these numbers: every pair (jittered in x only) and the mean per edge distance
     (fig,) = saved_figures
