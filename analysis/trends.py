@@ -78,7 +78,30 @@ def panel_why(results: Mapping, panel: str) -> str:
     p = results["panels"][panel]
     rhos = ", ".join(f"{v:+.2f} ({node_name(k)})" for k, v in p["spearman"].items() if v is not None)
     others = [k for k, v in results["panels"].items() if v["consistent"] and k != panel]
+    short = [s for s in results.get("series", []) if s["panel"] == panel and not _passes(s, p, results)]
+    settled_runs = [f"{node_name(s['root'])} {settled(s['steps'], s['values'])}" for s in short]
     return (f": here {panel}'s Spearman rho along fine-tuning is {rhos or 'undefined'} (|rho| >= "
-            f"{results['min_abs_rho']} needed on every root, sign {p['direction']}); consistently monotone instead: "
-            f"{', '.join(others) or 'none'}")
+            f"{results['min_abs_rho']} needed on every root, sign {p['direction']})"
+            + (f"; {'; '.join(settled_runs)}" if settled_runs else "")
+            + f"; consistently monotone instead: {', '.join(others) or 'none'}")
+
+
+def _passes(series: Mapping, panel: Mapping, results: Mapping) -> bool:
+    rho = panel["spearman"].get(series["root"])
+    want = 1 if panel["direction"] == "up" else -1
+    return rho is not None and abs(rho) >= results["min_abs_rho"] and np.sign(rho) == want
+
+
+def settled(steps: Sequence[int], values: Sequence[float], share: float = 0.9) -> str:
+    """Where a score made `share` of its overall move, and how far it wandered after that: a score that moves
+    early and then stays flat has a Spearman rho set by the noise of its plateau (the paper's Fig. 16 sees the score
+    turn noisy once the validation loss plateaus)."""
+    v = np.asarray(values, dtype=np.float64)
+    total = v[-1] - v[0]
+    if len(v) < 3 or total == 0:
+        return f"moved {total:+.3g} over the run"
+    k = int(np.argmax((v - v[0]) / total >= share))
+    band = (v[k:].max() - v[k:].min()) / 2 / abs(v[k]) if v[k] else float("nan")
+    return (f"made {share:.0%} of its {total / abs(v[0]):+.1%} move by step {steps[k]} of {steps[-1]}, then stayed "
+            f"within +-{band:.2%}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import open_dict
 
-from analysis.experiments.fig16_lr import by_lr
+from analysis.experiments.fig16_lr import by_lr, describe
 from tests.toy_runs import BUILTIN_VAL, compose_toy, direct_sum, is_count_of, shared_dir, spearman_np, toy_roots
 
 
@@ -19,6 +19,21 @@ def test_by_lr_aggregates_synthetic_runs():
     assert [r["lr"] for r in rows] == [1e-2, 1e-4]
     assert rows[0]["converged"] == 0 and rows[0]["trend_down"] == 1 and abs(rows[0]["mean_val_acc"] - 0.15) < 1e-12
     assert rows[1]["converged"] == 1 and rows[1]["mean_spearman"] == -0.9
+
+
+def test_note_says_how_far_a_converged_run_against_the_trend_moved():
+    """The note names each converged run that does not trend down, with its score's relative move, against the
+    median fall of those that do; runs that did not converge are not in it."""
+    def s(lr, i, first, last, agrees, conv=True):
+        return {"lr": lr, "seed_index": i, "val_accuracy": 0.8, "converged": conv,
+                "trend": {"first": first, "last": last, "agrees": agrees}}
+    series = [s(1e-3, 0, 100.0, 90.0, True), s(1e-3, 1, 100.0, 94.0, True), s(1e-3, 2, 100.0, 98.0, True),
+              s(5e-6, 0, 100.0, 100.02, False), s(1e-2, 0, 100.0, 130.0, False, conv=False)]
+    notes = describe({"series": series})["notes"]
+    assert "1 converged run does not trend down: lr 5e-06 seed 0 (val acc 0.80) moved its score by +0.020%" in notes
+    assert notes.endswith("against a median fall of 6.00% in the converged runs that trend down.")
+    assert "lr 0.01" not in notes
+    assert "does not trend down" not in describe({"series": series[:3]})["notes"]
 
 
 @pytest.mark.slow

@@ -86,3 +86,21 @@ def test_repeated_trajectory_root_is_refused():
                                                                    "tasks": ["a", "b"], "cache": "x"}}})
     with pytest.raises(ConfigError, match=r"analysis.trajectory.roots lists \['builtin:vit_a1'\] more than once"):
         tr.root_trajectories(cfg)
+
+
+def test_settled_says_where_a_score_made_its_move():
+    """A score that falls early and then wanders on a plateau: where 90% of the move was made, and how far it
+    wandered after (the plateau's noise sets its Spearman rho)."""
+    from analysis.trends import panel_why, settled
+
+    steps, values = [0, 1, 2, 3, 4, 5], [10.0, 8.1, 8.0, 8.05, 7.98, 8.02]
+    assert settled(steps, values) == "made 90% of its -19.8% move by step 1 of 5, then stayed within +-0.74%"
+    assert settled([0, 1, 2], [1.0, 1.0, 1.0]) == "moved +0 over the run"
+    results = {"min_abs_rho": 0.8, "panels": {
+        "kurtosis": {"spearman": {"r0": -1.0, "r1": -0.3}, "direction": "down", "consistent": False},
+        "variance": {"spearman": {"r0": 1.0, "r1": 1.0}, "direction": "up", "consistent": True}},
+        "series": [{"panel": "kurtosis", "root": "r0", "steps": steps, "values": [10, 9, 8, 7, 6, 5]},
+                   {"panel": "kurtosis", "root": "r1", "steps": steps, "values": values}]}
+    why = panel_why(results, "kurtosis")
+    assert "r1 made 90% of its -19.8% move by step 1 of 5" in why and "r0 made" not in why
+    assert why.endswith("consistently monotone instead: variance")

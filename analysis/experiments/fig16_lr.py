@@ -88,6 +88,22 @@ def render(results: dict, out_dir: Path) -> None:
     report.write_table(rows, out_dir, f"{NAME}_runs", caption="Fig. 16: every run")
 
 
+def _moved(s: dict) -> float:
+    """The score's change over the run, relative to where it started."""
+    t = s["trend"]
+    return (t["last"] - t["first"]) / abs(t["first"]) if t["first"] else float("nan")
+
+
+def against_the_trend(converged: list[dict]) -> str:
+    """Why converged runs fail to trend down, in their own numbers: how far each one's score moved, against the
+    median fall of the converged runs that do trend down (a score that hardly moves has no direction to show)."""
+    falling = [abs(_moved(s)) for s in converged if s["trend"]["agrees"]]
+    median = float(np.median(falling)) if falling else float("nan")
+    parts = [f"lr {s['lr']:g} seed {s['seed_index']} (val acc {s['val_accuracy']:.2f}) moved its score by "
+             f"{_moved(s):+.3%} over the run" for s in converged if not s["trend"]["agrees"]]
+    return "; ".join(parts) + f", against a median fall of {median:.2%} in the converged runs that trend down"
+
+
 def describe(results: dict) -> dict[str, str]:
     """Title, the paper's claim, ours, and how they compare."""
     conv = [s for s in results["series"] if s["converged"]]
@@ -98,7 +114,7 @@ def describe(results: dict) -> dict[str, str]:
             f"non-converged runs: {len(bad)} (lrs {', '.join(f'{x:g}' for x in not_conv_lrs) or 'none'})")
     plain = "" if down == len(conv) else (
         f" Unlike the paper, {len(conv) - down} converged run{'s do' if len(conv) - down > 1 else ' does'} not "
-        f"trend down.")
+        f"trend down: {against_the_trend(conv)}.")
     return {"title": "Fig. 16: direction score along fine-tuning for learning rates 1e-2 .. 1e-6",
             "paper": "monotone for all converged runs; not for 5e-3 and 1e-2 (accuracy < 20%, not converged)",
             "ours": ours, "notes": "Built-in tiny root and task, fewer epochs than the paper." + plain}
