@@ -96,6 +96,24 @@ def test_c_sensitivity_toy(cfg_factory, tmp_path):
     assert res["cs"] == [0.1, 0.3, 3.0]
     accs = res["subgraphs"]["FT"]["accuracy"]
     assert accs == [1.0, 1.0, 1.0]  # synthetic graph: distance and kurtosis agree, so every c recovers it all
+    ft = res["subgraphs"]["FT"]
+    assert ft["reversed"] == [0, 0, 0] and ft["undirected"] == [1.0, 1.0, 1.0] and ft["direction_falls"] == 1.0
+
+
+def test_c_note_says_why_accuracy_moves_with_c():
+    """A sub-graph whose accuracy moves over c is named with its reversed edges at the smallest and largest c and
+    the share of true edges the direction score orients right; a steady one is not."""
+    from analysis.experiments.c_sensitivity import describe
+
+    moving = {"graph": "g", "accuracy": [1.0, 0.84], "undirected": [1.0, 1.0], "reversed": [0, 16], "n_edges": 100,
+              "direction_falls": 0.84}
+    steady = {"graph": "h", "accuracy": [0.91, 0.93], "undirected": [0.95, 0.95], "reversed": [4, 2],
+              "n_edges": 100, "direction_falls": 0.9}
+    notes = describe({"cs": [3.0, 0.1], "subgraphs": {"LoRA-F": moving, "FT": steady}})["notes"]
+    assert ("varies by up to 0.160 over c, unlike the paper's claim: LoRA-F (0.84 at c=0.1, 1.00 at c=3; reversed "
+            "edges 16 -> 0 of 100, undirected 1.00 -> 1.00; the direction score falls along 84% of the true edges)"
+            ) in notes
+    assert "FT (" not in notes
 
 
 def test_c_outside_range_fails(cfg_factory):
