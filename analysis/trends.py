@@ -102,6 +102,7 @@ def settled(steps: Sequence[int], values: Sequence[float], share: float = 0.9) -
         return f"moved {total:+.3g} over the run"
     k = int(np.argmax((v - v[0]) / total >= share))
     band = (v[k:].max() - v[k:].min()) / 2 / abs(v[k]) if v[k] else float("nan")
-    return (f"made {share:.0%} of its {total / abs(v[0]):+.1%} move by step {steps[k]} of {steps[-1]}, then stayed "
+    move = f"{total / abs(v[0]):+.1%}" if v[0] else f"{total:+.3g}"
+    return (f"made {share:.0%} of its {move} move by step {steps[k]} of {steps[-1]}, then stayed "
             f"within +-{band:.2%}")
 

@@ -3,6 +3,7 @@ Each sub-graph is analysed and clustered once; only the MDST is rerun per c."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -43,7 +44,7 @@ def compute(cfg: DictConfig) -> dict:
     return {"cs": cs, "reference_c": float(k.reference_c), "subgraphs": out}
 
 
-def direction_falls(wa, graph_dir: Path) -> float:
+def direction_falls(wa: Any, graph_dir: Path) -> float:
     """Share of the true edges whose child has the lower direction score (the orientation a large c imposes)."""
     index = {m: i for i, m in enumerate(wa.ids)}
     edges = [(index[p], index[c]) for p, c in read_graph(graph_dir)["edges"] if p in index and c in index]
