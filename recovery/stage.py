@@ -146,35 +146,49 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
                         "stages_file": str(stages_file) if stages_file else None, "strict": strict})
     metrics = None
     if truth is not None:
-        metrics, eval_warnings = evaluate(ids, edges, clustering.labels.tolist(), truth)
-        metrics["ground_truth"] = str(ground_truth)
-        if cluster["n_trees"] == "truth":   # the trees were handed over; score clustering with their number known
-            from recovery.evaluate import clustering_accuracy
-            known_k = cluster_trees(wa.l2, **{**cluster, "n_trees": int(metrics["n_trees_true"])})
-            metrics["clustering_accuracy_known_k"] = clustering_accuracy(
-                ids, known_k.labels.tolist(), truth.roots())["clustering_accuracy"]
-        warnings += eval_warnings
+        metrics = score(wa, edges, clustering.labels.tolist(), truth, ground_truth, cluster, warnings)
     for w in warnings:
         log.warning(w)
-
-    paths: dict[str, str] = {}
-    if output_dir is not None:
-        out = Path(output_dir)
-        for stale in ({"metrics.json"} if metrics is None else set()) | (set() if plot else {"tree.png"}):
-            if (out / stale).is_file():   # an earlier run's, which would read as this run's
-                (out / stale).unlink()
-                log.warning(f"{out / stale}: removed, an earlier run's output (this run writes none)")
-        paths["tree"] = str(write_json(out / "tree.json", jsonable(doc)))
-        from recovery.export import write_exports
-        paths.update(write_exports(jsonable(doc), out))
-        if metrics is not None:
-            paths["metrics"] = str(write_json(out / "metrics.json", jsonable(metrics)))
-        if plot:
-            from recovery.plot import plot_tree
-            paths["plot"] = str(plot_tree(doc, out / "tree.png", metrics))
+    paths = write_outputs(Path(output_dir), doc, metrics, plot) if output_dir is not None else {}
     if not quiet:
         print(summary(doc, metrics, paths))
     return {"tree": doc, "metrics": metrics, "paths": paths, "warnings": warnings, "analysis": None if knn else wa}
+
+
+def score(wa: Any, edges: list[tuple[str, str]], labels: list[int], truth: Any, source: str | Path,
+          cluster: Mapping, warnings: list[str]) -> dict[str, Any]:
+    """recovery.evaluate's metrics of the recovered edges against `truth` (read from `source`; its warnings appended
+    to `warnings`); with the known trees handed over (`n_trees=truth`), also the clustering accuracy of a clustering
+    told only their number."""
+    metrics, eval_warnings = evaluate(wa.ids, edges, labels, truth)
+    metrics["ground_truth"] = str(source)
+    if cluster["n_trees"] == "truth":
+        from recovery.evaluate import clustering_accuracy
+        known_k = cluster_trees(wa.l2, **{**cluster, "n_trees": int(metrics["n_trees_true"])})
+        metrics["clustering_accuracy_known_k"] = clustering_accuracy(
+            wa.ids, known_k.labels.tolist(), truth.roots())["clustering_accuracy"]
+    warnings += eval_warnings
+    return metrics
+
+
+def write_outputs(out: Path, doc: dict, metrics: dict | None, plot: bool) -> dict[str, str]:
+    """tree.json (and its exports), metrics.json and tree.png into `out`; an earlier run's file that this run does
+    not write is removed, so it cannot be read as this run's. Returns {name: path}."""
+    from recovery.export import write_exports
+
+    paths: dict[str, str] = {}
+    for stale in ({"metrics.json"} if metrics is None else set()) | (set() if plot else {"tree.png"}):
+        if (out / stale).is_file():
+            (out / stale).unlink()
+            log.warning(f"{out / stale}: removed, an earlier run's output (this run writes none)")
+    paths["tree"] = str(write_json(out / "tree.json", jsonable(doc)))
+    paths.update(write_exports(jsonable(doc), out))
+    if metrics is not None:
+        paths["metrics"] = str(write_json(out / "metrics.json", jsonable(metrics)))
+    if plot:
+        from recovery.plot import plot_tree
+        paths["plot"] = str(plot_tree(doc, out / "tree.png", metrics))
+    return paths
 
 
 def check_output_dir(out: Path) -> None:
