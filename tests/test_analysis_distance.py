@@ -64,6 +64,7 @@ def test_fig1_toy(cfg_factory, tmp_path, saved_figures):
     assert lora["edge_length_spread"] >= 1.0
     notes = read_json(tmp_path / "results" / "fig1_distance" / "experiment.json")["notes"]
     assert notes.count("the edges' sizes allow at most") == 2
+    assert "calibration target" not in notes   # toy scale: only the mini graphs' recipes were chosen by it
     assert (tmp_path / "results" / "fig1_distance" / "fig1_distance.png").is_file()
     # the figure draws these numbers: every pair (jittered in x only) and the mean per edge distance
     (fig,) = saved_figures
