@@ -116,6 +116,13 @@ DIRECTION_ROOM_NOTE = ("root kurtosis/layer: the roots' direction statistic (kur
                        "over the direction layers; median fall/layer: the median edge's fall in it (parent - child)")
 
 
+def direction_falls(edges: list[list[str]], wa: Any) -> float:
+    """Share of the (parent, child) `edges` measured in `wa` whose child has the lower direction score (nan: none)."""
+    index = {m: i for i, m in enumerate(wa.ids)}
+    falls = [float(wa.direction[index[c]] < wa.direction[index[p]]) for p, c in edges if p in index and c in index]
+    return float(np.mean(falls)) if falls else math.nan
+
+
 def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
     """The measures of the paper's two premises on one graph, from its weight analysis `wa` (recovery's distances
     and direction scores): per tree and averaged over the trees, Fig. 1 / path rho, additivity, nearest model is
@@ -125,8 +132,6 @@ def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
     index = {m: i for i, m in enumerate(wa.ids)}
     meta = graph["meta"]
     tasks = {n: meta[n].get("task") for n in graph["nodes"] if meta[n].get("parent") is not None}
-    falls = [float(wa.direction[index[c]] < wa.direction[index[p]]) for p, c in graph["edges"]
-             if p in index and c in index]
     per_layer = np.asarray(wa.direction_per_layer, dtype=np.float64)   # (models, direction layers)
     layered = per_layer.ndim == 2 and per_layer.shape[1] > 0
     roots = [index[n] for n in graph["nodes"] if meta[n].get("parent") is None and n in index] if layered else []
@@ -142,7 +147,7 @@ def premise_measures(graph: Mapping, wa: Any) -> dict[str, Any]:
             "rho_ceiling": mean("rho_ceiling"), "edge_length_spread": mean("edge_length_spread"),
             "additivity": mean("additivity"), "nearest_is_neighbour": mean("nearest_is_neighbour"),
             "same_task_closer": mean("same_task_closer"), "other_task_closer": mean("other_task_closer"),
-            "kurtosis_falls": float(np.mean(falls)) if falls else math.nan,
+            "kurtosis_falls": direction_falls(graph["edges"], wa),
             "root_direction": float(np.mean([np.nanmean(per_layer[r]) for r in roots])) if roots else math.nan,
             "direction_drop": float(np.median(drops)) if drops else math.nan, "per_tree": per_tree}
 

@@ -14,6 +14,7 @@ passes graph.json's stages, whose roots are generalization models, which tells r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -184,8 +185,6 @@ def all_specialization(ids: Iterable[str]) -> dict[str, str]:
 
 def with_stages(wa: Any, stages: str) -> Any:
     """A weight analysis told the stages of `analysis.stages`: graph.json's (`given`) or all specialization."""
-    import dataclasses
-
     return dataclasses.replace(wa, stages=all_specialization(wa.ids)) if stages == "none" else wa
 
 

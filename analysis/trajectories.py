@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def root_trajectories(cfg: Any) -> list[dict[str, Any]]:
     k = knobs(cfg, "trajectory")
     if not k.roots:
         raise ConfigError("no roots configured (analysis.trajectory.roots is empty)")
-    repeated = sorted({str(r) for r in k.roots if list(k.roots).count(r) > 1})
+    repeated = sorted(r for r, n in Counter(map(str, k.roots)).items() if n > 1)
     if repeated:   # the panels summarise one run per root (Spearman rho keyed by root)
         raise ConfigError(f"analysis.trajectory.roots lists {repeated} more than once; each root has one fine-tune run")
     cache = analysis_cache(cfg, str(k.cache))

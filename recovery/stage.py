@@ -146,7 +146,8 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
                         "stages_file": str(stages_file) if stages_file else None, "strict": strict})
     metrics = None
     if truth is not None:
-        metrics = score(wa, edges, clustering.labels.tolist(), truth, ground_truth, cluster, warnings)
+        metrics, eval_warnings = score(wa, edges, clustering.labels.tolist(), truth, ground_truth, cluster)
+        warnings += eval_warnings
     for w in warnings:
         log.warning(w)
     paths = write_outputs(Path(output_dir), doc, metrics, plot) if output_dir is not None else {}
@@ -156,10 +157,9 @@ def recover(path: str | Path, *, ground_truth: str | Path | None = None, output_
 
 
 def score(wa: Any, edges: list[tuple[str, str]], labels: list[int], truth: Any, source: str | Path,
-          cluster: Mapping, warnings: list[str]) -> dict[str, Any]:
-    """recovery.evaluate's metrics of the recovered edges against `truth` (read from `source`; its warnings appended
-    to `warnings`); with the known trees handed over (`n_trees=truth`), also the clustering accuracy of a clustering
-    told only their number."""
+          cluster: Mapping) -> tuple[dict[str, Any], list[str]]:
+    """recovery.evaluate's (metrics, warnings) of the recovered edges against `truth` (read from `source`); with the
+    known trees handed over (`n_trees=truth`), also the clustering accuracy of a clustering told only their number."""
     metrics, eval_warnings = evaluate(wa.ids, edges, labels, truth)
     metrics["ground_truth"] = str(source)
     if cluster["n_trees"] == "truth":
@@ -167,8 +167,7 @@ def score(wa: Any, edges: list[tuple[str, str]], labels: list[int], truth: Any, 
         known_k = cluster_trees(wa.l2, **{**cluster, "n_trees": int(metrics["n_trees_true"])})
         metrics["clustering_accuracy_known_k"] = clustering_accuracy(
             wa.ids, known_k.labels.tolist(), truth.roots())["clustering_accuracy"]
-    warnings += eval_warnings
-    return metrics
+    return metrics, eval_warnings
 
 
 def write_outputs(out: Path, doc: dict, metrics: dict | None, plot: bool) -> dict[str, str]:
@@ -181,8 +180,9 @@ def write_outputs(out: Path, doc: dict, metrics: dict | None, plot: bool) -> dic
         if (out / stale).is_file():
             (out / stale).unlink()
             log.warning(f"{out / stale}: removed, an earlier run's output (this run writes none)")
-    paths["tree"] = str(write_json(out / "tree.json", jsonable(doc)))
-    paths.update(write_exports(jsonable(doc), out))
+    record = jsonable(doc)
+    paths["tree"] = str(write_json(out / "tree.json", record))
+    paths.update(write_exports(record, out))
     if metrics is not None:
         paths["metrics"] = str(write_json(out / "metrics.json", jsonable(metrics)))
     if plot:

@@ -3,13 +3,13 @@ Each sub-graph is analysed and clustered once; only the MDST is rerun per c."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
+from analysis.premises import direction_falls
 from analysis.recover import analysis_stages, analyze, forest, recovery_options
 from analysis.report import knobs, run_experiment, save_figure, write_table
 
@@ -40,15 +40,8 @@ def compute(cfg: DictConfig) -> dict:
         out[label] = {"graph": graph_dir.name, "accuracy": [m["edge_accuracy"] for m in runs],
                       "undirected": [m["undirected_accuracy"] for m in runs],
                       "reversed": [m["n_edges_reversed"] for m in runs], "n_edges": runs[0]["n_edges_true"],
-                      "direction_falls": direction_falls(wa, graph_dir)}
+                      "direction_falls": direction_falls(read_graph(graph_dir)["edges"], wa)}
     return {"cs": cs, "reference_c": float(k.reference_c), "subgraphs": out}
-
-
-def direction_falls(wa: Any, graph_dir: Path) -> float:
-    """Share of the true edges whose child has the lower direction score (the orientation a large c imposes)."""
-    index = {m: i for i, m in enumerate(wa.ids)}
-    edges = [(index[p], index[c]) for p, c in read_graph(graph_dir)["edges"] if p in index and c in index]
-    return float(sum(wa.direction[c] < wa.direction[p] for p, c in edges) / len(edges)) if edges else float("nan")
 
 
 def why_it_moves(cs: list[float], s: dict) -> str:
