@@ -1,4 +1,4 @@
-"""Minimum directed spanning tree (arborescence) on a dense cost matrix: Chu-Liu/Edmonds, Tarjan's O(n^2) form.
+"""Minimum directed spanning tree (arborescence): Chu-Liu/Edmonds, Tarjan's O(n^2) form on a dense cost matrix.
 
 `cost[i, j]` is the cost of the edge i -> j (i the parent). Cycles are found by growing one path of cheapest
 incoming edges at a time; a cycle is contracted into a new super node whose incoming costs are the members'
@@ -8,8 +8,14 @@ the contraction forest once (Tarjan 1977 with the Camerini et al. 1979 correctio
 
 With `root=None` the best root is chosen too: a virtual super-root gets an edge of one large constant cost into
 every node, larger than any spanning tree's total, so the optimum uses exactly one of them.
+
+`min_arborescence_sparse` gives the same answer on a candidate edge list (recovery.sparse): each node's incoming
+edges in a binary heap with a lazy offset, merged small into large when a cycle is contracted. Both can return
+Edmonds' dual solution; `chain_sums` turns it into the per-node bound that certifies a candidate graph.
 """
 from __future__ import annotations
+
+import heapq
 
 import numpy as np
 
@@ -215,3 +221,149 @@ def _contract(incoming: np.ndarray, new: int, cycle: list[int], row_of: np.ndarr
     row_of[new] = row_of[cycle[0]]
     incoming[row_of[new]] = merged
     members[new], dst_of[new] = inside, dst
+
+
+# ------------------------------------------------------------------------------ sparse candidate graphs
+def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray,
+                            root: int | None = None, duals: dict | None = None) -> np.ndarray:
+    """Minimum spanning arborescence of the digraph with edges src[e] -> dst[e] of cost cost[e].
+
+    The same answer as `min_arborescence` on the dense matrix that holds these edges (+inf
+    elsewhere), including the free root (`root=None`: a virtual root with one large edge into every node).
+    Edmonds / Tarjan path growing; each node's incoming edges in a binary heap with a lazy offset, merged small into
+    large when a cycle is contracted.
+
+    `duals`, if a dict, receives Edmonds' dual solution as `min_arborescence` gives it.
+
+    Returns:
+        (n,) parent array, -1 for the root.
+
+    Raises:
+        ValueError: bad input, or no spanning arborescence over these edges.
+    """
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    cost = np.asarray(cost, dtype=np.float64)
+    if not (src.shape == dst.shape == cost.shape) or src.ndim != 1:
+        raise ValueError(f"src, dst, cost must be equal-length vectors, got {src.shape}, {dst.shape}, {cost.shape}")
+    if n < 1:
+        raise ValueError("no nodes")
+    if ((src < 0) | (src >= n) | (dst < 0) | (dst >= n)).any():
+        raise ValueError(f"edge endpoints out of range for {n} nodes")
+    if np.isnan(cost).any() or np.isneginf(cost).any():
+        raise ValueError("edge costs hold NaN or -inf")
+    if root is not None and not 0 <= root < n:
+        raise ValueError(f"root {root} out of range for {n} nodes")
+    if n == 1:
+        return np.array([-1])
+    keep = (src != dst) & np.isfinite(cost)
+    if root is not None:
+        keep &= dst != root
+    src, dst, cost = src[keep], dst[keep], cost[keep]
+    top, lo = root, 0.0
+    if root is None:
+        lo, hi = (float(cost.min()), float(cost.max())) if cost.size else (0.0, 0.0)
+        big = n * (hi - lo) + 1.0
+        cost = cost - lo
+        src = np.concatenate([src, np.full(n, n)])
+        dst = np.concatenate([dst, np.arange(n)])
+        cost = np.concatenate([cost, np.full(n, big)])
+        top = n
+    parent = _edmonds_sparse(n + (root is None), src, dst, cost, top, duals)
+    if duals is not None:
+        duals["shift"] = lo
+    return root_parent(parent, n, root, "candidate edges")
+
+
+def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, top: int,
+                    duals: dict | None = None) -> np.ndarray:
+    """Parent array of the minimum arborescence of m nodes rooted at `top` over the given edges."""
+    order = np.lexsort((np.arange(len(dst)), cost, dst))
+    bounds = np.searchsorted(dst[order], np.arange(m + 1))
+    heaps: list[list] = [list(zip(cost[order[a:b]].tolist(), order[a:b].tolist()))
+                         for a, b in zip(bounds[:-1], bounds[1:])]    # sorted lists are valid heaps
+    heaps += [[] for _ in range(m)]                       # super nodes m .. 2m-2
+    offset = [0.0] * (2 * m)
+    comp = list(range(2 * m))
+    forest = [-1] * (2 * m)
+    state = [0] * (2 * m)                                 # 0 unseen, 1 on path, 2 done
+    in_edge = [-1] * (2 * m)
+    in_cost = [0.0] * (2 * m)
+    children: dict[int, list[int]] = {}
+    src_l = src.tolist()
+
+    def find(a: int) -> int:
+        return find_root(comp, a)
+
+    state[top] = 2
+    next_id = m
+    for start in range(m):
+        a = find(start)
+        if state[a] != 0:
+            continue
+        path: list[int] = []
+        pos: dict[int, int] = {}
+        while True:
+            h = heaps[a]
+            while h and find(src_l[h[0][1]]) == a:
+                heapq.heappop(h)
+            if not h:
+                raise ValueError(f"no spanning arborescence: node {start} cannot be reached from the root")
+            c, e = heapq.heappop(h)
+            in_edge[a], in_cost[a] = e, c + offset[a]
+            pos[a] = len(path)
+            path.append(a)
+            state[a] = 1
+            b = find(src_l[e])
+            if state[b] == 2:
+                for x in path:
+                    state[x] = 2
+                break
+            if state[b] == 0:
+                a = b
+                continue
+            cycle = path[pos[b]:]
+            del path[pos[b]:]
+            for x in cycle:
+                del pos[x]
+            a, next_id = next_id, next_id + 1
+            big = max(cycle, key=lambda x: len(heaps[x]))
+            merged, base = heaps[big], offset[big] - in_cost[big]
+            for x in cycle:
+                if x != big:
+                    shift = offset[x] - in_cost[x] - base
+                    for c2, e2 in heaps[x]:
+                        heapq.heappush(merged, (c2 + shift, e2))
+                    heaps[x] = []
+                comp[x] = a
+                forest[x] = a
+            heaps[big] = []
+            heaps[a], offset[a] = merged, base
+            children[a] = cycle
+
+    if duals is not None:
+        duals.update(forest=np.array(forest[:next_id]), y=np.array(in_cost[:next_id]),
+                     src=np.array([src_l[e] if e >= 0 else -1 for e in in_edge[:next_id]]))
+    parent = np.full(m, -1)
+    dst_l = dst.tolist()
+    stack = [x for x in range(next_id) if forest[x] == -1 and x != top]
+    while stack:
+        x = stack.pop()
+        v = dst_l[in_edge[x]]
+        parent[v] = src_l[in_edge[x]]
+        below, y = v, forest[v]
+        while below != x:      # dissolve the super nodes between leaf v and x; their other parts keep their edges
+            stack.extend(ch for ch in children[y] if ch != below)
+            below, y = y, forest[y]
+    return parent
+
+
+def chain_sums(duals: dict, n: int) -> np.ndarray:
+    """Per node 0..n-1, the sum of the duals y of the node and of every super node holding it, leaving out the one
+    that took its in-edge from the virtual root (it holds every node). Any edge u -> v not on the candidate graph
+    whose cost, less `duals["shift"]`, is at least this sum at v keeps the arborescence optimal with it added."""
+    forest, y, src = duals["forest"], duals["y"], duals["src"]
+    own = np.where(src == n, 0.0, y)
+    total = np.zeros(len(forest))
+    for x in range(len(forest) - 1, -1, -1):      # a super node's id exceeds those of its members
+        total[x] = own[x] + (total[forest[x]] if forest[x] >= 0 else 0.0)
+    return total[:n]

@@ -20,8 +20,8 @@ get an exact distance:
 4. Trees: per cluster, the paper's cost M = D + lambda (K xor T) (+ the stage-order term) on the candidate edges
    only, with lambda = c * mean of D over all pairs of the cluster (exact, from step 2 plus exact cross-group
    blocks when a cluster joins groups), and a minimum spanning arborescence on that sparse graph
-   (`min_arborescence_sparse`: Edmonds with heaps merged small into large; recovery.mdst on a +inf-masked matrix
-   for clusters up to `dense_max` models).
+   (recovery.mdst's `min_arborescence_sparse`: Edmonds with heaps merged small into large; `min_arborescence` on
+   a +inf-masked matrix for clusters up to `dense_max` models).
 5. Certificate: Edmonds' dual solution bounds, per model v, what a missing edge into v would have to cost to
    improve the tree; a model's k-th exact neighbour distance bounds every missing edge from below. Where that
    bound does not clear the duals, v's exact distances to its cluster are computed, the pairs that could matter are
@@ -32,7 +32,6 @@ scripts/bench_sparse.py measures both at 2,000 and 10,000 models.
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from common.errors import ConfigError
 from common.schema import merge_options
 from recovery.cluster import Clustering, cluster_linkage
 from recovery.config import ClusterOptions, SparseOptions
-from recovery.mdst import find_root, min_arborescence, root_parent
+from recovery.mdst import chain_sums, min_arborescence, min_arborescence_sparse
 
 log = logging.getLogger("mother.recovery.sparse")
 
@@ -333,140 +332,6 @@ def cluster_lambdas(x: np.ndarray, splits: list[int], groups: Groups, labels: np
     return lams
 
 
-# ----------------------------------------------------------------------------------------------- arborescence
-def min_arborescence_sparse(n: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray,
-                            root: int | None = None, duals: dict | None = None) -> np.ndarray:
-    """Minimum spanning arborescence of the digraph with edges src[e] -> dst[e] of cost cost[e].
-
-    The same answer as recovery.mdst.min_arborescence on the dense matrix that holds these edges (+inf
-    elsewhere), including the free root (`root=None`: a virtual root with one large edge into every node).
-    Edmonds / Tarjan path growing; each node's incoming edges in a binary heap with a lazy offset, merged small into
-    large when a cycle is contracted.
-
-    `duals`, if a dict, receives Edmonds' dual solution as recovery.mdst.min_arborescence gives it.
-
-    Returns:
-        (n,) parent array, -1 for the root.
-
-    Raises:
-        ValueError: bad input, or no spanning arborescence over these edges.
-    """
-    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
-    cost = np.asarray(cost, dtype=np.float64)
-    if not (src.shape == dst.shape == cost.shape) or src.ndim != 1:
-        raise ValueError(f"src, dst, cost must be equal-length vectors, got {src.shape}, {dst.shape}, {cost.shape}")
-    if n < 1:
-        raise ValueError("no nodes")
-    if ((src < 0) | (src >= n) | (dst < 0) | (dst >= n)).any():
-        raise ValueError(f"edge endpoints out of range for {n} nodes")
-    if np.isnan(cost).any() or np.isneginf(cost).any():
-        raise ValueError("edge costs hold NaN or -inf")
-    if root is not None and not 0 <= root < n:
-        raise ValueError(f"root {root} out of range for {n} nodes")
-    if n == 1:
-        return np.array([-1])
-    keep = (src != dst) & np.isfinite(cost)
-    if root is not None:
-        keep &= dst != root
-    src, dst, cost = src[keep], dst[keep], cost[keep]
-    top, lo = root, 0.0
-    if root is None:
-        lo, hi = (float(cost.min()), float(cost.max())) if cost.size else (0.0, 0.0)
-        big = n * (hi - lo) + 1.0
-        cost = cost - lo
-        src = np.concatenate([src, np.full(n, n)])
-        dst = np.concatenate([dst, np.arange(n)])
-        cost = np.concatenate([cost, np.full(n, big)])
-        top = n
-    parent = _edmonds_sparse(n + (root is None), src, dst, cost, top, duals)
-    if duals is not None:
-        duals["shift"] = lo
-    return root_parent(parent, n, root, "candidate edges")
-
-
-def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, top: int,
-                    duals: dict | None = None) -> np.ndarray:
-    """Parent array of the minimum arborescence of m nodes rooted at `top` over the given edges."""
-    order = np.lexsort((np.arange(len(dst)), cost, dst))
-    bounds = np.searchsorted(dst[order], np.arange(m + 1))
-    heaps: list[list] = [list(zip(cost[order[a:b]].tolist(), order[a:b].tolist()))
-                         for a, b in zip(bounds[:-1], bounds[1:])]    # sorted lists are valid heaps
-    heaps += [[] for _ in range(m)]                       # super nodes m .. 2m-2
-    offset = [0.0] * (2 * m)
-    comp = list(range(2 * m))
-    forest = [-1] * (2 * m)
-    state = [0] * (2 * m)                                 # 0 unseen, 1 on path, 2 done
-    in_edge = [-1] * (2 * m)
-    in_cost = [0.0] * (2 * m)
-    children: dict[int, list[int]] = {}
-    src_l = src.tolist()
-
-    def find(a: int) -> int:
-        return find_root(comp, a)
-
-    state[top] = 2
-    next_id = m
-    for start in range(m):
-        a = find(start)
-        if state[a] != 0:
-            continue
-        path: list[int] = []
-        pos: dict[int, int] = {}
-        while True:
-            h = heaps[a]
-            while h and find(src_l[h[0][1]]) == a:
-                heapq.heappop(h)
-            if not h:
-                raise ValueError(f"no spanning arborescence: node {start} cannot be reached from the root")
-            c, e = heapq.heappop(h)
-            in_edge[a], in_cost[a] = e, c + offset[a]
-            pos[a] = len(path)
-            path.append(a)
-            state[a] = 1
-            b = find(src_l[e])
-            if state[b] == 2:
-                for x in path:
-                    state[x] = 2
-                break
-            if state[b] == 0:
-                a = b
-                continue
-            cycle = path[pos[b]:]
-            del path[pos[b]:]
-            for x in cycle:
-                del pos[x]
-            a, next_id = next_id, next_id + 1
-            big = max(cycle, key=lambda x: len(heaps[x]))
-            merged, base = heaps[big], offset[big] - in_cost[big]
-            for x in cycle:
-                if x != big:
-                    shift = offset[x] - in_cost[x] - base
-                    for c2, e2 in heaps[x]:
-                        heapq.heappush(merged, (c2 + shift, e2))
-                    heaps[x] = []
-                comp[x] = a
-                forest[x] = a
-            heaps[big] = []
-            heaps[a], offset[a] = merged, base
-            children[a] = cycle
-
-    if duals is not None:
-        duals.update(forest=np.array(forest[:next_id]), y=np.array(in_cost[:next_id]),
-                     src=np.array([src_l[e] if e >= 0 else -1 for e in in_edge[:next_id]]))
-    parent = np.full(m, -1)
-    dst_l = dst.tolist()
-    stack = [x for x in range(next_id) if forest[x] == -1 and x != top]
-    while stack:
-        x = stack.pop()
-        v = dst_l[in_edge[x]]
-        parent[v] = src_l[in_edge[x]]
-        below, y = v, forest[v]
-        while below != x:      # dissolve the super nodes between leaf v and x; their other parts keep their edges
-            stack.extend(ch for ch in children[y] if ch != below)
-            below, y = y, forest[y]
-    return parent
-
-
 def edge_costs(i: np.ndarray, j: np.ndarray, d: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
                lam: float, stage_order: bool = True) -> np.ndarray:
     """recovery.mother.cost_matrix's M[i, j] for the edges i -> j only (same terms, same lambda)."""
@@ -476,18 +341,6 @@ def edge_costs(i: np.ndarray, j: np.ndarray, d: np.ndarray, direction: np.ndarra
     if stage_order:
         m = m + lam * (~t[i] & t[j])
     return m
-
-
-def chain_sums(duals: dict, n: int) -> np.ndarray:
-    """Per node 0..n-1, the sum of the duals y of the node and of every super node holding it, leaving out the one
-    that took its in-edge from the virtual root (it holds every node). Any edge u -> v not on the candidate graph
-    whose cost, less `duals["shift"]`, is at least this sum at v keeps the arborescence optimal with it added."""
-    forest, y, src = duals["forest"], duals["y"], duals["src"]
-    own = np.where(src == n, 0.0, y)
-    total = np.zeros(len(forest))
-    for x in range(len(forest) - 1, -1, -1):      # a super node's id exceeds those of its members
-        total[x] = own[x] + (total[forest[x]] if forest[x] >= 0 else 0.0)
-    return total[:n]
 
 
 def _solve_cluster(n: int, s: np.ndarray, t: np.ndarray, cost: np.ndarray, dense_max: int

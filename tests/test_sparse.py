@@ -7,7 +7,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from common.errors import ConfigError
-from recovery import sparse
+from recovery import mdst, sparse
 from recovery.cluster import cluster_trees
 from recovery.distances import pairwise_sq_dists
 from recovery.mdst import min_arborescence
@@ -41,13 +41,13 @@ def test_sparse_arborescence_equals_dense(seed):
     src, dst = np.nonzero(np.isfinite(m))
     for root in (None, int(rng.integers(n))):
         dense = min_arborescence(m, root=root)
-        got = sparse.min_arborescence_sparse(n, src, dst, m[src, dst], root=root)
+        got = mdst.min_arborescence_sparse(n, src, dst, m[src, dst], root=root)
         assert got.tolist() == dense.tolist()
 
 
 def test_sparse_arborescence_reports_unreachable_parts():
     with pytest.raises(ValueError, match="no spanning arborescence"):
-        sparse.min_arborescence_sparse(4, np.array([0, 2]), np.array([1, 3]), np.array([1.0, 1.0]))
+        mdst.min_arborescence_sparse(4, np.array([0, 2]), np.array([1, 3]), np.array([1.0, 1.0]))
 
 
 def test_single_linkage_on_all_pairs_equals_scipy():
