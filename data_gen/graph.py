@@ -26,10 +26,7 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -41,6 +38,7 @@ from common.errors import ConfigError
 from common.io import read_json, sha256_file, write_json
 from common.runinfo import versions
 from data_gen.spec import active_methods, build_spec
+from data_gen.workers import gpu_slots, kill_workers, node_pool, resolve_workers, sigterm_exits, visible_gpus
 
 log = logging.getLogger("mother.data_gen")
 # Recipe keys every node's meta holds (null where they do not apply: roots, LoRA keys of full fine-tunes).
@@ -331,13 +329,6 @@ def trainer_options(dg: Mapping) -> dict[str, Any]:
     return {k: default if dg.get(k) is None else dg[k] for k, default in TRAINER_KEYS.items()}
 
 
-def visible_gpus() -> list[str]:
-    """CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries (its own list when set)."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:count] if listed else [str(i) for i in range(count)]
-
-
 def build_gpus(dg: Mapping) -> list[str]:
     """The GPUs a local build trains on: the visible ones unless `accelerator` is cpu (or mps)."""
     accelerator = str(trainer_options(dg)["accelerator"]).lower()
@@ -347,12 +338,6 @@ def build_gpus(dg: Mapping) -> list[str]:
     if not gpus and accelerator in ("gpu", "cuda"):
         raise ValueError("data_gen.accelerator=gpu, but torch sees no CUDA GPU here; use accelerator=auto or cpu")
     return gpus
-
-
-def gpu_slots(workers: int, gpus: list[str]) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES of each worker: GPUs dealt round robin (distinct while workers <= GPUs); no GPUs:
-    None for each (the workers keep the parent's environment)."""
-    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
 
 
 def _root_unchanged(graph_dir: Path, job: Mapping, *, cache_dir: str | Path | None, data_dir: str | Path | None,
@@ -443,10 +428,10 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
         workers = 1
     bar = tqdm(total=len(jobs), desc=f"graph {dg['name']}", unit="node", disable=not show)
     before = {p.pid for p in multiprocessing.active_children()}
-    pool = _node_pool(workers, threads, gpu_slots(workers, gpus)) if workers > 1 else None
+    pool = node_pool(workers, threads, gpu_slots(workers, gpus)) if workers > 1 else None
     stack = contextlib.ExitStack()
     if pool is not None:
-        stack.enter_context(_sigterm_exits())
+        stack.enter_context(sigterm_exits())
     interrupted = False
     try:
         for level in sorted({j["level"] for j in jobs}):
@@ -479,7 +464,7 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
     finally:
         if pool is not None:
             if interrupted:  # stopped (SIGTERM, Ctrl-C): end the running nodes now, resume rebuilds them
-                _kill_workers(before)
+                kill_workers(before)
                 pool.shutdown(wait=False, cancel_futures=True)
             else:  # done, or a node failed: let the other running nodes finish and save their weights
                 pool.shutdown(cancel_futures=True)
@@ -494,99 +479,6 @@ def build_graph(cfg: DictConfig, *, progress: bool | None = None, finetune_fn: C
             "built": built, "skipped": skipped, "seconds": time.perf_counter() - start,
             "mean_val_accuracy": sum(accs) / len(accs) if accs else None, "complete": graph["complete"],
             "num_threads": threads, "workers": workers, "gpus": gpus}
-
-
-def resolve_workers(value: Any, threads: int, gpus: list[str] | None = None) -> int:
-    """Parallel node builds: an int, or "auto" = one per GPU when the build trains on GPUs (`gpus`), else usable
-    CPU cores // torch threads per node (at least 1)."""
-    if value in (None, "auto") and gpus:
-        return len(gpus)
-    if value in (None, "auto"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // max(threads, 1))
-    if int(value) < 1:
-        raise ConfigError(f"data_gen.workers must be >= 1 or auto, got {value!r}")
-    return int(value)
-
-
-def _node_pool(workers: int, threads: int, slots: list[str | None] | None = None):
-    """Worker processes for one graph build (spawned: no inherited torch state), each pinned to `threads`, to one
-    entry of `slots` (its CUDA_VISIBLE_DEVICES; see `gpu_slots`) and tied to this process's life (`_init_worker`)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    for slot in slots or [None] * workers:
-        queue.put(slot)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=_init_worker, initargs=(threads, os.getpid(), queue))
-
-
-# linux/prctl.h: deliver a signal to this process when its parent thread dies.
-PR_SET_PDEATHSIG = 1
-
-
-def _init_worker(threads: int, parent_pid: int, slots: Any = None) -> None:
-    """Pool worker set-up: die with the building process, take a GPU slot, then pin torch to `threads`.
-
-    A worker whose parent is killed (SIGKILL gives it no chance to clean up) would otherwise go on training as an
-    orphan. On Linux the kernel sends the worker SIGKILL when its parent dies (PR_SET_PDEATHSIG; the pool starts
-    its workers from the thread that submits, the build's own thread, which lives as long as the pool); elsewhere
-    a daemon thread polls the parent id. A parent that died before this ran is caught by the pid check.
-    `slots` is a queue holding one CUDA_VISIBLE_DEVICES value per worker (None: keep the inherited one); each worker
-    takes one before anything starts CUDA in it, so no two workers share a GPU while there are enough.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            log.warning("worker %d: prctl(PR_SET_PDEATHSIG) failed (errno %d); it may outlive its parent",
-                        os.getpid(), ctypes.get_errno())
-    else:
-        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    if slots is not None:
-        slot = slots.get(timeout=60)
-        if slot is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = slot
-    torch.set_num_threads(threads)
-
-
-def _exit_when_orphaned(parent_pid: int, every_s: float = 1.0) -> None:
-    """End this process once its parent is gone (the portable fallback of PR_SET_PDEATHSIG)."""
-    while os.getppid() == parent_pid:
-        time.sleep(every_s)
-    os._exit(1)
-
-
-@contextlib.contextmanager
-def _sigterm_exits():
-    """While a pool builds: SIGTERM raises SystemExit in this (main) thread, so `build_graph` stops its workers
-    before the process ends. Python's default SIGTERM ends the process at once, and at exit the pool would wait
-    for the running nodes. Outside the main thread signals cannot be handled; the workers still die with the
-    process (`_init_worker`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _kill_workers(before: set[int]) -> None:
-    """SIGKILL the worker processes started since `before` (child pids that existed already) and reap them."""
-    for proc in multiprocessing.active_children():
-        if proc.pid not in before:
-            proc.kill()
-            proc.join(timeout=10)
 
 
 def _parallel(pool, graph_dir: Path, todo: list[dict], node_kwargs: Mapping):

@@ -15,10 +15,10 @@ import torch
 from safetensors import safe_open
 
 from common.io import read_json
-from data_gen import graph as graph_mod
 from data_gen.finetune import resolve_trainer
-from data_gen.graph import build_gpus, build_graph, gpu_slots, resolve_workers, trainer_options
+from data_gen.graph import build_gpus, build_graph, trainer_options
 from data_gen.slurm import gpu_launcher
+from data_gen.workers import gpu_slots, node_pool, resolve_workers
 from tests.conftest import ROOT, compose
 
 # one built-in root with one fine-tuned child, 2 steps
@@ -134,7 +134,7 @@ def test_pool_workers_each_take_their_own_gpu(tmp_path, monkeypatch):
     it); the parent's environment is untouched. Each task waits for the other worker, so both must run one."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    pool = graph_mod._node_pool(2, 1, ["3", "5"])
+    pool = node_pool(2, 1, ["3", "5"])
     try:
         futures = [pool.submit(report_gpu, str(tmp_path), 2) for _ in range(2)]
         wait(futures, timeout=300)

@@ -1,5 +1,5 @@
 """A graph build's worker processes die with it: SIGKILL or SIGTERM of `python run.py` while two workers train
-leaves no process of the build running (data_gen.graph: PR_SET_PDEATHSIG in each worker, a SIGTERM handler in
+leaves no process of the build running (data_gen.workers: PR_SET_PDEATHSIG in each worker, a SIGTERM handler in
 the parent), and a rerun finishes the graph with the weights of an uninterrupted build, bit for bit.
 
 Linux only (/proc, prctl). Tiny graph: two built-in roots with one child each, trained in two workers for 20 steps;

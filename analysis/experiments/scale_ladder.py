@@ -118,7 +118,7 @@ def pretrain_rungs(cfg: DictConfig, k: DictConfig) -> list[str]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from data_gen.graph import resolve_workers
+    from data_gen.workers import resolve_workers
 
     todo = [label for label, rung in k.rungs.items() if not rung.get("builtin")
             and not _trained(Path(cfg.analysis.work_dir) / NAME / "roots" / label, rung_recipe(cfg, rung, k)[2])]
