@@ -53,7 +53,8 @@ def series_stats(files: Sequence[str | Path], *, stats: Sequence[str], kinds: Se
     holds extra selection options (regex, exclude_heads). With `per_layer`, each value is instead
     {"sum": s, "per_layer": {layer: v}}.
     """
-    from recovery.checkpoints import ModelReader, ModelSource
+    from recovery.checkpoints import ModelSource
+    from recovery.reader import ModelReader
     from recovery.direction import weight_stat
     from recovery.layers import select_layers
 

@@ -17,8 +17,9 @@ from typing import Mapping
 import numpy as np
 
 from common.io import read_json
-from recovery.checkpoints import (CheckpointError, ModelReader, ModelSource, TensorInfo, _torch_load,
-                                  model_from_folder, read_safetensors_header)
+from recovery.checkpoints import (CheckpointError, ModelSource, TensorInfo, model_from_folder, read_safetensors_header,
+                                  torch_load)
+from recovery.reader import ModelReader
 
 _CACHE = re.compile(r"^models--(?P<name>.+)$")
 _PREFIX = "base_model.model."
@@ -185,7 +186,7 @@ def _find_base(a: AdapterFolder, models: Mapping[str, ModelSource]) -> ModelSour
 def _adapter_header(path: Path) -> dict[str, TensorInfo]:
     if path.suffix == ".safetensors":
         return read_safetensors_header(path)
-    sd = _torch_load(path)
+    sd = torch_load(path)
     return {k: TensorInfo(path, str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in sd.items()}
 
 

@@ -47,7 +47,8 @@ def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: M
                 stages_file: str | Path | None = None, strict: bool = False, chunk: int = 4096) -> FolderMatrix:
     """Read every model's distance layers (flattened) and direction statistic, with the dense path's layer
     choice (recovery.layers.choose_layers, same kinds and fallback); `chunk` models are open at a time."""
-    from recovery.checkpoints import discover, iter_stacked, open_all
+    from recovery.checkpoints import discover
+    from recovery.reader import iter_stacked, open_all
     from recovery.direction import weight_stat
     from recovery.layers import choose_layers, split_architectures
 

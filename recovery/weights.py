@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 
 from common.io import sha256_file
 from common.schema import merge_options
-from recovery.checkpoints import STRICT_HINT, CheckpointError, ModelSource, discover, iter_stacked, open_all
+from recovery.checkpoints import STRICT_HINT, CheckpointError, ModelSource, discover
 from recovery.accumulate import (CueMoments, DirectionStats, FinetuneCertificates, GramSums, LayerBatch, RankEvidence,
                                  RankFactors, SketchEvidence)
 from recovery.config import DirectionOptions, DistanceOptions, LayersOptions
 from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce_ranks
 from recovery.kernels import BlasThreads, Kernel
 from recovery.layers import Layer, choose_layers, models_disagree, numel, split_architectures
+from recovery.reader import iter_stacked, open_all
 
 
 @dataclass

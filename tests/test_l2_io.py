@@ -6,7 +6,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from recovery.accumulate import FinetuneCertificates
-from recovery.checkpoints import discover, iter_stacked, open_all
+from recovery.checkpoints import discover
+from recovery.reader import iter_stacked, open_all
 from recovery.synthetic import finetune, random_weights, vit_shapes, write_tree
 from recovery.weights import _nonfinite_rows, analyze_folder, edge_relations
 

@@ -8,7 +8,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from common.io import write_json
-from recovery.checkpoints import CheckpointError, ModelReader, discover, iter_stacked, open_all, read_safetensors_header
+from recovery.checkpoints import CheckpointError, discover, read_safetensors_header
+from recovery.reader import ModelReader, iter_stacked, open_all
 from recovery.synthetic import vit_shapes, write_tree
 
 

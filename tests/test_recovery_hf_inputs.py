@@ -15,7 +15,8 @@ import torch
 from safetensors.numpy import save_file
 
 from common.errors import InputError
-from recovery.checkpoints import CheckpointError, ModelReader, discover
+from recovery.checkpoints import CheckpointError, discover
+from recovery.reader import ModelReader
 from recovery.synthetic import mlp_shapes
 from tests.recovery_inputs import forest, run_cli, write_truth
 
