@@ -285,7 +285,7 @@ def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, 
     offset = [0.0] * (2 * m)
     comp = list(range(2 * m))
     forest = [-1] * (2 * m)
-    state = [0] * (2 * m)                                 # 0 unseen, 1 on path, 2 done
+    state = [_UNSEEN] * (2 * m)
     in_edge = [-1] * (2 * m)
     in_cost = [0.0] * (2 * m)
     children: dict[int, list[int]] = {}
@@ -294,11 +294,11 @@ def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, 
     def find(a: int) -> int:
         return find_root(comp, a)
 
-    state[top] = 2
+    state[top] = _DONE
     next_id = m
     for start in range(m):
         a = find(start)
-        if state[a] != 0:
+        if state[a] != _UNSEEN:
             continue
         path: list[int] = []
         pos: dict[int, int] = {}
@@ -312,13 +312,13 @@ def _edmonds_sparse(m: int, src: np.ndarray, dst: np.ndarray, cost: np.ndarray, 
             in_edge[a], in_cost[a] = e, c + offset[a]
             pos[a] = len(path)
             path.append(a)
-            state[a] = 1
+            state[a] = _ON_PATH
             b = find(src_l[e])
-            if state[b] == 2:
+            if state[b] == _DONE:
                 for x in path:
-                    state[x] = 2
+                    state[x] = _DONE
                 break
-            if state[b] == 0:
+            if state[b] == _UNSEEN:
                 a = b
                 continue
             cycle = path[pos[b]:]
