@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -153,11 +154,18 @@ def test_calibration_toy(cfg_factory, tmp_path):
 
 
 @pytest.mark.slow
-def test_scale_ladder_toy(cfg_factory, tmp_path):
-    """A rung of a tiny width: root pretrained, FT and LoRA probe trees built from it, measures reported."""
-    stage.run(cfg_factory(["+experiment=scale_ladder", "scale=toy", f"paths.data_dir={tmp_path / 'data'}"]))
+def test_scale_ladder_toy(cfg_factory, tmp_path, caplog):
+    """A rung of a tiny width: root pretrained, FT and LoRA probe trees built from it, measures reported (and logged
+    as the rung finishes, before the whole ladder's)."""
+    from analysis.experiments.scale_ladder import rung_line
+
+    with caplog.at_level(logging.INFO, logger="mother.analysis"):
+        stage.run(cfg_factory(["+experiment=scale_ladder", "scale=toy", f"paths.data_dir={tmp_path / 'data'}"]))
     res = json.loads((tmp_path / "results" / "scale_ladder" / "results.json").read_text())
     assert list(res["rungs"]) == ["d16_s4"]
+    done = [r.getMessage() for r in caplog.records if "rung 1/1 done" in r.getMessage()]
+    assert done == [f"scale_ladder: rung 1/1 done: {rung_line('d16_s4', res['rungs']['d16_s4'])}"]
+    assert "FT: rho" in done[0] and "LoRA-V: rho" in done[0]
     for label, width in (("d16_s4", 16),):
         rung = res["rungs"][label]
         assert rung["root"]["arch"] == f"vit_mini_d{width}" and rung["root"]["steps"] == 4

@@ -192,6 +192,7 @@ def compute(cfg: DictConfig) -> dict:
                                      "undirected_accuracy": acc["undirected_accuracy"]}
         rungs[label] = {"root": {kk: v for kk, v in root.items() if kk != "curve"}, "curve": root["curve"],
                         "probes": probes}
+        log.info("%s: rung %d/%d done: %s", NAME, len(rungs), len(k.rungs), rung_line(label, rungs[label]))
     return jsonable({"rungs": rungs})
 
 
@@ -242,14 +243,17 @@ def render(results: dict, out_dir: Path) -> None:
     save_figure(fig, out_dir, NAME)
 
 
+def rung_line(label: str, r: Mapping) -> str:
+    """One rung's root and probes in a line (the record's summary; logged as each rung finishes)."""
+    ps = ", ".join(f"{p}: rho {_num(v['rho']):.2f} (path {_num(v['rho_path']):.2f}), acc "
+                   f"{_num(v['median_accuracy']):.2f}, edges "
+                   f"{_num(v['edge_accuracy']):.2f}" for p, v in r["probes"].items())
+    return (f"{label} (root acc {_num(r['root']['val_accuracy']):.2f}, its val loss still falling "
+            f"{100 * val_loss_drop(r.get('curve')):.1f}% over its last 20% of steps): {ps}")
+
+
 def describe(results: dict) -> dict:
-    parts = []
-    for label, r in results["rungs"].items():
-        ps = ", ".join(f"{p}: rho {_num(v['rho']):.2f} (path {_num(v['rho_path']):.2f}), acc "
-                       f"{_num(v['median_accuracy']):.2f}, edges "
-                       f"{_num(v['edge_accuracy']):.2f}" for p, v in r["probes"].items())
-        parts.append(f"{label} (root acc {_num(r['root']['val_accuracy']):.2f}, its val loss still falling "
-                     f"{100 * val_loss_drop(r.get('curve')):.1f}% over its last 20% of steps): {ps}")
+    parts = [rung_line(label, r) for label, r in results["rungs"].items()]
     return {"title": "Scale ladder: where MoTHer's premise appears as models grow", "ours": "; ".join(parts),
             "notes": "Not in the paper. Recovery accuracy is reported per rung and chooses nothing.",
             "paper": "ViT-B (86M parameters): Fig. 1 rho 0.99"}
