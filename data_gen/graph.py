@@ -10,7 +10,7 @@ Layout of `<graphs_dir>/<name>/`::
 Devices: `data_gen.accelerator` / `devices` / `precision` reach each fine-tune's Lightning Trainer and are recorded,
 resolved, in its meta (weights are float32 either way). When the build trains on GPUs, each local worker process is
 pinned to its own GPU (CUDA_VISIBLE_DEVICES, set before CUDA starts in it) and `workers=auto` is one worker per
-visible GPU; on CPU it is usable cores // num_threads.
+visible GPU; on CPU it is usable cores // num_threads (data_gen.workers).
 
 A node's job (data_gen.spec) plus its parent's weights file fully determine it, so `build_node` can run as
 one SLURM array task per node of a level; `build_graph` runs the levels in order and rewrites graph.json
