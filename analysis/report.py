@@ -414,6 +414,43 @@ def graphs_read(cfg: DictConfig, name: str) -> list[str]:
     return found
 
 
+def ours_vs_paper(bars: Sequence[Mapping], *, title: str, ylabel: str = "edge accuracy", ax: Any = None,
+                  ylim: tuple[float, float] | None = (0.0, 1.08)):
+    """Grouped bars, ours beside the paper's, one group per entry of `bars`, each value written above its bar.
+
+    Each entry: {"label", "ours", "paper"} and optionally "ours_err" / "paper_err" (error bars, e.g. a std over
+    repeats). A missing paper number (None or NaN) leaves its bar out and says "paper: n/a". Draws into `ax` when
+    given; returns the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(3.6, 1.3 * len(bars) + 1.6), 3.4), layout="constrained")
+    width = 0.38
+    for k, bar in enumerate(bars):
+        for side, shift, style in (("ours", -width / 2, {"color": "C0"}),
+                                   ("paper", width / 2, {"color": "C1", "hatch": "//", "alpha": 0.8})):
+            value = bar.get(side)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                ax.text(k + shift, 0.02, f"{side}: n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+                continue
+            ax.bar(k + shift, value, width, yerr=bar.get(f"{side}_err"), capsize=3,
+                   label=side if k == 0 or side not in ax.get_legend_handles_labels()[1] else None, **style)
+            ax.text(k + shift, value, f"{value:.3f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(bars)), [str(b["label"]) for b in bars], fontsize=8)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    return ax.figure
+
+
 def written_files(out_dir: Path) -> list[str]:
     """The files an experiment wrote into its folder (what its record lists), sorted."""
     return sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and not p.name.startswith(".")

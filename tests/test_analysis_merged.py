@@ -59,7 +59,8 @@ def test_merged_toy_run(tmp_path_factory):
         cfg.analysis.merged_models.roots = toy_roots(shared, 3)
     results = merged_models.run(cfg)
     out = tmp / "results" / "merged_models"
-    assert {"merged_models.md", "merged_models.tex", "merged_models_centered.md"} <= {p.name for p in out.iterdir()}
+    assert {"merged_models.md", "merged_models.tex", "merged_models_centered.md", "merged_models.png"} <= {
+        p.name for p in out.iterdir()}
     assert len(results["originals"]) == 3 and len(results["soups"]) == 3
     assert results["clustering_accuracy"] == 1.0 and results["n_clusters"] == 6
     for v, t in results["tables"].items():

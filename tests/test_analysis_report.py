@@ -163,3 +163,21 @@ def test_analyze_with_the_papers_stages(tmp_path):
     assert analyze(tmp_path, {}, stages="given").stages == {"r": "generalization", "a": "specialization",
                                                            "b": "specialization"}
     assert set(analyze(tmp_path, {}, stages="none").stages.values()) == {"specialization"}
+
+
+def test_ours_vs_paper_draws_both_numbers_and_says_when_the_paper_has_none():
+    fig = report.ours_vs_paper([{"label": "FT", "ours": 0.91, "paper": 0.94},
+                                {"label": "new", "ours": 0.5, "paper": None, "ours_err": 0.1},
+                                {"label": "nan", "ours": 0.7, "paper": float("nan")}], title="t")
+    ax = fig.axes[0]
+    heights = [round(p.get_height(), 6) for p in ax.patches]
+    assert heights == [0.91, 0.94, 0.5, 0.7]                     # no paper bar where the paper gives no number
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("paper: n/a") == 2 and "0.910" in texts and "0.940" in texts
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["FT", "new", "nan"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ours", "paper"]
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [c.errorbar is not None for c in bars] == [False, False, True, False]   # "new"'s ours_err only
+    plt.close(fig)

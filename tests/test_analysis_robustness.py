@@ -101,3 +101,4 @@ def test_quantization_toy(cfg_factory, tmp_path):
                 assert np.array_equal(w, w.astype(np.float16).astype(np.float32)) == (node in g["derived"]["nodes"])
     md = (tmp_path / "results" / "quantization" / "quantization.md").read_text()
     assert "±" in md and "int8" in md
+    assert (tmp_path / "results" / "quantization" / "quantization.png").is_file()

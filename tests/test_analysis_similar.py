@@ -46,7 +46,8 @@ def test_similar_toy_run(tmp_path_factory):
         cfg.analysis.stages = "given"
     results = similar_models.run(cfg)
     out = tmp / "results" / "similar_models"
-    assert {"similar_models.md", "similar_models.tex", "similar_models.csv"} <= {p.name for p in out.iterdir()}
+    assert {"similar_models.md", "similar_models.tex", "similar_models.csv", "similar_models.png"} <= {
+        p.name for p in out.iterdir()}
     rows = results["per_parent"]
     assert len(rows) == 2 and all(r["siblings"] == 3 for r in rows)
     models = from_portable(results["folder"]) / "models"

@@ -12,6 +12,7 @@ import json
 import pandas as pd
 
 from analysis import stage
+from analysis.experiments import deep as deep_experiment, table1
 
 
 def _results(tmp_path, name):
@@ -23,7 +24,7 @@ def _exact(x) -> bool:
     return isinstance(x, float) and x == 1.0
 
 
-def test_table1_toy(cfg_factory, tmp_path):
+def test_table1_toy(cfg_factory, tmp_path, saved_figures):
     stage.run(cfg_factory(["+experiment=table1", "scale=toy"]))
     rows = _results(tmp_path, "table1")["rows"]
     assert [r["label"] for r in rows] == ["LoRA-V", "LoRA-F", "FT", "Mixed"]
@@ -46,6 +47,11 @@ def test_table1_toy(cfg_factory, tmp_path):
     record = json.loads((out / "experiment.json").read_text())
     assert record["scale"] == "toy" and "table1.md" in record["files"] and "recipes" in record
     assert "## Table 1" in (tmp_path / "results" / "README.md").read_text()
+    # the figure draws our Model Graph accuracy beside the paper's, per sub-graph
+    (fig,) = saved_figures
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == [v for r in rows for v in (r["edge_accuracy"], table1.PAPER[r["label"]][-1])]
+    assert (out / "table1.png").is_file() and (out / "table1.pdf").is_file()
 
 
 def test_recovery_cache_is_reused(cfg_factory, tmp_path, monkeypatch):
@@ -66,6 +72,7 @@ def test_lora_ablation_toy(cfg_factory, tmp_path):
     assert [r["label"] for r in rows] == ["lora_rank", "l2"]
     assert [r["distance_metric"] for r in rows] == ["lora_rank", "l2"]
     assert all(_exact(r["edge_accuracy"]) for r in rows)
+    assert (tmp_path / "results" / "lora_ablation" / "lora_ablation.png").is_file()
 
 
 def test_resnet_toy(cfg_factory, tmp_path):
@@ -73,9 +80,10 @@ def test_resnet_toy(cfg_factory, tmp_path):
     (row,) = _results(tmp_path, "resnet")["rows"]
     assert row["n_models"] == 13 and row["n_trees_true"] == 1
     assert _exact(row["edge_accuracy"])
+    assert (tmp_path / "results" / "resnet" / "resnet.png").is_file()
 
 
-def test_deep_toy(cfg_factory, tmp_path):
+def test_deep_toy(cfg_factory, tmp_path, saved_figures):
     stage.run(cfg_factory(["+experiment=deep", "scale=toy"]))
     res = _results(tmp_path, "deep")
     deep = res["deep"]
@@ -84,6 +92,11 @@ def test_deep_toy(cfg_factory, tmp_path):
     assert [d["edges"] for d in deep["by_depth"]] == [2, 4, 8, 16]           # children=2 per node
     assert sum(d["correct"] for d in deep["by_depth"]) == round(deep["edge_accuracy"] * 30)
     assert _exact(res["shallow"]["edge_accuracy"]) and res["shallow"]["root"] == "root0"
+    (fig,) = saved_figures   # left: ours vs the paper (deep, 3-level); right: accuracy by depth
+    assert [p.get_height() for p in fig.axes[0].patches] == [deep["edge_accuracy"], deep_experiment.PAPER["deep"],
+                                                             res["shallow"]["edge_accuracy"],
+                                                             deep_experiment.PAPER["shallow"]]
+    assert [p.get_height() for p in fig.axes[1].patches] == [d["accuracy"] for d in deep["by_depth"]]
 
 
 def test_error_split_counts_misplaced_and_misdirected_edges():

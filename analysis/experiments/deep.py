@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
 from analysis.recover import accuracy_note, accuracy_run, graph_premises, recover_graph
-from analysis.report import knobs, run_experiment, write_table
+from analysis.report import knobs, ours_vs_paper, run_experiment, save_figure, write_table
 
 NAME = "deep"
 PAPER = {"deep": 0.79, "shallow": 0.85}
@@ -61,6 +61,20 @@ def render(results: dict, out_dir: Path) -> None:
     write_table(pd.DataFrame(rows), out_dir, NAME, caption="Deep vs 3-level Model Tree: edge accuracy")
     write_table(pd.DataFrame(d["by_depth"]), out_dir, f"{NAME}_by_depth",
                 caption="Deep tree: accuracy of the edges into each depth (1 = children of the root)")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    ours_vs_paper([{"label": r["tree"].split(" (")[0], "ours": r["ours"], "paper": r["paper"]} for r in rows],
+                  title="Deep vs 3-level tree: edge accuracy", ax=left)
+    depths = d["by_depth"]
+    right.bar([str(r["child depth"]) for r in depths], [r["accuracy"] for r in depths], color="C0")
+    for k, r in enumerate(depths):
+        right.text(k, r["accuracy"], f"{r['correct']}/{r['edges']}", ha="center", va="bottom", fontsize=7)
+    right.set(ylim=(0, 1.08), xlabel="depth of the edge's child (1 = children of the root)", ylabel="edge accuracy",
+              title=f"{d['levels']}-level tree ({d['n_models']} models): accuracy by depth")
+    right.title.set_fontsize(10)
+    right.grid(axis="y", alpha=0.3)
+    save_figure(fig, out_dir, NAME)
 
 
 def describe(results: dict) -> dict:

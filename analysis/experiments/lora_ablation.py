@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.recover import accuracy_frame, accuracy_note, accuracy_run
-from analysis.report import knobs, run_experiment, write_table
+from analysis.report import knobs, ours_vs_paper, run_experiment, save_figure, write_table
 
 NAME = "lora_ablation"
 PAPER = {"lora_rank": 1.0, "l2": 0.78}
@@ -28,6 +28,8 @@ def render(results: dict, out_dir: Path) -> None:
     side = pd.DataFrame([{"distance": r["label"], "ours": r["edge_accuracy"], "paper": PAPER.get(r["label"])}
                          for r in rows])
     write_table(side, out_dir, f"{NAME}_graph", caption="LoRA-V Model Graph accuracy: ours vs the paper")
+    save_figure(ours_vs_paper([{"label": r["label"], "ours": r["edge_accuracy"], "paper": PAPER.get(r["label"])}
+                               for r in rows], title="LoRA-V sub-graph: edge accuracy per distance"), out_dir, NAME)
 
 
 def describe(results: dict) -> dict:

@@ -126,7 +126,12 @@ def compute(cfg: DictConfig) -> dict:
 
 
 def render(results: dict, out_dir: Path) -> None:
-    """merged_models.md/.tex/.csv (Table 6, headline vectors) and merged_models_<other vectors> tables."""
+    """merged_models.md/.tex/.csv (Table 6, headline vectors), merged_models_<other vectors> tables, and a heat map
+    of the mean cosines per kind of vector (true parents boxed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     import pandas as pd
 
     for v in VECTORS:
@@ -143,6 +148,23 @@ def render(results: dict, out_dir: Path) -> None:
                                    f"centre of each original root's children; parents = top-2 cosines; child-level "
                                    f"parent accuracy {t['parent_accuracy']:.2f}; clustering of all children into "
                                    f"{results['n_clusters']} trees: accuracy {results['clustering_accuracy']:.2f}")
+    originals = results["originals"]
+    fig, axes = plt.subplots(1, len(VECTORS), figsize=(4.6 * len(VECTORS), 3.6), layout="constrained", squeeze=False)
+    for ax, v in zip(axes[0], VECTORS):
+        rows = results["tables"][v]["rows"]
+        grid = np.array([[r["mean_cosine"][o] for o in originals] for r in rows])
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-1, vmax=1)
+        for i, r in enumerate(rows):
+            for j, o in enumerate(originals):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                if o in r["true_parents"]:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="k", linewidth=2))
+        ax.set_xticks(range(len(originals)), originals, fontsize=8)
+        ax.set_yticks(range(len(rows)), [r["merged"] for r in rows], fontsize=8)
+        ax.set_xlabel("original root (its children's centre)")
+        ax.set_title(f"{v}: parent accuracy {results['tables'][v]['parent_accuracy']:.2f}", fontsize=10)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mean cosine of the merged root's children")
+    report.save_figure(fig, out_dir, NAME)
 
 
 def describe(results: dict) -> dict[str, str]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from analysis.experiments import experiment
 from analysis.graphs import derived_graph, read_graph, resolve_graph
 from analysis.recover import accuracy_note, accuracy_run
-from analysis.report import knobs, mean_std, run_experiment, write_table
+from analysis.report import knobs, mean_std, ours_vs_paper, run_experiment, save_figure, write_table
 from common.seed import derive_seed
 
 NAME = "quantization"
@@ -117,6 +117,11 @@ def render(results: dict, out_dir: Path) -> None:
                           "Model Graph": r["edge_accuracy"], "clustering": r["clustering_accuracy"]}
                          for r in results["runs"]])
     write_table(runs, out_dir, f"{NAME}_runs", caption="Every quantized draw")
+    bars = [{"label": r["method"], "ours": r["graph mean"], "ours_err": r["graph std"],
+             "paper": PAPER[r["method"]][0] if r["method"] in PAPER else None,
+             "paper_err": PAPER[r["method"]][1] if r["method"] in PAPER else None} for r in rows]
+    save_figure(ours_vs_paper(bars, title=f"Quantization of ~{results['fraction']:.0%} of the models: edge accuracy "
+                                          "(mean ± std over repeats)"), out_dir, NAME)
 
 
 def describe(results: dict) -> dict:

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.recover import accuracy_frame, accuracy_note, accuracy_run
-from analysis.report import knobs, run_experiment, write_table
+from analysis.report import knobs, ours_vs_paper, run_experiment, save_figure, write_table
 
 NAME = "resnet"
 PAPER = 1.0
@@ -25,6 +25,8 @@ def render(results: dict, out_dir: Path) -> None:
     r = results["rows"][0]
     write_table(pd.DataFrame([{"tree": "ResNet", "ours": r["edge_accuracy"], "paper": PAPER}]), out_dir,
                 f"{NAME}_graph", caption="ResNet tree accuracy: ours vs the paper (ResNet-50, 21 models)")
+    bars = [{"label": f"ResNet ({r['n_models']} models)", "ours": r["edge_accuracy"], "paper": PAPER}]
+    save_figure(ours_vs_paper(bars, title="ResNet Model Tree: edge accuracy"), out_dir, NAME)
 
 
 def describe(results: dict) -> dict:

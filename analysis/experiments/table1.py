@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from analysis.experiments import experiment
 from analysis.recover import accuracy_frame, accuracy_note, accuracy_run
-from analysis.report import knobs as get_knobs, run_experiment, write_table
+from analysis.report import knobs as get_knobs, ours_vs_paper, run_experiment, save_figure, write_table
 
 NAME = "table1"
 PAPER_COLUMNS = ["ImageNet", "ImageNet-21k", "MAE", "DINO", "MSN", "Model Graph"]
@@ -39,6 +39,8 @@ def render(results: dict, out_dir: Path) -> None:
     side = pd.DataFrame([{"sub-graph": r["label"], "ours": r["edge_accuracy"],
                           "paper": PAPER.get(r["label"], [None] * 6)[-1]} for r in rows])
     write_table(side, out_dir, f"{NAME}_graph", caption="Model Graph edge accuracy: ours vs the paper")
+    bars = [{"label": r["label"], "ours": r["edge_accuracy"], "paper": PAPER.get(r["label"], [None])[-1]} for r in rows]
+    save_figure(ours_vs_paper(bars, title="Table 1: Model Graph edge accuracy"), out_dir, NAME)
 
 
 def describe(results: dict) -> dict:
