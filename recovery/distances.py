@@ -377,6 +377,39 @@ def _svals(c: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(lam, 0.0))[..., ::-1]
 
 
+def _group_ranks(g: list[int], fac: dict[int, LowRank], tol: np.ndarray, prune: np.ndarray | None, ranks: np.ndarray,
+                 pruned: np.ndarray, direct_pairs: list) -> int:
+    """Ranks of the pairs of one low-rank group from their factors' cores (see `layer_ranks`), into `ranks`.
+
+    Pairs whose bound k_i + k_j is within `prune` get that bound and a mark in `pruned`; pairs whose singular values
+    come too close to the tolerance for the core's error margin are appended to `direct_pairs` (exact SVD later).
+    Returns how many pairs the cores decided.
+    """
+    ks = np.array([fac[i].k for i in g])
+    skip = None
+    if prune is not None:
+        bound_ij = ks[:, None] + ks[None, :]
+        skip = bound_ij <= prune[np.ix_(g, g)]
+        np.fill_diagonal(skip, False)
+        gi = np.asarray(g)
+        a_, b_ = np.nonzero(np.triu(skip, 1))
+        ranks[gi[a_], gi[b_]] = ranks[gi[b_], gi[a_]] = bound_ij[a_, b_]
+        pruned[gi[a_], gi[b_]] = pruned[gi[b_], gi[a_]] = True
+    n_fast = 0
+    for (a, b), sv in core_svals([fac[i] for i in g], skip=skip).items():
+        i, j = g[a], g[b]
+        t = tol[i, j]
+        top = fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0)
+        lam_err = 16 * (fac[i].k + fac[j].k) * EPS64 * top ** 2   # eigenvalues of C C^T (see core_svals)
+        margin = fac[i].err + fac[j].err + _CORE_ALLOWANCE * top + max(np.sqrt(lam_err), lam_err / t)
+        if sv is None or margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
+            direct_pairs.append((i, j))
+            continue
+        ranks[i, j] = ranks[j, i] = int(np.count_nonzero(sv > t))
+        n_fast += 1
+    return n_fast
+
+
 def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str = "fast", seed: int = 0,
                 kmax_frac: float = 0.25, max_refs: int = 3, dense: str = "direct", d2: np.ndarray | None = None,
                 prune: np.ndarray | None = None, kernel=None) -> RankResult:
@@ -447,30 +480,8 @@ def layer_ranks(w: np.ndarray, rank_tol: str | float = "weight", *, method: str 
     gid = {i: k for k, g in enumerate(groups) for i in g}
     pruned = np.zeros((n, n), dtype=bool)
     for g in groups:
-        if len(g) < 2:
-            continue
-        ks = np.array([fac[i].k for i in g])
-        skip = None
-        if prune is not None:
-            bound_ij = ks[:, None] + ks[None, :]
-            skip = bound_ij <= prune[np.ix_(g, g)]
-            np.fill_diagonal(skip, False)
-            gi = np.asarray(g)
-            a_, b_ = np.nonzero(np.triu(skip, 1))
-            ranks[gi[a_], gi[b_]] = ranks[gi[b_], gi[a_]] = bound_ij[a_, b_]
-            pruned[gi[a_], gi[b_]] = pruned[gi[b_], gi[a_]] = True
-        svals = core_svals([fac[i] for i in g], skip=skip)
-        for (a, b), sv in svals.items():
-            i, j = g[a], g[b]
-            t = tol[i, j]
-            top = fac[i].s.max(initial=0.0) + fac[j].s.max(initial=0.0)
-            lam_err = 16 * (fac[i].k + fac[j].k) * EPS64 * top ** 2   # eigenvalues of C C^T (see core_svals)
-            margin = fac[i].err + fac[j].err + _CORE_ALLOWANCE * top + max(np.sqrt(lam_err), lam_err / t)
-            if sv is None or margin >= t / 2 or np.any(np.abs(sv - t) <= margin):
-                direct_pairs.append((i, j))
-                continue
-            ranks[i, j] = ranks[j, i] = int(np.count_nonzero(sv > t))
-            n_fast += 1
+        if len(g) >= 2:
+            n_fast += _group_ranks(g, fac, tol, prune, ranks, pruned, direct_pairs)
     cross = [(i, j) for i, j in zip(*np.triu_indices(n, 1)) if gid[i] != gid[j]]
     if dense == "skip":
         for i, j in cross:
