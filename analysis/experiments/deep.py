@@ -61,6 +61,9 @@ def render(results: dict, out_dir: Path) -> None:
     write_table(pd.DataFrame(rows), out_dir, NAME, caption="Deep vs 3-level Model Tree: edge accuracy")
     write_table(pd.DataFrame(d["by_depth"]), out_dir, f"{NAME}_by_depth",
                 caption="Deep tree: accuracy of the edges into each depth (1 = children of the root)")
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")

@@ -82,8 +82,8 @@ def compute(cfg: DictConfig) -> dict:
 
 
 def render(results: dict, out_dir: Path) -> None:
-    """The per-parent distance table and its figure (no figure in the paper): per parent, the farthest child and the
-    closest two siblings, with the means beside them."""
+    """The per-parent distance table and its figure (no figure in the paper): per parent, its farthest child and its
+    closest sibling pair, with the means beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,12 +98,12 @@ def render(results: dict, out_dir: Path) -> None:
     rows = results["per_parent"]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 3.4), layout="constrained")
     width = 0.38
-    for shift, key, label, color in ((-width / 2, "parent_child_l2", "parent-child (bar: max, dot: mean)", "C0"),
-                                     (width / 2, "sibling_l2", "sibling-sibling (bar: min, dot: mean)", "C1")):
-        edge = [r[f"{key}_max" if key == "parent_child_l2" else f"{key}_min"] for r in rows]
+    for shift, bar, mean, label, color in (
+            (-width / 2, "parent_child_l2_max", "parent_child_l2_mean", "parent-child (bar: max, dot: mean)", "C0"),
+            (width / 2, "sibling_l2_min", "sibling_l2_mean", "sibling-sibling (bar: min, dot: mean)", "C1")):
         xs = np.arange(len(rows)) + shift
-        ax.bar(xs, edge, width, color=color, label=label)
-        ax.plot(xs, [r[f"{key}_mean"] for r in rows], "o", color="k", markersize=3)
+        ax.bar(xs, [r[bar] for r in rows], width, color=color, label=label)
+        ax.plot(xs, [r[mean] for r in rows], "o", color="k", markersize=3)
     ax.set_xticks(range(len(rows)), [f"{r['parent']} ({r['siblings']} siblings)" for r in rows], fontsize=8)
     ax.set_ylabel("l2 distance (paper Eq. 1)")
     ax.set_title(f"Similar models: siblings vs parent (edge accuracy {report.format_cell(results['edge_accuracy'])})",
