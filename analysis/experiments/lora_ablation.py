@@ -28,8 +28,8 @@ def render(results: dict, out_dir: Path) -> None:
     side = pd.DataFrame([{"distance": r["label"], "ours": r["edge_accuracy"], "paper": PAPER.get(r["label"])}
                          for r in rows])
     write_table(side, out_dir, f"{NAME}_graph", caption="LoRA-V Model Graph accuracy: ours vs the paper")
-    save_figure(ours_vs_paper([{"label": r["label"], "ours": r["edge_accuracy"], "paper": PAPER.get(r["label"])}
-                               for r in rows], title="LoRA-V sub-graph: edge accuracy per distance"), out_dir, NAME)
+    bars = side.rename(columns={"distance": "label"}).to_dict("records")
+    save_figure(ours_vs_paper(bars, title="LoRA-V sub-graph: edge accuracy per distance"), out_dir, NAME)
 
 
 def describe(results: dict) -> dict:

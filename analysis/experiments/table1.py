@@ -39,7 +39,7 @@ def render(results: dict, out_dir: Path) -> None:
     side = pd.DataFrame([{"sub-graph": r["label"], "ours": r["edge_accuracy"],
                           "paper": PAPER.get(r["label"], [None] * 6)[-1]} for r in rows])
     write_table(side, out_dir, f"{NAME}_graph", caption="Model Graph edge accuracy: ours vs the paper")
-    bars = [{"label": r["label"], "ours": r["edge_accuracy"], "paper": PAPER.get(r["label"], [None])[-1]} for r in rows]
+    bars = side.rename(columns={"sub-graph": "label"}).to_dict("records")
     save_figure(ours_vs_paper(bars, title="Table 1: Model Graph edge accuracy"), out_dir, NAME)
 
 
