@@ -154,7 +154,7 @@ def test_calibration_toy(cfg_factory, tmp_path):
 
 
 @pytest.mark.slow
-def test_scale_ladder_toy(cfg_factory, tmp_path, caplog):
+def test_scale_ladder_toy(cfg_factory, tmp_path, caplog, saved_figures):
     """A rung of a tiny width: root pretrained, FT and LoRA probe trees built from it, measures reported (and logged
     as the rung finishes, before the whole ladder's)."""
     from analysis.experiments.scale_ladder import rung_line
@@ -185,6 +185,17 @@ def test_scale_ladder_toy(cfg_factory, tmp_path, caplog):
     curve = res["rungs"]["d16_s4"]["curve"]
     assert table["root val loss drop"].tolist() == pytest.approx(
         [(curve["val_loss"][0] - curve["val_loss"][1]) / curve["val_loss"][0]] * 2)
+    # the figure draws the table: what each probe's fine-tunes learn beside the root, its rho, its direction room
+    (fig,) = saved_figures
+    learned, rho, _, room = fig.axes[:4]
+    drawn = {line.get_label(): line.get_ydata().tolist() for line in learned.lines}
+    for probe, column in (("FT", "median val acc"), ("LoRA-V", "median val acc")):
+        assert drawn[probe] == pytest.approx(table.loc[table["probe"] == probe, column].tolist(), nan_ok=True)
+    assert drawn["root"] == pytest.approx([res["rungs"]["d16_s4"]["root"]["val_accuracy"]])
+    assert [line.get_ydata().tolist() for line in rho.lines if line.get_label() == "FT"] == [
+        pytest.approx([ft["rho"]], nan_ok=True)]
+    assert [line.get_ydata().tolist() for line in room.lines if line.get_label() == "LoRA-V"] == [
+        pytest.approx([lora["root_direction"]], nan_ok=True)]
 
 
 def test_root_measures_read_plateau_and_kurtosis_from_the_curve(monkeypatch):

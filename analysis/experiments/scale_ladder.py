@@ -224,22 +224,31 @@ def render(results: dict, out_dir: Path) -> None:
     frame = pd.DataFrame(rows)
     write_table(frame, out_dir, NAME, caption=f"Scale ladder: regime measures and recovery per rung; {DIRECTION_ROOM_NOTE}")
     probes = sorted(set(frame["probe"])) if len(frame) else []
-    panels = (("Fig. 1 rho", "Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow"),
+    panels = (("median val acc", "median fine-tune val acc; black: the root's on its mix"),
+              ("Fig. 1 rho", "Fig. 1 rho (paper 0.99); dashed: what the edge sizes allow"),
               ("same-task closer", "same-task pairs closer than the median edge"),
+              ("root kurtosis/layer", "root kurtosis per layer its direction reads (Gaussian: 3)"),
               ("kurtosis falls", "edges where kurtosis falls (direction)"),
               ("edge accuracy (paper's method)", "edge accuracy, paper's method"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(18, 4), layout="constrained")
+    fig, grid = plt.subplots(2, 3, figsize=(16, 8), layout="constrained")
+    axes = list(grid.flat)
     for probe in probes:
         sub = frame[frame["probe"] == probe]
         x = list(sub["rung"])   # rung labels: two rungs may share a width and length (e.g. another lr)
         lines = [ax.plot(x, sub[column], "o-", label=probe)[0] for ax, (column, _) in zip(axes, panels)]
-        axes[0].plot(x, sub["rho ceiling"], "--", color=lines[0].get_color(), alpha=0.6, label=f"{probe} ceiling")
+        axes[1].plot(x, sub["rho ceiling"], "--", color=lines[1].get_color(), alpha=0.6, label=f"{probe} ceiling")
+    if probes:
+        roots = frame.drop_duplicates("rung")
+        axes[0].plot(list(roots["rung"]), roots["root val acc"], "s:", color="black", label="root")
     for ax, (_, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("rung (d<width>_s<pretraining steps>)")
         ax.tick_params(axis="x", rotation=30)
+    for ax in grid[-1]:
+        ax.set_xlabel("rung (d<width>_s<pretraining steps>)")
     if probes:   # one legend for every panel, outside the data
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+        handles = dict(zip(*reversed(axes[1].get_legend_handles_labels())))
+        handles.update(dict(zip(*reversed(axes[0].get_legend_handles_labels()))))
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
     save_figure(fig, out_dir, NAME)
 
 
