@@ -470,7 +470,10 @@ def rerender(out_dir: Path, render: Callable[[dict, Path], None],
         write_json(out_dir / RECORD, {**read_json(out_dir / RECORD), **text, "files": written_files(out_dir)})
 
 
-def compare(ours: float, paper: float, *, tol: float = 0.05, what: str = "accuracy") -> str:
+MATCH_TOL = 0.05   # our number matches the paper's when within this of it
+
+
+def compare(ours: float, paper: float, *, tol: float = MATCH_TOL, what: str = "accuracy") -> str:
     """A plain sentence comparing our number with the paper's."""
     if ours is None or (isinstance(ours, float) and math.isnan(ours)):
         return f"our {what} is not available"

@@ -189,8 +189,8 @@ def test_scale_ladder_toy(cfg_factory, tmp_path, caplog, saved_figures):
     (fig,) = saved_figures
     learned, rho, _, room = fig.axes[:4]
     drawn = {line.get_label(): line.get_ydata().tolist() for line in learned.lines}
-    for probe, column in (("FT", "median val acc"), ("LoRA-V", "median val acc")):
-        assert drawn[probe] == pytest.approx(table.loc[table["probe"] == probe, column].tolist(), nan_ok=True)
+    for probe in ("FT", "LoRA-V"):
+        assert drawn[probe] == pytest.approx(table.loc[table["probe"] == probe, "median val acc"].tolist(), nan_ok=True)
     assert drawn["root"] == pytest.approx([res["rungs"]["d16_s4"]["root"]["val_accuracy"]])
     assert [line.get_ydata().tolist() for line in rho.lines if line.get_label() == "FT"] == [
         pytest.approx([ft["rho"]], nan_ok=True)]

@@ -13,11 +13,10 @@ from analysis.experiments import experiment
 from analysis.graphs import read_graph, resolve_graph
 from analysis.premises import hop_distances, tree_measures
 from analysis.recover import analyze, recovery_options
-from analysis.report import compare, knobs, run_experiment, save_figure, write_table
+from analysis.report import MATCH_TOL, compare, knobs, run_experiment, save_figure, write_table
 
 NAME = "fig1_distance"
 PAPER_RHO = 0.99
-TOL = 0.05   # a rho within this of the paper's matches it (analysis.report.compare's default)
 CEILING_NOTE = ("rho ceiling: the rho if every pair's distance were exactly what the edges on its path predict "
                 "(ranks add, l2 moves add in quadrature), i.e. what the edge sizes alone allow; path rho: distance vs "
                 "that prediction")
@@ -102,8 +101,8 @@ def render(results: dict, out_dir: Path) -> None:
 
 def why(p: dict) -> str:
     """What bounds a panel's rho below the paper's: the edges' sizes (its ceiling) and how closely distances follow
-    their paths ("" where the rho is within TOL of the paper's)."""
-    if "rho_ceiling" not in p or math.isnan(p["rho_ceiling"]) or p["rho"] >= PAPER_RHO - TOL:
+    their paths ("" where the rho matches the paper's)."""
+    if "rho_ceiling" not in p or math.isnan(p["rho_ceiling"]) or p["rho"] >= PAPER_RHO - MATCH_TOL:
         return ""
     return (f" (the edges' sizes allow at most {p['rho_ceiling']:.3f}: largest / smallest edge "
             f"{p['edge_length_spread']:.1f}x; distances follow their paths' edges with rho {p['rho_path']:.3f})")
@@ -113,7 +112,7 @@ def describe(results: dict) -> dict:
     ps = results["panels"]
     ours = "; ".join(f"{k} ({p['metric']}, {p['n_models']} models): rho {p['rho']:.3f}, nearest model is a "
                      f"parent/child for {p['nearest_is_neighbour']:.0%}" for k, p in ps.items())
-    notes = "; ".join(compare(p["rho"], PAPER_RHO, tol=TOL, what=f"{k} rho") + why(p) for k, p in ps.items())
+    notes = "; ".join(compare(p["rho"], PAPER_RHO, what=f"{k} rho") + why(p) for k, p in ps.items())
     if results.get("scale") == "mini":
         notes += (". At mini scale this figure is a calibration target, not evidence: the mini recipes were chosen "
                   "to reach the paper's regime by measures like this rho (results/calibration)")

@@ -246,8 +246,7 @@ def render(results: dict, out_dir: Path) -> None:
     for ax in grid[-1]:
         ax.set_xlabel("rung (d<width>_s<pretraining steps>)")
     if probes:   # one legend for every panel, outside the data
-        handles = dict(zip(*reversed(axes[1].get_legend_handles_labels())))
-        handles.update(dict(zip(*reversed(axes[0].get_legend_handles_labels()))))
+        handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
     save_figure(fig, out_dir, NAME)
 
