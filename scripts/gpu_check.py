@@ -9,7 +9,10 @@ real architecture, tensorflow-datasets mock VTAB data at 224 px, a few optimizer
 `python run.py +experiment=graph_<name> smoke=true ...` in a subprocess, exactly as a user would; then
 `python run.py +experiment=recover input=<graph> ground_truth=<graph>/graph.json`. The report gives, per fine-tune,
 its step time (mean after the first step, and the first step's), peak GPU memory, precision and device; per graph the
-build and recovery wall times and the recovered tree with its accuracy. Nothing needs the hub or the network.
+build and recovery wall times and the recovered tree with its accuracy. Then recovery's own device path
+(`recovery.device`, issue 15 goal 5): `tests/test_recovery_device.py` (its cuda cases run where a GPU is visible), and
+the Gram (l2) of a ViT-B MLP stack and the LoRA ranks of a ViT-B value-layer stack timed on the device against the
+numpy path, with their agreement (l2's largest relative difference, ranks equal). Nothing needs the hub or the network.
 Exit status: 0 when every run succeeded, 1 otherwise (the failing command's output tail is printed).
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,6 +39,9 @@ GRAPHS = ("ft", "lora_v")
 # Smoke sizes: (depth, children, steps, batch size, mock examples per split).
 GPU_SIZES = (2, 2, 20, 32, 64)
 CPU_SIZES = (1, 2, 2, 2, 2)
+# Kernel sizes: (models in the Gram stack, its layer shape, LoRA models, their square layer's side).
+GPU_KERNEL_SIZES = (105, (3072, 768), 21, 768)
+CPU_KERNEL_SIZES = (21, (384, 96), 7, 96)
 
 
 def run_py(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[float, str]:
@@ -111,6 +119,60 @@ def check_graph(name: str, work: Path, sizes: tuple[int, ...], cpu: bool, env: d
     return lines
 
 
+def lora_stack(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """A LoRA tree's merged square layers (n, dim, dim) float32: a root, then children of random earlier models with
+    deltas of rank 8-64 (at most dim / 4)."""
+    ws = [0.02 * rng.standard_normal((dim, dim))]
+    for _ in range(n - 1):
+        r = int(rng.choice([k for k in (8, 16, 32, 64) if k <= max(dim // 4, 8)]))
+        delta = rng.standard_normal((dim, r)) @ rng.standard_normal((r, dim)) / np.sqrt(r * dim)
+        ws.append(ws[int(rng.integers(len(ws)))] + 1e-2 * delta)
+    return np.stack(ws).astype(np.float32)
+
+
+def _timed(fn, *args, **kwargs) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def kernel_rows(device: str, sizes: tuple, seed: int = 0) -> tuple[list[str], bool]:
+    """recovery's torch kernels on `device` against the numpy path: the l2 Gram of an (n, *shape) stack of fine-tunes
+    and the LoRA ranks of a LoRA stack; times (device: after a warm-up, host transfers included) and agreement."""
+    from recovery.distances import layer_ranks, pairwise_sq_dists
+    from recovery.kernels import Kernel
+
+    n, shape, lora_n, dim = sizes
+    rng = np.random.default_rng(seed)
+    base = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    x = np.stack([base + 1e-3 * rng.standard_normal(shape, dtype=np.float32) for _ in range(n)])
+    kernel = Kernel("torch", device)
+    pairwise_sq_dists(x[:2], kernel=kernel)   # warm-up: CUDA context, library handles
+    t_np, ref = _timed(pairwise_sq_dists, x, kernel=Kernel("numpy", "cpu"))
+    t_dev, got = _timed(pairwise_sq_dists, x, kernel=kernel)
+    off = ~np.eye(n, dtype=bool)
+    rel = float(np.max(np.abs(np.sqrt(got[off]) - np.sqrt(ref[off])) / np.sqrt(ref[off])))
+    ws = lora_stack(lora_n, dim, rng)
+    r_np, ranks_ref = _timed(layer_ranks, ws, "weight", seed=seed)
+    r_dev, ranks = _timed(layer_ranks, ws, "weight", seed=seed, kernel=kernel)
+    equal = bool(np.array_equal(ranks.ranks, ranks_ref.ranks))
+    pair_ranks = ranks_ref.ranks[~np.eye(lora_n, dtype=bool)]
+    ok = equal and rel < 1e-5
+    return [f"== recovery kernels: torch on {kernel.describe()} vs numpy (cpu)",
+            f"l2 Gram, {n} models x {shape[0]}x{shape[1]} ({x.nbytes / 1e9:.2f} GB): numpy {t_np:.2f} s, {device} "
+            f"{t_dev:.2f} s ({t_np / t_dev:.1f}x); largest relative l2 difference {rel:.1e}",
+            f"LoRA ranks, {lora_n} models x {dim}x{dim} (pair ranks {int(pair_ranks.min())}-{int(pair_ranks.max())}): "
+            f"numpy {r_np:.2f} s, {device} {r_dev:.2f} s ({r_np / r_dev:.1f}x); ranks equal: {equal}"], ok
+
+
+def device_tests(env: dict[str, str], timeout_s: float) -> tuple[list[str], bool]:
+    """tests/test_recovery_device.py as a user runs it (its cuda cases skip without a GPU); its summary lines."""
+    cmd = [sys.executable, "-m", "pytest", "tests/test_recovery_device.py", "-q", "-rs", "-p", "no:cacheprovider"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+    tail = [ln for ln in res.stdout.splitlines() if ln.strip()][-1:] or [res.stderr[-2000:]]
+    return ["== python -m pytest tests/test_recovery_device.py: " + tail[0]], res.returncode == 0
+
+
 def header(cpu: bool) -> list[str]:
     """Machine and versions."""
     import torch
@@ -156,6 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 ok = False
                 lines.append(f"== graph_{name}: FAILED\n{e}")
+    print("recovery kernels and device tests ...", file=sys.stderr, flush=True)
+    try:
+        rows, good = kernel_rows("cpu" if args.cpu else "cuda", CPU_KERNEL_SIZES if args.cpu else GPU_KERNEL_SIZES)
+        rows2, good2 = device_tests({**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}, args.timeout)
+        lines += rows + rows2
+        ok = ok and good and good2
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        ok = False
+        lines.append(f"== recovery kernels: FAILED\n{e}")
     lines.append(f"total wall time {time.perf_counter() - start:.1f} s; {'all runs succeeded' if ok else 'FAILED'}")
     report = "\n".join(lines) + "\n"
     print(report)
