@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print("recovery kernels and device tests ...", file=sys.stderr, flush=True)
     try:
         rows, good = kernel_rows("cpu" if args.cpu else "cuda", CPU_KERNEL_SIZES if args.cpu else GPU_KERNEL_SIZES)
-        rows2, good2 = device_tests({**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}, args.timeout)
+        rows2, good2 = device_tests({"OMP_NUM_THREADS": "1", **env}, args.timeout)
         lines += rows + rows2
         ok = ok and good and good2
     except (RuntimeError, subprocess.TimeoutExpired) as e:

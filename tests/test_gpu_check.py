@@ -1,13 +1,8 @@
 """scripts/gpu_check.py's recovery-kernel section on CPU: the torch path (the one CUDA runs) against numpy, with the
 report saying both agree; and the LoRA stack it times has the low ranks it is meant to have."""
-import sys
-
 import numpy as np
 
-from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import gpu_check  # noqa: E402
+from scripts import gpu_check
 
 
 def test_lora_stack_has_low_rank_deltas():
