@@ -120,14 +120,15 @@ def check_graph(name: str, work: Path, sizes: tuple[int, ...], cpu: bool, env: d
 
 
 def lora_stack(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """A LoRA tree's merged square layers (n, dim, dim) float32: a root, then children of random earlier models with
-    deltas of rank 8-64 (at most dim / 4)."""
-    ws = [0.02 * rng.standard_normal((dim, dim))]
+    """A LoRA tree's merged square value layers (n, dim, dim) float32: a root, then children of random earlier models
+    with merged deltas (recovery.synthetic.finetune) of rank 8-64 (at most dim / 4)."""
+    from recovery.synthetic import finetune
+
+    ws = [(0.02 * rng.standard_normal((dim, dim))).astype(np.float32)]
     for _ in range(n - 1):
         r = int(rng.choice([k for k in (8, 16, 32, 64) if k <= max(dim // 4, 8)]))
-        delta = rng.standard_normal((dim, r)) @ rng.standard_normal((r, dim)) / np.sqrt(r * dim)
-        ws.append(ws[int(rng.integers(len(ws)))] + 1e-2 * delta)
-    return np.stack(ws).astype(np.float32)
+        ws.append(finetune({"value": ws[int(rng.integers(len(ws)))]}, rng, "lora", 1e-2, r)["value"])
+    return np.stack(ws)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, Any]:
