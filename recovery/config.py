@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from common.schema import check, choices, number, pattern
 from recovery.cues import CUES
 from recovery.direction import STATS
+from recovery.ties import TIES
 
 METRICS = ("l2", "rms", "lora_rank", "auto")
 # What `tree.cues: null` means: the paper's direction score, kurtosis, alone.
@@ -50,6 +51,8 @@ class DirectionOptions:
     regex: Optional[str] = field(default=None, metadata=pattern())
     cues: bool = False
     seed: int = 0
+    # models equal on every direction layer: order them on the other selected layers (recovery.ties) or leave them tied
+    ties: str = field(default="other_layers", metadata=choices(*TIES))
 
 
 @dataclass

@@ -20,10 +20,11 @@ from common.errors import ConfigError
 from common.schema import merge_options
 from recovery.config import PAPER_CUES, TreeOptions
 from recovery.mdst import min_arborescence
+from recovery.ties import TieBreak, less_with_ties
 
 
 def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
-                c: float = 0.3, stage_order: bool = True) -> tuple[np.ndarray, float]:
+                c: float = 0.3, stage_order: bool = True, ties: TieBreak | None = None) -> tuple[np.ndarray, float]:
     """The paper's merged prior matrix M (edge i -> j costs M[i, j]) and the lambda used.
 
     Args:
@@ -32,6 +33,7 @@ def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.
         generalization: (n,) bool, True where a node was trained in the generalization stage.
         c: weight of the direction prior relative to the mean distance.
         stage_order: add lambda to edges from a specialization parent to a generalization child.
+        ties: models equal on every direction layer and their second key (recovery.ties): K within a group.
     """
     d = np.asarray(distance, dtype=np.float64)
     k = np.asarray(direction, dtype=np.float64)
@@ -42,7 +44,7 @@ def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.
     if not (np.isfinite(d).all() and np.isfinite(k).all()):
         raise ValueError("distances and direction scores must be finite")
     lam = float(c) * d.sum() / n**2
-    kxor = (k[:, None] < k[None, :]) ^ t[None, :]
+    kxor = less_with_ties(k, ties) ^ t[None, :]
     m = d + lam * kxor
     if stage_order:
         m += lam * (~t[:, None] & t[None, :])
@@ -51,16 +53,16 @@ def cost_matrix(distance: np.ndarray, direction: np.ndarray, generalization: np.
 
 
 def recover_tree(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
-                 c: float = 0.3, stage_order: bool = True) -> tuple[np.ndarray, float]:
+                 c: float = 0.3, stage_order: bool = True, ties: TieBreak | None = None) -> tuple[np.ndarray, float]:
     """Parent array (-1 for the root) of the MDST of M for one cluster, and the lambda used."""
     if len(direction) == 1:
         return np.array([-1]), 0.0
-    m, lam = cost_matrix(distance, direction, generalization, c, stage_order)
+    m, lam = cost_matrix(distance, direction, generalization, c, stage_order, ties)
     return min_arborescence(m), lam
 
 
 def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: np.ndarray,
-                   labels: np.ndarray, c: float = 0.3, stage_order: bool = True
+                   labels: np.ndarray, c: float = 0.3, stage_order: bool = True, ties: TieBreak | None = None
                    ) -> tuple[np.ndarray, dict[int, float]]:
     """Recover one tree per cluster label; return the global parent array (-1 per root) and lambda per cluster."""
     d = np.asarray(distance, dtype=np.float64)
@@ -70,7 +72,8 @@ def recover_forest(distance: np.ndarray, direction: np.ndarray, generalization: 
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
         local, lams[int(label)] = recover_tree(d[np.ix_(idx, idx)], np.asarray(direction)[idx],
-                                               np.asarray(generalization)[idx], c, stage_order)
+                                               np.asarray(generalization)[idx], c, stage_order,
+                                               None if ties is None else ties.subset(idx))
         has = local >= 0
         parent[idx[has]] = idx[local[has]]
     return parent, lams
@@ -86,8 +89,11 @@ def tree_options(given: Mapping | None) -> dict:
 
 def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[str, np.ndarray],
                           generalization: np.ndarray, labels: np.ndarray, direction: np.ndarray,
-                          opts: dict) -> tuple[np.ndarray, dict[int, dict]]:
+                          opts: dict, ties: TieBreak | None = None) -> tuple[np.ndarray, dict[int, dict]]:
     """Recover each cluster's tree with a tree-consistent orientation (recovery.orient); opts: tree_options().
+
+    `ties` (recovery.ties): within a group of models equal on every direction layer, the per-layer cue votes come
+    from its values on the other layers.
 
     Returns the global parent array and, per cluster label, the evidence (root score, stage chosen, moves made).
     """
@@ -106,7 +112,8 @@ def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[
         idx = np.flatnonzero(labels == label)
         sub = np.ix_(idx, idx)
         if opts["structure"] == "mdst":
-            local, _ = recover_tree(d[sub], np.asarray(direction)[idx], gen[idx], opts["c"], opts["stage_order"])
+            local, _ = recover_tree(d[sub], np.asarray(direction)[idx], gen[idx], opts["c"], opts["stage_order"],
+                                    None if ties is None else ties.subset(idx))
             edges = [(int(min(j, p)), int(max(j, p))) for j, p in enumerate(local) if p >= 0]
         else:
             edges = spanning_edges(d[sub])
@@ -114,6 +121,8 @@ def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[
         if opts["cues"].get("centrality"):
             values["centrality"] = centrality(np.asarray(sq)[sub])   # within this tree only
         v_stage, v_free = cue_matrices(values, opts["cues"], opts["cue_reduce"])
+        if ties is not None:
+            v_stage, v_free = _tie_votes(v_stage, v_free, ties.subset(idx), values, opts)
         sign = None if opts["stage"] == "auto" else np.where(gen[idx], -1.0, 1.0)
         local, _, ev = best_rooting(edges, len(idx), v_stage, v_free, sign, opts["max_hops"])
         if opts["siblings"]:
@@ -123,3 +132,20 @@ def recover_forest_rooted(distance: np.ndarray, sq: np.ndarray, per_layer: dict[
         parent[idx[has]] = idx[local[has]]
         evidence[int(label)] = ev
     return parent, evidence
+
+
+def _tie_votes(v_stage: np.ndarray, v_free: np.ndarray, ties: TieBreak, values: dict, opts: dict
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The vote matrices with the per-layer cues of every pair within a tie group taken from the tie-break layers
+    (centrality, one value per model, keeps its votes)."""
+    from recovery.cues import cue_matrices
+
+    same = ties.same()
+    if not same.any():
+        return v_stage, v_free
+    layer_cues = {k: w for k, w in opts["cues"].items() if k != "centrality"}
+    with np.errstate(invalid="ignore"):
+        t_stage, t_free = cue_matrices(ties.per_layer, layer_cues, opts["cue_reduce"])
+    if opts["cues"].get("centrality"):
+        t_free = t_free + cue_matrices(values, {"centrality": opts["cues"]["centrality"]}, opts["cue_reduce"])[1]
+    return np.where(same, t_stage, v_stage), np.where(same, t_free, v_free)

@@ -215,5 +215,5 @@ def recover_folder(path: str | Path, *, stages_file: str | Path | None = None, l
                          direction_layers=fm.direction_layers,
                          direction_stat=dict(direction or {}).get("stat", "kurtosis"),
                          layers=fm.layers, dropped={}, excluded=fm.excluded, warnings=fm.warnings, info=info,
-                         aliases={}, layer_selection={}, sources=None, selected=None, rank_evidence=None)
+                         aliases={}, layer_selection={}, sources=None, selected=None, rank_evidence=None, ties=None)
     return wa, res.clustering, res.parent, res.lambdas, info

@@ -236,10 +236,10 @@ def solve(wa: Any, *, cluster: Mapping, tree: Mapping, truth: Any = None, source
     if tree["orient"] == "root":
         per_layer = dict(wa.cues) if wa.cues else {wa.direction_stat: wa.direction_per_layer}
         parent, tree_evidence = recover_forest_rooted(wa.distance, wa.sq_l2, per_layer, generalization,
-                                                      clustering.labels, wa.direction, tree)
+                                                      clustering.labels, wa.direction, tree, ties=wa.ties)
     else:
         parent, lambdas = recover_forest(wa.distance, wa.direction, generalization, clustering.labels,
-                                         c=tree["c"], stage_order=bool(tree["stage_order"]))
+                                         c=tree["c"], stage_order=bool(tree["stage_order"]), ties=wa.ties)
     missing = []
     if tree["missing"]:
         from recovery.orient import missing_parents
@@ -268,11 +268,14 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
 
     ids = wa.ids
     depth = depths(parent)
+    ties = wa.ties
     nodes, edges = [], []
     for j, node in enumerate(ids):
         entry = {"id": node, "ids": [node, *wa.aliases.get(node, [])], "cluster": int(clustering.labels[j]),
                  "direction_score": float(wa.direction[j]), "stage": wa.stages[node], "root": bool(parent[j] < 0),
                  "depth": int(depth[j]), "direction_per_layer": np.asarray(wa.direction_per_layer[j]).tolist()}
+        if ties is not None and ties.groups[j] >= 0:
+            entry.update(tie_group=int(ties.groups[j]), tie_score=float(ties.score[j]))
         if parent[j] >= 0:
             edge = (ids[parent[j]], node)
             entry.update(base_model=edge[0], base_model_relation=relations.get(edge, "finetune"))
@@ -296,7 +299,9 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
             "distance_metric": wa.distance_metric, "direction_stat": wa.direction_stat,
             "direction_layers": list(wa.direction_layers), "layers": list(wa.layers),
             "layer_selection": dict(wa.layer_selection), "dropped": dict(wa.dropped), "excluded": dict(wa.excluded),
-            "aliases": dict(wa.aliases), "clustering": clustering.evidence, "info": wa.info}
+            "aliases": dict(wa.aliases), "clustering": clustering.evidence, "info": wa.info,
+            "direction_ties": {"groups": ties.members(ids) if ties is not None else [],
+                               "layers": list(ties.layers) if ties is not None else []}}
 
 
 def summary(doc: dict, metrics: dict | None, paths: Mapping[str, str]) -> str:

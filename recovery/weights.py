@@ -28,6 +28,7 @@ from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce
 from recovery.kernels import BlasThreads, Kernel
 from recovery.layers import Layer, choose_layers, models_disagree, numel, split_architectures
 from recovery.reader import iter_stacked, open_all
+from recovery.ties import TieBreak, tie_groups
 
 
 @dataclass
@@ -54,6 +55,7 @@ class WeightAnalysis:
     sources: list[ModelSource] = field(default_factory=list)     # the models kept, in `ids` order
     selected: list[Layer] = field(default_factory=list)          # the distance layers (edge_relations reuses them)
     rank_evidence: RankEvidence | SketchEvidence | None = None   # per-layer pair ranks / certificates (edge labels)
+    ties: TieBreak | None = None             # models equal on every direction layer, and their second key
 
     def subset(self, ids: list[str]) -> "WeightAnalysis":
         """This analysis restricted to the models `ids`, in that order, as if the others were not in the folder.
@@ -69,7 +71,8 @@ class WeightAnalysis:
                        l2=self.l2[sq], sq_l2=None if self.sq_l2 is None else self.sq_l2[sq],
                        direction=self.direction[idx], direction_per_layer=self.direction_per_layer[idx],
                        cues={k: v[idx] for k, v in self.cues.items()},
-                       sources=[self.sources[j] for j in idx] if self.sources else [], rank_evidence=None)
+                       sources=[self.sources[j] for j in idx] if self.sources else [], rank_evidence=None,
+                       ties=None if self.ties is None else self.ties.subset(idx))
 
 
 def _rank_tol(value):
@@ -129,6 +132,9 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
     evidence = (ranks if ranks is not None else certs).evidence(keep, ids, gram.same_2d)
     dvals, good = _direction_values(direction_acc.values[keep], dir_layers, ro["stat"], warnings, catalog.root)
     cues = cue_acc.cues(keep, good) if cue_acc is not None else {}
+    ties = None
+    if ro["ties"] == "other_layers":
+        ties = _tie_break(models, keep, ids, dvals, dist_layers, dir_layers, ro, kernel, direct_io, warnings)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     return WeightAnalysis(
@@ -137,7 +143,48 @@ def analyze_folder(path: str | Path, *, stages_file: str | Path | None = None, l
         direction_layers=[l.name for l, g in zip(dir_layers, good) if g], direction_stat=ro["stat"],
         layers=[l.name for l in dist_layers], dropped=dropped, excluded=excluded, warnings=warnings, info=info,
         sq_l2=gram.sq[kx], cues=cues, aliases=aliases, layer_selection=selection,
-        sources=[models[i] for i in keep], selected=list(dist_layers), rank_evidence=evidence)
+        sources=[models[i] for i in keep], selected=list(dist_layers), rank_evidence=evidence, ties=ties)
+
+
+def _tie_break(models: list[ModelSource], keep: list[int], ids: list[str], dvals: np.ndarray, dist_layers: list[Layer],
+               dir_layers: list[Layer], ro: dict, kernel: Kernel, direct_io: bool, warnings: list[str]
+               ) -> TieBreak | None:
+    """Models equal on every direction layer (recovery.ties), with their statistic (and cues) on the other selected
+    layers: a second pass that reads just those models and layers. None when there are no such models; one warning
+    when there are, naming any that the other layers cannot tell apart either."""
+    groups = tie_groups(dvals)
+    members = np.flatnonzero(groups >= 0)
+    if not len(members):
+        return None
+    named = {layer.name for layer in dir_layers}
+    other = [layer for layer in dist_layers if layer.name not in named]
+    sub = [models[keep[i]] for i in members]
+    cue_acc = CueMoments(len(sub), len(other), ro["seed"]) if ro["cues"] and other else None
+    acc = DirectionStats(len(sub), other, ro["stat"], cue_acc)
+    if other:
+        _stream(sub, [], other, [], acc, kernel, progress=False, direct_io=direct_io)
+    good = np.isfinite(acc.values).all(axis=0)
+    rows = np.arange(len(sub))
+    values = cue_acc.cues(rows, good) if cue_acc is not None else {ro["stat"]: acc.values[:, good]}
+    per_layer = {}
+    for name, v in values.items():
+        per_layer[name] = np.full((len(ids), v.shape[1]), np.nan)
+        per_layer[name][members] = v
+    ties = TieBreak(groups, [layer.name for layer, g in zip(other, good) if g], per_layer, ro["stat"])
+    tied = ties.members(ids)
+    shown = "; ".join(", ".join(g[:3]) + (", ..." if len(g) > 3 else "") for g in tied[:2]) + ("; ..." if len(tied) > 2 else "")
+    msg = (f"direction: {len(members)} models in {len(tied)} group(s) are equal on every direction layer (kinds "
+           f"{list(ro['kinds'])}; {shown}): within a group, edges are oriented by the {ro['stat']} on the "
+           f"{len(ties.layers)} other selected layers, where they differ (tree.json: direction_ties; "
+           f"recovery.direction.ties=none leaves them tied)")
+    still = tie_groups(np.column_stack([groups[members], values[ro["stat"]]]))
+    if (still >= 0).any():
+        left = [ids[members[i]] for i in np.flatnonzero(still >= 0)]
+        msg += (f"; {len(left)} of them ({', '.join(left[:4])}{', ...' if len(left) > 4 else ''}) are equal there "
+                f"too: their edges follow the order of the files; choose recovery.direction.kinds (or a regex) "
+                f"that their fine-tunes changed")
+    warnings.append(msg)
+    return ties
 
 
 def _warn_disagreements(dropped: dict[str, str], strict: bool, root: Path, warnings: list[str]) -> None:
