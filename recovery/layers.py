@@ -3,7 +3,9 @@
 Kinds (for 2-D ``weight`` matrices unless said otherwise):
   query, key, value   attention projections (timm's fused ``qkv`` / ``in_proj_weight`` is split into its q, k, v
                       row blocks; HF ``attention.attention.query``; ``q_proj`` ...)
-  attn_out            attention output (timm ``attn.proj``, HF ``attention.output.dense``, ``o_proj``, ``out_proj``)
+  attn_out            attention output (timm ``attn.proj``, HF ``attention.output.dense``, ``o_proj``, ``out_proj``,
+                      GPT-2 ``attn.c_proj``; GPT-2's fused ``attn.c_attn`` is a Conv1D with q, k, v as column
+                      blocks, not split: it is in all_2d only)
   mlp                 MLP matrices (timm ``mlp.fc1/fc2``, HF ``intermediate.dense`` / ``layer.N.output.dense``, ...)
   dense               attn_out + mlp (the paper's choice for the direction score)
   square_2d, all_2d   every square / every 2-D floating tensor
@@ -36,7 +38,7 @@ _NAMED = {
     "query": re.compile(r"(^|\.)(query|q_proj|q|to_q|wq|q_lin)$"),
     "key": re.compile(r"(^|\.)(key|k_proj|k|to_k|wk|k_lin)$"),
     "value": re.compile(r"(^|\.)(value|v_proj|v|to_v|wv|v_lin)$"),
-    "attn_out": re.compile(r"(attention\.output\.dense|(attn|attention|self_attn)\.(proj|out_proj|o_proj|dense)"
+    "attn_out": re.compile(r"(attention\.output\.dense|(attn|attention|self_attn)\.(proj|out_proj|o_proj|dense|c_proj)"
                            r"|(^|\.)(o_proj|out_proj|to_out\.0|wo|out_lin))$"),
     "mlp": re.compile(r"((^|\.)(mlp|ffn|feed_forward|feedforward)\.[^.]+|intermediate\.dense|(^|\.)layer\.\d+\.output\.dense"
                       r"|(^|\.)(fc1|fc2|lin1|lin2|w1|w2|w3|gate_proj|up_proj|down_proj))$"),

@@ -28,13 +28,16 @@ def tie_groups(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2 or len(v) < 2 or v.shape[1] == 0:
         return np.full(len(v), -1)
-    _, inverse, counts = np.unique(v, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    shared = counts[inverse] > 1
-    labels = np.full(len(v), -1)
-    order = {}   # labels numbered by first appearance, so they do not depend on the values' sort order
-    for i in np.flatnonzero(shared):
-        labels[i] = order.setdefault(int(inverse[i]), len(order))
+    return _shared_labels(np.unique(v, axis=0, return_inverse=True)[1].reshape(-1))
+
+
+def _shared_labels(classes: np.ndarray) -> np.ndarray:
+    """Classes held by two or more entries, numbered 0, 1, ... by first appearance; -1 for the others."""
+    counts = np.bincount(classes) if len(classes) else np.zeros(0, dtype=int)
+    labels = np.full(len(classes), -1)
+    order: dict[int, int] = {}
+    for i in np.flatnonzero(counts[classes] > 1):
+        labels[i] = order.setdefault(int(classes[i]), len(order))
     return labels
 
 
@@ -64,10 +67,13 @@ class TieBreak:
         return (g[:, None] == g[None, :]) & (g[:, None] >= 0)
 
     def subset(self, idx) -> "TieBreak":
-        """The same for the models `idx` (groups left with one member keep their label: it compares nothing)."""
-        idx = np.asarray(idx)
-        return TieBreak(self.groups[idx], list(self.layers), {k: v[idx] for k, v in self.per_layer.items()},
-                        self.stat)
+        """The same for the models `idx` (groups renumbered; a model left alone in its group leaves it)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        g = self.groups[idx]
+        groups = np.full(len(idx), -1)
+        inside = g >= 0
+        groups[inside] = _shared_labels(np.unique(g[inside], return_inverse=True)[1].reshape(-1))
+        return TieBreak(groups, list(self.layers), {k: v[idx] for k, v in self.per_layer.items()}, self.stat)
 
     def members(self, ids: list[str]) -> list[list[str]]:
         """The groups as lists of model ids."""

@@ -262,3 +262,56 @@ def test_ids_file_offline_through_the_command_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = [x for x in res.stderr.splitlines() if x.startswith("error: ")]
     assert "cannot download ['google/vit-base-patch16-224']" in line and "input=" in line
+
+
+def test_gpt2_folders_and_peft_adapters_on_its_conv1d(tmp_path):
+    """A tree of real transformers GPT-2 folders (one sharded) and PEFT LoRA adapters on its fused Conv1D `c_attn`
+    (fan_in_fan_out): adapters read as PEFT merges them, and every edge is recovered, the adapters' too (they equal
+    their parents on the dense layers: recovery.ties orders them on c_attn)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from recovery.stage import recover
+    from recovery.synthetic import finetune
+
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    root = GPT2LMHeadModel(cfg)
+    with torch.no_grad():   # heavy-tailed weights, as a trained model's
+        for p in root.parameters():
+            p.copy_(torch.distributions.Laplace(0.0, 0.05).sample(p.shape))
+    rng = np.random.default_rng(0)
+    models, edges = {"root": root}, [("root", "ft1"), ("root", "ft2"), ("ft1", "ft11")]
+    for parent, child in edges:
+        sd = {k: v.numpy() for k, v in models[parent].state_dict().items()}
+        models[child] = GPT2LMHeadModel(cfg)
+        models[child].load_state_dict({k: torch.from_numpy(v) for k, v in finetune(sd, rng, scale=2e-2).items()})
+    for name, m in models.items():
+        m.save_pretrained(str(tmp_path / "in" / name), max_shard_size="40KB" if name == "ft1" else "5GB")
+    merged = {}
+    for i, parent in enumerate(["root", "ft2"]):
+        base = GPT2LMHeadModel(cfg)
+        base.load_state_dict(models[parent].state_dict())
+        lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True))
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+        folder = tmp_path / "in" / f"lora{i}"
+        lora.save_pretrained(str(folder))
+        adapter_cfg = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**adapter_cfg, "base_model_name_or_path": parent}))
+        merged[folder.name] = {k: v.numpy() for k, v in lora.merge_and_unload().state_dict().items()}
+        edges.append((parent, folder.name))
+    assert len(list((tmp_path / "in" / "ft1").glob("model-*.safetensors"))) > 1
+    cat = discover(tmp_path / "in")
+    ada = next(m for m in cat.models if m.id == "lora0")
+    with ModelReader(ada) as r:
+        for k in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_attn.weight"):
+            np.testing.assert_allclose(r.get(k), merged["lora0"][k], rtol=1e-5, atol=1e-6)
+    res = recover(tmp_path / "in", distance={"metric": "l2"}, cluster={"n_trees": 1}, plot=False, quiet=True)
+    got = {(e["parent"], e["child"]): e["base_model_relation"] for e in res["tree"]["edges"]}
+    assert set(got) == set(edges)
+    assert got[("root", "lora0")] == got[("ft2", "lora1")] == "adapter" and got[("root", "ft1")] == "finetune"
+    assert sorted(map(sorted, res["tree"]["direction_ties"]["groups"])) == [["ft2", "lora1"], ["lora0", "root"]]

@@ -71,6 +71,17 @@ def test_regex_filters_and_unknown_kind():
     assert "conv" in tensor_kinds("x.weight", (4, 3, 3, 3)) and "square_2d" in tensor_kinds("x.weight", (4, 4))
 
 
+def test_gpt2_names():
+    """GPT-2 (Hugging Face Conv1D naming): attn.c_proj is the attention output, mlp.c_fc / mlp.c_proj the MLP; the
+    fused attn.c_attn (q, k, v as column blocks) is a plain 2-D weight."""
+    p = "transformer.h.0."
+    assert {"attn_out", "dense"} <= tensor_kinds(p + "attn.c_proj.weight", (64, 64))
+    assert {"mlp", "dense"} <= tensor_kinds(p + "mlp.c_fc.weight", (64, 256))
+    assert {"mlp", "dense"} <= tensor_kinds(p + "mlp.c_proj.weight", (256, 64))
+    assert tensor_kinds(p + "attn.c_attn.weight", (64, 192)) == {"all", "all_2d"}
+    assert not is_fused_qkv(p + "attn.c_attn.weight", (64, 192))
+
+
 def test_majority_architecture_kept():
     """Three ViTs and one model of another architecture: the odd one is excluded with a reason."""
     ms = [_model(str(i), vit_shapes(8, 1)) for i in range(3)] + [_model("resnet", {"conv1.weight": (8, 3, 7, 7)})]

@@ -58,8 +58,9 @@ def test_tie_groups_and_second_key():
     assert less[1, 4] and not less[4, 1]
     assert less[0, 1] == (3.0 < 4.0)                # other pairs: the score, as before
     assert np.array_equal(less_with_ties(v.sum(1), None), v.sum(1)[:, None] < v.sum(1)[None, :])
-    sub = ties.subset([0, 3, 5])
-    assert sub.groups.tolist() == [0, -1, 0] and sub.members(["a", "b", "c"]) == [["a", "c"]]
+    sub = ties.subset([0, 3, 4, 5])
+    assert sub.groups.tolist() == [0, -1, -1, 0] and sub.members(["a", "b", "c", "d"]) == [["a", "d"]]
+    assert ties.subset([4, 1, 2]).groups.tolist() == [0, 0, -1]
 
 
 @pytest.mark.parametrize("opts", [PAPER, ROOTED], ids=["paper", "rooted"])
