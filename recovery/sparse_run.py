@@ -51,6 +51,7 @@ def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: M
     from recovery.reader import iter_stacked, open_all
     from recovery.direction import weight_stat
     from recovery.layers import choose_layers, split_architectures
+    from recovery.ties import tie_groups
 
     lo = merge_options(LayersOptions, layers, "recovery.layers")
     ro = merge_options(DirectionOptions, direction, "recovery.direction")
@@ -91,6 +92,12 @@ def read_folder(path: str | Path, *, layers: Mapping | None = None, direction: M
         raise ConfigError(f"recovery.strict: {next(iter(excluded.values()))}")
     keep = np.flatnonzero(good)
     ids = [models[i].id for i in keep]
+    tied = int((tie_groups(dvals[keep]) >= 0).sum())
+    if tied:
+        warnings.append(f"direction: {tied} models are equal on every direction layer (kinds {list(ro['kinds'])}), and "
+                        f"recovery.candidates=knn leaves them tied (their edges follow the order of the files): use "
+                        f"candidates=dense (it orders them on the other layers, recovery/ties.py) or direction kinds "
+                        f"that their fine-tunes changed")
     return FolderMatrix(ids, np.ascontiguousarray(x[keep]), splits, [l.name for l in dist_layers],
                         dvals[keep].sum(axis=1), dvals[keep], [l.name for l in dir_layers],
                         {i: catalog.stages[i] for i in ids}, excluded, warnings)

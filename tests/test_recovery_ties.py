@@ -119,3 +119,25 @@ def test_ties_the_other_layers_cannot_break_are_named(tmp_path):
 def test_bad_ties_option_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"recovery\.direction\.ties"):
         recover(write_flat(tmp_path / "m", _mixed_models()), direction={"ties": "names"}, quiet=True, plot=False)
+
+
+def test_knn_path_says_it_leaves_ties(tmp_path):
+    from recovery.sparse_run import read_folder
+
+    fm = read_folder(write_flat(tmp_path / "m", _mixed_models()))
+    msg = [w for w in fm.warnings if "equal on every direction layer" in w]
+    assert len(msg) == 1 and msg[0].startswith("direction: 5 models") and "candidates=dense" in msg[0]
+
+
+def test_name_check_script_recovers_both_namings_alike(tmp_path):
+    """scripts/name_check.py: the graph's own names and hashed names give the same accuracy with the tie-break."""
+    from common.io import write_json
+    from scripts.name_check import hashed, main
+
+    graph = tmp_path / "g"
+    write_flat(graph / "models", _mixed_models())
+    write_json(graph / "graph.json", {"nodes": sorted({n for e in EDGES for n in e}), "edges": [list(e) for e in EDGES]})
+    rows = main([str(graph), "recovery=paper", "recovery.distance.metric=l2", "recovery.cluster.n_trees=1"])
+    assert [r["names"] for r in rows] == ["graph names", "hashed names"]
+    assert rows[0]["directed"] == rows[1]["directed"] == 1.0 and rows[0]["tied"] == rows[1]["tied"] == 3
+    assert hashed("root") != "root" and len(hashed("root")) == 11
