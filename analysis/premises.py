@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from recovery.ties import less_with_ties
+
 
 def hop_distances(nodes: list[str], edges: list[list[str]]) -> dict[str, dict[str, int]]:
     """Undirected number of edges between every pair of `nodes` (BFS from each; unreachable pairs left out)."""
@@ -117,9 +119,12 @@ DIRECTION_ROOM_NOTE = ("root kurtosis/layer: the roots' direction statistic (kur
 
 
 def direction_falls(edges: list[list[str]], wa: Any) -> float:
-    """Share of the (parent, child) `edges` measured in `wa` whose child has the lower direction score (nan: none)."""
+    """Share of the (parent, child) `edges` measured in `wa` whose child comes first in recovery's direction order
+    (nan: none): the lower direction score, or, between models equal on every direction layer, the lower score on
+    the other layers (`wa.ties`, recovery.ties)."""
     index = {m: i for i, m in enumerate(wa.ids)}
-    falls = [float(wa.direction[index[c]] < wa.direction[index[p]]) for p, c in edges if p in index and c in index]
+    less = less_with_ties(wa.direction, wa.ties)
+    falls = [float(less[index[c], index[p]]) for p, c in edges if p in index and c in index]
     return float(np.mean(falls)) if falls else math.nan
 
 

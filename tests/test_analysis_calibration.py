@@ -46,7 +46,7 @@ def test_premise_measures_report_the_roots_direction_room():
     per_layer = np.array([[4.0, 6.0], [3.5, 5.5], [3.5, 4.5], [0.5, 2.5]])
     pos = np.array([0.0, 1.0, 2.0, 3.0])
     wa = SimpleNamespace(ids=["r", "a", "b", "c"], distance=np.abs(pos[:, None] - pos[None]), distance_metric="l2",
-                         direction=per_layer.sum(1), direction_per_layer=per_layer)
+                         direction=per_layer.sum(1), direction_per_layer=per_layer, ties=None)
     m = premise_measures(graph, wa)
     assert m["root_direction"] == pytest.approx(5.0) and m["direction_drop"] == pytest.approx(0.5)
     assert m["kurtosis_falls"] == 1.0

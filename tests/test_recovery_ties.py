@@ -141,3 +141,17 @@ def test_name_check_script_recovers_both_namings_alike(tmp_path):
     assert [r["names"] for r in rows] == ["graph names", "hashed names"]
     assert rows[0]["directed"] == rows[1]["directed"] == 1.0 and rows[0]["tied"] == rows[1]["tied"] == 3
     assert hashed("root") != "root" and len(hashed("root")) == 11
+
+
+def test_premise_share_of_falls_reads_tied_edges_by_their_second_key():
+    from types import SimpleNamespace
+
+    from analysis.premises import direction_falls
+
+    groups = np.array([0, 0, -1, 0])   # r, a, b, c: r, a and c equal on the direction layers
+    ties = TieBreak(groups, ["qkv"], {"kurtosis": np.array([[5.0], [4.0], [np.nan], [4.5]])}, "kurtosis")
+    wa = SimpleNamespace(ids=["r", "a", "b", "c"], direction=np.array([9.0, 9.0, 8.0, 9.0]), ties=ties)
+    edges = [["r", "a"], ["r", "b"], ["a", "c"]]   # falls: on qkv; on the score; rises on qkv
+    assert direction_falls(edges, wa) == pytest.approx(2 / 3)
+    wa.ties = None
+    assert direction_falls(edges, wa) == pytest.approx(1 / 3)
