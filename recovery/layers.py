@@ -2,10 +2,10 @@
 
 Kinds (for 2-D ``weight`` matrices unless said otherwise):
   query, key, value   attention projections (timm's fused ``qkv`` / ``in_proj_weight`` is split into its q, k, v
-                      row blocks; HF ``attention.attention.query``; ``q_proj`` ...)
+                      row blocks, GPT-2's Conv1D ``attn.c_attn`` into its column blocks; HF
+                      ``attention.attention.query``; ``q_proj`` ...)
   attn_out            attention output (timm ``attn.proj``, HF ``attention.output.dense``, ``o_proj``, ``out_proj``,
-                      GPT-2 ``attn.c_proj``; GPT-2's fused ``attn.c_attn`` is a Conv1D with q, k, v as column
-                      blocks, not split: it is in all_2d only)
+                      GPT-2 ``attn.c_proj``)
   mlp                 MLP matrices (timm ``mlp.fc1/fc2``, HF ``intermediate.dense`` / ``layer.N.output.dense``, ...)
   dense               attn_out + mlp (the paper's choice for the direction score)
   square_2d, all_2d   every square / every 2-D floating tensor
@@ -44,6 +44,7 @@ _NAMED = {
                       r"|(^|\.)(fc1|fc2|lin1|lin2|w1|w2|w3|gate_proj|up_proj|down_proj))$"),
 }
 _FUSED = re.compile(r"(^|\.)(qkv\.weight|in_proj_weight)$")
+_FUSED_COLS = re.compile(r"(^|\.)c_attn\.weight$")   # GPT-2's Conv1D stores (in, out): q, k, v side by side
 
 
 class NoLayerError(CheckpointError):
@@ -52,14 +53,17 @@ class NoLayerError(CheckpointError):
 
 @dataclass(frozen=True)
 class Layer:
-    """One unit of comparison: a tensor, or a row block of a fused qkv tensor (rows = (start, stop))."""
+    """One unit of comparison: a tensor, or a row (or column) block of a fused qkv tensor ((start, stop))."""
     name: str
     tensor: str
     rows: tuple[int, int] | None = None
+    cols: tuple[int, int] | None = None
 
     def take(self, x):
         """This layer's part of tensor `x` (shape (..., *tensor_shape) with the model axis first when stacked)."""
-        return x if self.rows is None else x[..., self.rows[0]:self.rows[1], :]
+        if self.rows is not None:
+            x = x[..., self.rows[0]:self.rows[1], :]
+        return x if self.cols is None else x[..., self.cols[0]:self.cols[1]]
 
 
 def _module(name: str) -> str | None:
@@ -96,6 +100,11 @@ def tensor_kinds(name: str, shape: Sequence[int]) -> set[str]:
 def is_fused_qkv(name: str, shape: Sequence[int]) -> bool:
     """timm ``attn.qkv.weight`` / torch ``in_proj_weight``: a (3d, d) stack of q, k and v rows."""
     return len(shape) == 2 and shape[0] == 3 * shape[1] and _FUSED.search(name) is not None
+
+
+def is_fused_qkv_cols(name: str, shape: Sequence[int]) -> bool:
+    """GPT-2 ``attn.c_attn.weight`` (Hugging Face Conv1D, stored (in, out)): a (d, 3d) stack of q, k and v columns."""
+    return len(shape) == 2 and shape[1] == 3 * shape[0] and _FUSED_COLS.search(name) is not None
 
 
 def split_architectures(models: list[ModelSource]) -> tuple[list[ModelSource], dict[str, str]]:
@@ -185,7 +194,10 @@ def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",),
         parts = []
         if is_fused_qkv(name, shape):
             d = shape[1]
-            parts = [(k, (i * d, (i + 1) * d)) for i, k in enumerate(("query", "key", "value")) if k in wanted]
+            parts = [(k, (i * d, (i + 1) * d), None) for i, k in enumerate(("query", "key", "value")) if k in wanted]
+        elif is_fused_qkv_cols(name, shape):
+            d = shape[0]
+            parts = [(k, None, (i * d, (i + 1) * d)) for i, k in enumerate(("query", "key", "value")) if k in wanted]
         chosen = bool(whole & wanted)
         if not (chosen or parts) or (rx is not None and not rx.search(name)):
             continue
@@ -205,7 +217,7 @@ def select_layers(models: list[ModelSource], kinds: Iterable[str] = ("all_2d",),
         elif chosen:
             layers.append(Layer(name, name))
         else:
-            layers.extend(Layer(f"{name}[{k[0]}]", name, rows) for k, rows in parts)
+            layers.extend(Layer(f"{name}[{k[0]}]", name, rows, cols) for k, rows, cols in parts)
     if not layers:
         raise NoLayerError(f"no layer matches kinds={kinds} regex={regex!r} in all {len(models)} models "
                               f"({len(dropped)} candidates dropped: {dict(list(dropped.items())[:5])})")
@@ -216,7 +228,9 @@ def numel(layer: Layer, models: list[ModelSource]) -> int:
     """Number of weights in `layer`."""
     shape = models[0].tensors[layer.tensor].shape
     n = int(np.prod(shape, dtype=np.int64))
-    return n if layer.rows is None else n // shape[0] * (layer.rows[1] - layer.rows[0])
+    if layer.rows is not None:
+        n = n // shape[0] * (layer.rows[1] - layer.rows[0])
+    return n if layer.cols is None else n // shape[-1] * (layer.cols[1] - layer.cols[0])
 
 
 def choose_layers(models: list[ModelSource], kinds: Iterable[str], regex: str | None = None,

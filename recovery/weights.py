@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -63,8 +63,6 @@ class WeightAnalysis:
         Distances, direction scores, cues and sources are sliced; `rank_evidence` (indexed by the full analysis'
         models) is dropped, so edge labels of a subset are read again from the files.
         """
-        from dataclasses import replace
-
         idx = [self.ids.index(i) for i in ids]
         sq = np.ix_(idx, idx)
         return replace(self, ids=list(ids), stages={i: self.stages[i] for i in ids}, distance=self.distance[sq],
@@ -172,7 +170,8 @@ def _tie_break(models: list[ModelSource], keep: list[int], ids: list[str], dvals
         per_layer[name][members] = v
     ties = TieBreak(groups, [layer.name for layer, g in zip(other, good) if g], per_layer, ro["stat"])
     tied = ties.members(ids)
-    shown = "; ".join(", ".join(g[:3]) + (", ..." if len(g) > 3 else "") for g in tied[:2]) + ("; ..." if len(tied) > 2 else "")
+    shown = "; ".join(", ".join(g[:3]) + (", ..." if len(g) > 3 else "") for g in tied[:2])
+    shown += "; ..." if len(tied) > 2 else ""
     msg = (f"direction: {len(members)} models in {len(tied)} group(s) are equal on every direction layer (kinds "
            f"{list(ro['kinds'])}; {shown}): within a group, edges are oriented by the {ro['stat']} on the "
            f"{len(ties.layers)} other selected layers, where they differ (tree.json: direction_ties; "
@@ -261,8 +260,8 @@ def _stream(models: list[ModelSource], dist_layers: list[Layer], dir_layers: lis
             start = plan[name][0] if name in plan else 0
             batches = []
             for role, layer in by_tensor[name]:
-                view = layer if layer.rows is None else Layer(layer.name, layer.tensor,
-                                                             (layer.rows[0] - start, layer.rows[1] - start))
+                view = layer if layer.rows is None else replace(layer, rows=(layer.rows[0] - start,
+                                                                             layer.rows[1] - start))
                 y = view.take(x) if len(sub) == n else view.take(x)[sub]   # a view of the read buffer when all are in
                 batches.append((role, LayerBatch(layer, y, sub)))
             side_work = [b for role, b in batches if role == "dir"]

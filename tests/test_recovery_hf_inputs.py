@@ -315,3 +315,9 @@ def test_gpt2_folders_and_peft_adapters_on_its_conv1d(tmp_path):
     assert set(got) == set(edges)
     assert got[("root", "lora0")] == got[("ft2", "lora1")] == "adapter" and got[("root", "ft1")] == "finetune"
     assert sorted(map(sorted, res["tree"]["direction_ties"]["groups"])) == [["ft2", "lora1"], ["lora0", "root"]]
+    # the paper's LoRA rule by name: direction on the q / k / v column blocks of c_attn, no ties left
+    res = recover(tmp_path / "in", distance={"metric": "l2"}, direction={"kinds": ["query", "key", "value"]},
+                  cluster={"n_trees": 1}, plot=False, quiet=True)
+    assert res["tree"]["direction_layers"][:3] == [f"transformer.h.0.attn.c_attn.weight[{k}]" for k in "qkv"]
+    assert res["tree"]["direction_ties"]["groups"] == []
+    assert {(e["parent"], e["child"]) for e in res["tree"]["edges"]} == set(edges)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from recovery.checkpoints import ModelSource, TensorInfo
-from recovery.layers import KINDS, is_fused_qkv, is_head, select_layers, split_architectures, tensor_kinds
+from recovery.layers import (KINDS, is_fused_qkv, is_fused_qkv_cols, is_head, numel, select_layers, split_architectures,
+                             tensor_kinds)
 from recovery.synthetic import vit_shapes
 
 
@@ -72,14 +73,20 @@ def test_regex_filters_and_unknown_kind():
 
 
 def test_gpt2_names():
-    """GPT-2 (Hugging Face Conv1D naming): attn.c_proj is the attention output, mlp.c_fc / mlp.c_proj the MLP; the
-    fused attn.c_attn (q, k, v as column blocks) is a plain 2-D weight."""
+    """GPT-2 (Hugging Face Conv1D naming, weights stored (in, out)): attn.c_proj is the attention output, mlp.c_fc /
+    mlp.c_proj the MLP, and the fused attn.c_attn splits into q, k, v column blocks."""
     p = "transformer.h.0."
-    assert {"attn_out", "dense"} <= tensor_kinds(p + "attn.c_proj.weight", (64, 64))
-    assert {"mlp", "dense"} <= tensor_kinds(p + "mlp.c_fc.weight", (64, 256))
-    assert {"mlp", "dense"} <= tensor_kinds(p + "mlp.c_proj.weight", (256, 64))
-    assert tensor_kinds(p + "attn.c_attn.weight", (64, 192)) == {"all", "all_2d"}
-    assert not is_fused_qkv(p + "attn.c_attn.weight", (64, 192))
+    assert {"attn_out", "dense"} <= tensor_kinds(p + "attn.c_proj.weight", (8, 8))
+    assert {"mlp", "dense"} <= tensor_kinds(p + "mlp.c_fc.weight", (8, 32))
+    assert {"mlp", "dense"} <= tensor_kinds(p + "mlp.c_proj.weight", (32, 8))
+    assert not is_fused_qkv(p + "attn.c_attn.weight", (8, 24)) and is_fused_qkv_cols(p + "attn.c_attn.weight", (8, 24))
+    ms = [_model("a", {p + "attn.c_attn.weight": (8, 24), p + "attn.c_proj.weight": (8, 8)})]
+    layers, _ = select_layers(ms, ["value", "key"])
+    assert [(l.name, l.cols) for l in layers] == [(p + "attn.c_attn.weight[k]", (8, 16)),
+                                                   (p + "attn.c_attn.weight[v]", (16, 24))]
+    w = np.arange(2 * 8 * 24).reshape(2, 8, 24)
+    assert np.array_equal(layers[1].take(w), w[:, :, 16:]) and numel(layers[1], ms) == 64
+    assert [l.name for l in select_layers(ms, ["all_2d"])[0]] == [p + "attn.c_attn.weight", p + "attn.c_proj.weight"]
 
 
 def test_majority_architecture_kept():
