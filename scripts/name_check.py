@@ -1,7 +1,8 @@
 """Does recovery depend on the models' names? Recover a graph folder as it is and with its models renamed.
 
     python scripts/name_check.py GRAPH_DIR [recovery.OPTION=VALUE ...]
-    python scripts/name_check.py graphs/mixed_mini recovery=paper recovery.distance.metric=l2 recovery.direction.ties=none
+    python scripts/name_check.py graphs/mixed_mini recovery=paper recovery.distance.metric=l2 \
+        recovery.direction.ties=none
 
 data_gen names a child after its parent (`vit_a1-0-2`), so the order of the files follows the tree. Recovery reads
 the weights only, yet where two models cannot be told apart (equal direction scores: see recovery/ties.py) an

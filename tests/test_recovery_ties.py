@@ -136,7 +136,8 @@ def test_name_check_script_recovers_both_namings_alike(tmp_path):
 
     graph = tmp_path / "g"
     write_flat(graph / "models", _mixed_models())
-    write_json(graph / "graph.json", {"nodes": sorted({n for e in EDGES for n in e}), "edges": [list(e) for e in EDGES]})
+    nodes = sorted({n for e in EDGES for n in e})
+    write_json(graph / "graph.json", {"nodes": nodes, "edges": [list(e) for e in EDGES]})
     rows = main([str(graph), "recovery=paper", "recovery.distance.metric=l2", "recovery.cluster.n_trees=1"])
     assert [r["names"] for r in rows] == ["graph names", "hashed names"]
     assert rows[0]["directed"] == rows[1]["directed"] == 1.0 and rows[0]["tied"] == rows[1]["tied"] == 3
