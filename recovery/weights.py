@@ -148,20 +148,30 @@ def _tie_break(models: list[ModelSource], keep: list[int], ids: list[str], dvals
                dir_layers: list[Layer], ro: dict, kernel: Kernel, direct_io: bool, warnings: list[str]
                ) -> TieBreak | None:
     """Models equal on every direction layer (recovery.ties), with their statistic (and cues) on the other selected
-    layers: a second pass that reads just those models and layers. None when there are no such models; one warning
-    when there are, naming any that the other layers cannot tell apart either."""
+    layers: a second pass that reads just those models and layers. None when there are no such models, or no other
+    layer gives a defined statistic; one warning when there are, naming any that stay equal."""
     groups = tie_groups(dvals)
     members = np.flatnonzero(groups >= 0)
     if not len(members):
         return None
+    tied = TieBreak(groups, [], {}, ro["stat"]).members(ids)
+    shown = "; ".join(", ".join(g[:3]) + (", ..." if len(g) > 3 else "") for g in tied[:2])
+    shown += "; ..." if len(tied) > 2 else ""
+    msg = (f"direction: {len(members)} models in {len(tied)} group(s) are equal on every direction layer (kinds "
+           f"{list(ro['kinds'])}; {shown})")
+    stay = ("their edges follow the order of the files; choose recovery.direction.kinds (or a regex) that their "
+            "fine-tunes changed")
     named = {layer.name for layer in dir_layers}
     other = [layer for layer in dist_layers if layer.name not in named]
     sub = [models[keep[i]] for i in members]
-    cue_acc = CueMoments(len(sub), len(other), ro["seed"]) if ro["cues"] and other else None
+    cue_acc = CueMoments(len(sub), len(other), ro["seed"]) if ro["cues"] else None
     acc = DirectionStats(len(sub), other, ro["stat"], cue_acc)
     if other:
         _stream(sub, [], other, [], acc, kernel, progress=False, direct_io=direct_io)
     good = np.isfinite(acc.values).all(axis=0)
+    if not good.any():
+        warnings.append(f"{msg}, and no other selected layer gives a defined {ro['stat']}: {stay}")
+        return None
     rows = np.arange(len(sub))
     values = cue_acc.cues(rows, good) if cue_acc is not None else {ro["stat"]: acc.values[:, good]}
     per_layer = {}
@@ -169,19 +179,13 @@ def _tie_break(models: list[ModelSource], keep: list[int], ids: list[str], dvals
         per_layer[name] = np.full((len(ids), v.shape[1]), np.nan)
         per_layer[name][members] = v
     ties = TieBreak(groups, [layer.name for layer, g in zip(other, good) if g], per_layer, ro["stat"])
-    tied = ties.members(ids)
-    shown = "; ".join(", ".join(g[:3]) + (", ..." if len(g) > 3 else "") for g in tied[:2])
-    shown += "; ..." if len(tied) > 2 else ""
-    msg = (f"direction: {len(members)} models in {len(tied)} group(s) are equal on every direction layer (kinds "
-           f"{list(ro['kinds'])}; {shown}): within a group, edges are oriented by the {ro['stat']} on the "
-           f"{len(ties.layers)} other selected layers, where they differ (tree.json: direction_ties; "
-           f"recovery.direction.ties=none leaves them tied)")
+    msg += (f": within a group, edges are oriented by the {ro['stat']} on the {len(ties.layers)} other selected "
+            f"layers, where they differ (tree.json: direction_ties; recovery.direction.ties=none leaves them tied)")
     still = tie_groups(np.column_stack([groups[members], values[ro["stat"]]]))
     if (still >= 0).any():
         left = [ids[members[i]] for i in np.flatnonzero(still >= 0)]
-        msg += (f"; {len(left)} of them ({', '.join(left[:4])}{', ...' if len(left) > 4 else ''}) are equal there "
-                f"too: their edges follow the order of the files; choose recovery.direction.kinds (or a regex) "
-                f"that their fine-tunes changed")
+        more = ", ..." if len(left) > 4 else ""
+        msg += f"; {len(left)} of them ({', '.join(left[:4])}{more}) are equal there too: {stay}"
     warnings.append(msg)
     return ties
 

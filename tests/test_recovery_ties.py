@@ -156,3 +156,19 @@ def test_premise_share_of_falls_reads_tied_edges_by_their_second_key():
     assert direction_falls(edges, wa) == pytest.approx(2 / 3)
     wa.ties = None
     assert direction_falls(edges, wa) == pytest.approx(1 / 3)
+
+
+def test_ties_with_no_defined_statistic_elsewhere_stay_tied_with_one_warning(tmp_path):
+    """Two models that differ only on a constant layer, which is the only layer besides the direction layers."""
+    rng = np.random.default_rng(3)
+    base = {"blocks.0.mlp.fc1.weight": (0.02 * rng.standard_t(5, size=(16, 8))).astype(np.float32),
+            "blocks.0.mlp.fc2.weight": (0.02 * rng.standard_t(5, size=(8, 16))).astype(np.float32),
+            "extra.weight": np.zeros((8, 8), dtype=np.float32)}
+    models = {"a": base, "b": {**base, "extra.weight": np.ones((8, 8), dtype=np.float32)},
+              "c": {k: (v * 1.01 if "fc" in k else v) for k, v in base.items()}}
+    for cues in (False, True):
+        res = recover(write_flat(tmp_path / f"m{cues}", models), direction={"cues": cues},
+                      tree={"orient": "root"} if cues else None, cluster={"n_trees": 1}, quiet=True, plot=False)
+        assert res["tree"]["direction_ties"] == {"groups": [], "layers": []} and res["analysis"].ties is None
+        msg = [w for w in res["warnings"] if "equal on every direction layer" in w]
+        assert len(msg) == 1 and "no other selected layer gives a defined kurtosis" in msg[0]
