@@ -13,19 +13,26 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # shared cores: BLAS threads
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub in tests
 os.environ.setdefault("WANDB_MODE", "offline")
+_SESSION_TMP = pytest.StashKey[str]()
 
-# Libraries leave directories in the temp dir (tensorflow-datasets' DatasetInfo never removes its mkdtemp; wandb's
-# media / artifact dirs stay behind in the processes the resume tests kill): ~35 a run. The session, and every
-# process it starts, gets its own TMPDIR, removed at the end; pytest's tmp_path stays under the system temp dir.
-os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
-SESSION_TMP = tempfile.mkdtemp(prefix="mother-tests-")
-os.environ["TMPDIR"] = SESSION_TMP
-tempfile.tempdir = None   # gettempdir() reads TMPDIR again
+
+def pytest_configure(config):
+    """Give the session, and every process it starts, its own TMPDIR (removed at the end).
+
+    Libraries leave directories in the temp dir (tensorflow-datasets' DatasetInfo never removes its mkdtemp; wandb's
+    media / artifact dirs stay behind in the processes the resume tests kill): ~35 a run. pytest's tmp_path stays
+    under the system temp dir. Made here, not at import, so that importing a test helper outside pytest creates
+    nothing.
+    """
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    config.stash[_SESSION_TMP] = tempfile.mkdtemp(prefix="mother-tests-")
+    os.environ["TMPDIR"] = config.stash[_SESSION_TMP]
+    tempfile.tempdir = None   # gettempdir() reads TMPDIR again
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's TMPDIR (only this run's library leftovers live there)."""
-    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+    shutil.rmtree(session.config.stash.get(_SESSION_TMP, ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
