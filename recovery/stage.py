@@ -24,6 +24,7 @@ from recovery.config import ClusterOptions, DirectionOptions, DistanceOptions, L
 from recovery.evaluate import evaluate, load_graph
 from recovery.mother import recover_forest, recover_forest_rooted, tree_options
 from recovery.orient import depths
+from recovery.ties import ties_record
 
 log = logging.getLogger("mother.recovery")
 
@@ -300,8 +301,7 @@ def _tree_doc(wa: Any, parent: np.ndarray, clustering: Any, lambdas: dict[int, f
             "direction_layers": list(wa.direction_layers), "layers": list(wa.layers),
             "layer_selection": dict(wa.layer_selection), "dropped": dict(wa.dropped), "excluded": dict(wa.excluded),
             "aliases": dict(wa.aliases), "clustering": clustering.evidence, "info": wa.info,
-            "direction_ties": {"groups": ties.members(ids) if ties is not None else [],
-                               "layers": list(ties.layers) if ties is not None else []}}
+            "direction_ties": ties_record(ties, ids)}
 
 
 def summary(doc: dict, metrics: dict | None, paths: Mapping[str, str]) -> str:

@@ -61,9 +61,9 @@ class TieBreak:
         """(n,) the direction statistic summed over `layers` (NaN outside the groups)."""
         return self.per_layer[self.stat].sum(axis=1)
 
-    def same(self, idx: np.ndarray | None = None) -> np.ndarray:
-        """(k, k) bool: both models (of `idx`, default all) in one group (diagonal included)."""
-        g = self.groups if idx is None else self.groups[np.asarray(idx)]
+    def same(self) -> np.ndarray:
+        """(n, n) bool: both models in one group (diagonal included)."""
+        g = self.groups
         return (g[:, None] == g[None, :]) & (g[:, None] >= 0)
 
     def subset(self, idx) -> "TieBreak":
@@ -77,7 +77,17 @@ class TieBreak:
 
     def members(self, ids: list[str]) -> list[list[str]]:
         """The groups as lists of model ids."""
-        return [[ids[i] for i in np.flatnonzero(self.groups == g)] for g in range(int(self.groups.max(initial=-1)) + 1)]
+        return group_members(self.groups, ids)
+
+
+def group_members(groups: np.ndarray, ids: list[str]) -> list[list[str]]:
+    """Tie groups (labels from `tie_groups`) as lists of model ids, in label order."""
+    return [[ids[i] for i in np.flatnonzero(groups == g)] for g in range(int(groups.max(initial=-1)) + 1)]
+
+
+def ties_record(ties: TieBreak | None, ids: list[str]) -> dict:
+    """tree.json's `direction_ties`: the groups (ids) and the layers that order them; empty lists when none."""
+    return {"groups": [] if ties is None else ties.members(ids), "layers": [] if ties is None else list(ties.layers)}
 
 
 def less_with_ties(score: np.ndarray, ties: TieBreak | None) -> np.ndarray:

@@ -28,7 +28,7 @@ from recovery.distances import as_matrix, layer_ranks, pairwise_sq_dists, reduce
 from recovery.kernels import BlasThreads, Kernel
 from recovery.layers import Layer, choose_layers, models_disagree, numel, split_architectures
 from recovery.reader import iter_stacked, open_all
-from recovery.ties import TieBreak, tie_groups
+from recovery.ties import TieBreak, group_members, tie_groups
 
 
 @dataclass
@@ -154,13 +154,15 @@ def _tie_break(models: list[ModelSource], keep: list[int], ids: list[str], dvals
     members = np.flatnonzero(groups >= 0)
     if not len(members):
         return None
-    tied = TieBreak(groups, [], {}, ro["stat"]).members(ids)
+    tied = group_members(groups, ids)
     shown = "; ".join(", ".join(g[:3]) + (", ..." if len(g) > 3 else "") for g in tied[:2])
     shown += "; ..." if len(tied) > 2 else ""
     msg = (f"direction: {len(members)} models in {len(tied)} group(s) are equal on every direction layer (kinds "
            f"{list(ro['kinds'])}; {shown})")
     stay = ("their edges follow the order of the files; choose recovery.direction.kinds (or a regex) that their "
             "fine-tunes changed")
+    # The first pass read these layers too, but ties are known only once every direction layer is read; computing
+    # the statistic on every distance layer of every model there would cost each untied folder ~1/3 more moments.
     named = {layer.name for layer in dir_layers}
     other = [layer for layer in dist_layers if layer.name not in named]
     sub = [models[keep[i]] for i in members]

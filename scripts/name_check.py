@@ -45,25 +45,23 @@ def link_folder(graph_dir: Path, out: Path, rename: bool) -> dict[str, str]:
     return names
 
 
-def score(tree: dict, truth: list[tuple[str, str]]) -> dict:
-    """Directed / undirected accuracy over the true edges, and the tied true edges placed right."""
+def tied_edges(tree: dict, truth: list[tuple[str, str]]) -> dict:
+    """How many true edges join models with equal direction scores (per layer), and how many of those were placed
+    right; the accuracies come from recovery's own evaluation (metrics.json)."""
     got = {(e["parent"], e["child"]) for e in tree["edges"]}
-    undirected = {frozenset(e) for e in got}
     per_layer = {n["id"]: tuple(n["direction_per_layer"]) for n in tree["nodes"]}
     tied = [e for e in truth if per_layer.get(e[0]) == per_layer.get(e[1])]
-    return {"directed": sum(e in got for e in truth) / len(truth),
-            "undirected": sum(frozenset(e) in undirected for e in truth) / len(truth),
-            "tied": len(tied), "tied_right": sum(e in got for e in tied)}
+    return {"tied": len(tied), "tied_right": sum(e in got for e in tied)}
 
 
-def recover(folder: Path, out: Path, stages: Path, options: list[str]) -> dict:
-    """`python run.py +experiment=recover` on `folder`; the tree.json it writes."""
+def recover(folder: Path, out: Path, stages: Path, truth: Path, options: list[str]) -> tuple[dict, dict]:
+    """`python run.py +experiment=recover` on `folder`, scored against `truth`; its tree.json and metrics.json."""
     cmd = [sys.executable, str(ROOT / "run.py"), "+experiment=recover", f"input={folder}", f"output_dir={out}",
-           f"stages_file={stages}", "recovery.plot=false", *options]
+           f"stages_file={stages}", f"ground_truth={truth}", "recovery.plot=false", *options]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"recovery failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
-    return read_json(out / "tree.json")
+    return read_json(out / "tree.json"), read_json(out / "metrics.json")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -74,14 +72,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     graph = load_graph(args.graph_dir / "graph.json")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mother-names-") as tmp:
-        stages = Path(tmp) / "stages.json"
+        stages, truth_file = Path(tmp) / "stages.json", Path(tmp) / "truth.json"
         for rename in (False, True):
             label = "hashed names" if rename else "graph names"
             names = link_folder(args.graph_dir, Path(tmp) / label.replace(" ", "_"), rename)
-            write_json(stages, {names[n]: "specialization" for n in names})
-            tree = recover(Path(tmp) / label.replace(" ", "_"), Path(tmp) / f"out_{rename}", stages, args.options)
             truth = [(names[p], names[c]) for p, c in graph.edges]
-            row = {"names": label, **score(tree, truth)}
+            write_json(stages, {names[n]: "specialization" for n in names})
+            write_json(truth_file, {"nodes": [names[n] for n in graph.nodes], "edges": [list(e) for e in truth]})
+            tree, metrics = recover(Path(tmp) / label.replace(" ", "_"), Path(tmp) / f"out_{rename}", stages,
+                                    truth_file, args.options)
+            row = {"names": label, "directed": metrics["edge_accuracy"],
+                   "undirected": metrics["undirected_accuracy"], **tied_edges(tree, truth)}
             rows.append(row)
             print(f"{label:>12}: directed {row['directed']:.3f}, undirected {row['undirected']:.3f}; "
                   f"{row['tied']} true edges tied, {row['tied_right']} of them right")
